@@ -1,0 +1,1 @@
+"""Command groups of the ``cnnbench`` CLI, one module each (see ``cnnbench.cli``)."""

@@ -1,0 +1,1 @@
+"""Model zoo: a registry of builders with one classifier interface."""

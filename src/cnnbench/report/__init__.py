@@ -1,0 +1,1 @@
+"""Reports: tables, figures, HTML and Markdown pages."""

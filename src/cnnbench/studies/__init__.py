@@ -1,0 +1,1 @@
+"""Studies: recipes (YAML) that reproduce the seed reports, with their published numbers."""

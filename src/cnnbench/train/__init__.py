@@ -1,0 +1,1 @@
+"""Training engine: recipes, optimisers, schedules, the loop, checkpoints, distributed."""
