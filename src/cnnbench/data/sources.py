@@ -1,0 +1,184 @@
+"""Where the raw files are, and uniform read access to them whatever their container.
+
+A dataset arrives as an archive (zip, tar.gz), an extracted folder, or a folder holding either.
+``SourceTree`` gives readers one interface over all three — list the member names, read one
+member's bytes — so a reader knows file formats and nothing about containers (timm keeps
+readers apart from transforms the same way). Nothing here extracts: the readers stream the
+members straight out of the archive, and ``safe_extract`` (used by ``data download
+--extract``) checks every member's path before it writes a single byte.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import tarfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+from cnnbench.errors import CnnbenchError
+
+
+def cnnbench_home() -> Path:
+    """Root for caches, downloads and split files: $CNNBENCH_HOME or ~/.cache/cnnbench."""
+    return Path(os.environ.get("CNNBENCH_HOME") or Path.home() / ".cache" / "cnnbench").expanduser()
+
+
+def downloads_dir() -> Path:
+    """Where ``cnnbench data download`` puts archives (searched last when locating a dataset)."""
+    return cnnbench_home() / "downloads"
+
+
+def check_member_name(archive: Path, name: str) -> None:
+    """Reject a member whose path would land outside the folder it is extracted into (zip-slip)."""
+    pure = PurePosixPath(name.replace("\\", "/"))
+    if pure.is_absolute() or ".." in pure.parts or (pure.parts and ":" in pure.parts[0]):
+        raise CnnbenchError(f"{archive}: entry {name!r} would escape the target folder; refusing to read this archive")
+
+
+class SourceTree:
+    """Read-only view of the files of a dataset: ``names()`` lists posix paths, ``read(name)`` returns bytes."""
+
+    path: Path
+
+    def names(self) -> list[str]:
+        raise NotImplementedError
+
+    def read(self, name: str) -> bytes:
+        raise NotImplementedError
+
+    def describe(self, name: str) -> str:
+        """How to name one member in an error message (archive path + member)."""
+        return f"{self.path}:{name}" if self.path.is_file() else str(self.path / name)
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self) -> "SourceTree":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class FolderTree(SourceTree):
+    def __init__(self, path: Path):
+        self.path = path
+        self._names: list[str] | None = None
+
+    def names(self) -> list[str]:
+        if self._names is None:
+            found = []
+            for root, _dirs, files in os.walk(self.path):
+                rel = os.path.relpath(root, self.path)
+                for f in files:
+                    found.append(f if rel == "." else posixpath.join(Path(rel).as_posix(), f))
+            self._names = sorted(found)
+        return self._names
+
+    def read(self, name: str) -> bytes:
+        try:
+            return (self.path / name).read_bytes()
+        except OSError as exc:
+            raise CnnbenchError(f"{self.path / name}: cannot read ({exc.strerror})") from None
+
+
+class ZipTree(SourceTree):
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self._zip = zipfile.ZipFile(path)
+        except zipfile.BadZipFile:
+            raise CnnbenchError(f"{path}: not a readable zip archive (truncated or corrupt?); "
+                                "expected a complete zip file — download it again") from None
+        except OSError as exc:
+            raise CnnbenchError(f"{path}: cannot open ({exc.strerror})") from None
+        self._names = [n for n in self._zip.namelist() if not n.endswith("/")]
+        for name in self._names:
+            check_member_name(path, name)
+
+    def names(self) -> list[str]:
+        return self._names
+
+    def read(self, name: str) -> bytes:
+        try:
+            return self._zip.read(name)
+        except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
+            raise CnnbenchError(f"{self.describe(name)}: cannot read this entry ({exc}); the archive is truncated or corrupt") from None
+
+    def close(self) -> None:
+        self._zip.close()
+
+
+class TarTree(SourceTree):
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            self._tar = tarfile.open(path, "r:*")
+            members = self._tar.getmembers()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            raise CnnbenchError(f"{path}: not a readable tar archive ({exc}); expected a complete .tar.gz — download it again") from None
+        self._members = {m.name: m for m in members if m.isfile()}
+        for name in self._members:
+            check_member_name(path, name)
+
+    def names(self) -> list[str]:
+        return sorted(self._members)
+
+    def read(self, name: str) -> bytes:
+        try:
+            handle = self._tar.extractfile(self._members[name])
+            return handle.read()
+        except (tarfile.TarError, EOFError, OSError, KeyError, zipfile.BadZipFile) as exc:
+            raise CnnbenchError(f"{self.describe(name)}: cannot read this entry ({exc}); the archive is truncated or corrupt") from None
+
+    def close(self) -> None:
+        self._tar.close()
+
+
+def open_tree(path: Path) -> SourceTree:
+    """A ``SourceTree`` for a folder, a .zip or a .tar(.gz) file."""
+    if path.is_dir():
+        return FolderTree(path)
+    if not path.exists():
+        raise CnnbenchError(f"{path}: no such file or folder")
+    if path.suffix.lower() == ".zip":
+        return ZipTree(path)
+    if path.name.lower().endswith((".tar.gz", ".tgz", ".tar")):
+        return TarTree(path)
+    raise CnnbenchError(f"{path}: expected a .zip or .tar.gz archive or a folder")
+
+
+def safe_extract(archive: Path, target: Path) -> list[str]:
+    """Extract ``archive`` into ``target``; every member path is checked before anything is written."""
+    with open_tree(archive) as tree:  # the constructors reject unsafe member names up front
+        names = tree.names()
+        for name in names:
+            dest = target / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dest.with_name(dest.name + ".part")
+            tmp.write_bytes(tree.read(name))
+            os.replace(tmp, dest)
+    return names
+
+
+@dataclass(frozen=True)
+class DatasetLocation:
+    """A located dataset: the archive or folder, and the prefix of its files inside it."""
+
+    path: Path
+    """The archive file or folder that holds the dataset."""
+    root: str
+    """Posix prefix of the dataset's files inside ``path`` ('' when they sit at the top)."""
+
+
+def search_paths(data: str | os.PathLike | None) -> list[Path]:
+    """The places searched for a dataset, in order: --data, $CNNBENCH_DATA, the downloads folder."""
+    if data is not None:
+        return [Path(data).expanduser()]
+    paths = []
+    if os.environ.get("CNNBENCH_DATA"):
+        paths.append(Path(os.environ["CNNBENCH_DATA"]).expanduser())
+    paths.append(downloads_dir())
+    return paths

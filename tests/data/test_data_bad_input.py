@@ -1,0 +1,113 @@
+"""Every kind of bad input: a one-line error naming the file, exit code 2, and no partial cache."""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import pytest
+
+from cnnbench.cli import main
+from cnnbench.data import load_dataset
+from cnnbench.data.sources import safe_extract
+from data_formats import TinySpec, jpeg, write_tiny_folder, write_tiny_zip
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("cnnbench: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def no_cache_left(home: Path) -> bool:
+    cache = home / "cache"
+    return not cache.exists() or not any(cache.iterdir())
+
+
+def prepare(capsys, source: Path, *extra: str) -> tuple[int, str, str]:
+    return run_cli(capsys, "data", "prepare", "tiny-imagenet", "--data", str(source), *extra)
+
+
+def test_missing_zip(capsys, tmp_path, fresh_home):
+    code, _out, err = prepare(capsys, tmp_path / "tiny-imagenet-200.zip")
+    assert_one_line_error(code, err, "tiny-imagenet-200.zip: no such file or folder")
+
+
+def test_truncated_zip(capsys, tmp_path, tiny_zip, fresh_home):
+    truncated = tmp_path / "tiny-imagenet-200.zip"
+    truncated.write_bytes(tiny_zip.read_bytes()[: tiny_zip.stat().st_size // 2])
+    code, _out, err = prepare(capsys, truncated)
+    assert_one_line_error(code, err, str(truncated), "not a readable zip archive")
+    assert no_cache_left(fresh_home)
+
+
+def test_folder_not_in_official_layout_names_the_missing_file(capsys, tmp_path, fresh_home):
+    root = write_tiny_folder(tmp_path, TinySpec(skip_words=True))
+    code, _out, err = prepare(capsys, root)
+    assert_one_line_error(code, err, "missing words.txt", "not the official tiny-imagenet layout")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    code, _out, err = prepare(capsys, empty)
+    assert_one_line_error(code, err, "missing wnids.txt")
+    assert no_cache_left(fresh_home)
+
+
+def test_corrupt_jpeg_is_named_and_skip_bad_counts_it(capsys, tmp_path, fresh_home):
+    bad = "train/n01443537/images/n01443537_3.JPEG"
+    source = write_tiny_zip(tmp_path / "tiny-imagenet-200.zip", TinySpec(replace={bad: b"\xff\xd8 not a jpeg"}))
+    code, _out, err = prepare(capsys, source)
+    assert_one_line_error(code, err, f"tiny-imagenet-200/{bad}", "not a decodable JPEG", "--skip-bad")
+    assert no_cache_left(fresh_home)
+    code, out, _err = prepare(capsys, source, "--skip-bad")
+    assert code == 0 and "skipped bad 1" in out
+    ds = load_dataset("tiny-imagenet", data=source, skip_bad=True)
+    assert len(ds.split("train")) == 35 and ds.manifest["splits"]["train"]["skipped"] == 1
+    assert bad not in ds.split("train").files
+
+
+def test_annotation_with_unknown_class(capsys, tmp_path, fresh_home):
+    source = write_tiny_zip(tmp_path / "tiny-imagenet-200.zip",
+                            TinySpec(extra_annotation="val_99.JPEG\tn00000000\t0\t0\t10\t10\n"))
+    code, _out, err = prepare(capsys, source)
+    assert_one_line_error(code, err, "val/val_annotations.txt line 13", "'n00000000'", "not in wnids.txt")
+    assert no_cache_left(fresh_home)
+
+
+def test_image_of_the_wrong_size(capsys, tmp_path, fresh_home):
+    odd = "val/images/val_2.JPEG"
+    source = write_tiny_zip(tmp_path / "tiny-imagenet-200.zip", TinySpec(replace={odd: jpeg((1, 2, 3), (32, 48))}))
+    code, _out, err = prepare(capsys, source)
+    assert_one_line_error(code, err, odd, "image is 48x32, expected 64x64")
+    assert no_cache_left(fresh_home)
+
+
+def test_zip_slip_entry_is_never_written(capsys, tmp_path, fresh_home):
+    evil = "tiny-imagenet-200/../../evil.txt"
+    source = write_tiny_zip(tmp_path / "data" / "tiny-imagenet-200.zip", TinySpec(extra_members={evil: b"owned"}))
+    code, _out, err = prepare(capsys, source)
+    assert_one_line_error(code, err, repr(evil), "would escape the target folder")
+    target = tmp_path / "data" / "out" / "inner"
+    with pytest.raises(Exception, match="would escape"):
+        safe_extract(source, target)
+    assert not target.exists() and not (tmp_path / "evil.txt").exists() and not (tmp_path / "data" / "evil.txt").exists()
+    assert no_cache_left(fresh_home)
+
+
+def test_safe_extract_writes_a_good_archive(tmp_path, tiny_zip):
+    names = safe_extract(tiny_zip, tmp_path / "x")
+    assert (tmp_path / "x" / "tiny-imagenet-200" / "wnids.txt").read_text().split()[0] == "n02124075"
+    assert len(names) == len(zipfile.ZipFile(tiny_zip).namelist())
+
+
+def test_unknown_dataset_and_no_location(capsys, monkeypatch, fresh_home):
+    monkeypatch.delenv("CNNBENCH_DATA", raising=False)
+    code, _out, err = run_cli(capsys, "data", "info", "mnist")
+    assert_one_line_error(code, err, "no mnist data found", "--data PATH", "cnnbench data download mnist")

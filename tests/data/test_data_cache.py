@@ -1,0 +1,116 @@
+"""The decoded cache: manifest, reuse, rebuild, atomicity, grayscale policies, statistics."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+
+import numpy as np
+import pytest
+
+from cnnbench.data import cache as cache_module
+from cnnbench.data import load_dataset, prepare_dataset
+from cnnbench.data.stats import compute_stats
+from cnnbench.errors import CnnbenchError
+from data_formats import TinySpec, write_tiny_zip
+
+
+def test_manifest_records_source_options_counts(tiny_zip, fresh_home):
+    prepared = prepare_dataset("tiny-imagenet", tiny_zip)
+    m = prepared.manifest
+    assert prepared.built and prepared.folder.parent == fresh_home / "cache"
+    assert m["dataset"] == "tiny-imagenet" and m["reader_version"] == 1
+    assert m["options"] == {"grayscale": "replicate", "skip_bad": False}
+    assert m["source"]["path"] == str(tiny_zip) and len(m["source"]["fingerprint"]) == 64
+    assert {s: c["count"] for s, c in m["splits"].items()} == {"train": 36, "val": 12, "test": 3}
+    assert m["splits"]["train"]["grayscale"] == 3
+    images = np.load(prepared.folder / "train_images.npy", mmap_mode="r")
+    assert images.shape == (36, 64, 64, 3)
+    assert images.nbytes < m["bytes"] < images.nbytes + 2**20
+
+
+def test_reused_without_decoding_or_rehashing(tiny_zip, fresh_home, monkeypatch):
+    first = prepare_dataset("tiny-imagenet", tiny_zip)
+    hashed = []
+    monkeypatch.setattr(cache_module, "_hash_file", lambda p: hashed.append(p) or "x")
+    monkeypatch.setattr(cache_module, "build_cache", lambda *a, **k: pytest.fail("cache rebuilt"))
+    second = prepare_dataset("tiny-imagenet", tiny_zip)
+    assert not second.built and second.folder == first.folder and hashed == []
+
+
+def test_rebuilt_when_source_or_options_change(tmp_path, fresh_home):
+    source = write_tiny_zip(tmp_path / "tiny-imagenet-200.zip")
+    first = prepare_dataset("tiny-imagenet", source)
+    gray = prepare_dataset("tiny-imagenet", source, grayscale="gray")
+    assert gray.built and gray.folder != first.folder and gray.manifest["channels"] == 1
+    write_tiny_zip(source, TinySpec(train_per_class=5))  # same path, new content
+    os.utime(source, ns=(1, 1))
+    changed = prepare_dataset("tiny-imagenet", source)
+    assert changed.built and changed.folder != first.folder
+    assert changed.manifest["splits"]["train"]["count"] == 15
+
+
+def test_force_rebuilds_in_place(tiny_zip, fresh_home):
+    first = prepare_dataset("tiny-imagenet", tiny_zip)
+    again = prepare_dataset("tiny-imagenet", tiny_zip, force=True)
+    assert again.built and again.folder == first.folder
+    assert [p.name for p in again.folder.parent.iterdir()] == [first.folder.name]
+
+
+def test_full_disk_leaves_nothing(tiny_zip, fresh_home, monkeypatch):
+    def full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache_module, "write_rows", full)
+    with pytest.raises(CnnbenchError, match="disk full while writing the tiny-imagenet cache"):
+        prepare_dataset("tiny-imagenet", tiny_zip)
+    assert list((fresh_home / "cache").iterdir()) == []
+
+
+def test_interrupted_prepare_leaves_nothing(tiny_zip, fresh_home, monkeypatch):
+    calls = []
+
+    def interrupt(f, offset, rows):
+        calls.append(offset)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        f.seek(offset)
+        f.write(rows.tobytes())
+
+    monkeypatch.setattr(cache_module, "write_rows", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset("tiny-imagenet", tiny_zip)
+    assert list((fresh_home / "cache").iterdir()) == []
+
+
+def test_grayscale_policies(tiny_zip):
+    replicate = load_dataset("tiny-imagenet", data=tiny_zip)
+    drop = load_dataset("tiny-imagenet", data=tiny_zip, grayscale="drop")
+    gray = load_dataset("tiny-imagenet", data=tiny_zip, grayscale="gray")
+    train = replicate.split("train")
+    gray_rows = [1, 13, 25]  # image _1 of each class
+    for row in gray_rows:
+        np.testing.assert_array_equal(train.images[row, ..., 0], train.images[row, ..., 1])
+    assert len(drop.split("train")) == 33 and drop.grayscale_count["train"] == 3
+    assert drop.manifest["splits"]["train"]["dropped"] == 3
+    assert not any(f.endswith("_1.JPEG") for f in drop.split("train").files)
+    assert gray.channels == 1 and gray.split("train").images.shape == (36, 64, 64, 1)
+    rgb = train.images[0].astype(np.float32)
+    luma = rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    assert np.abs(gray.split("train").images[0, ..., 0] - luma).max() <= 0.5 + 1e-3
+
+
+def test_stats_are_train_only_and_stored(tiny_zip):
+    ds = load_dataset("tiny-imagenet", data=tiny_zip)
+    x = ds.split("train").images.astype(np.float64) / 255
+    np.testing.assert_allclose(ds.stats["channel_mean"], x.mean(axis=(0, 1, 2)), rtol=1e-5)
+    np.testing.assert_allclose(ds.stats["channel_std"], x.std(axis=(0, 1, 2)), rtol=1e-4)
+    np.testing.assert_allclose(ds.stats["pixel_mean"], x.mean(axis=0), rtol=1e-5)
+    assert json.loads((ds.cache_dir / "manifest.json").read_text())["stats"]["channel_mean"] == \
+        pytest.approx(ds.stats["channel_mean"].tolist())
+    subset = load_dataset("tiny-imagenet", data=tiny_zip, train_per_class=2)
+    expected = compute_stats(subset.split("train").images)["channel_mean"]
+    np.testing.assert_allclose(subset.stats["channel_mean"], expected)
+    assert not np.allclose(subset.stats["channel_mean"], ds.stats["channel_mean"])
+    assert subset.manifest_hash != ds.manifest_hash
