@@ -114,3 +114,12 @@ def test_stats_are_train_only_and_stored(tiny_zip):
     np.testing.assert_allclose(subset.stats["channel_mean"], expected)
     assert not np.allclose(subset.stats["channel_mean"], ds.stats["channel_mean"])
     assert subset.manifest_hash != ds.manifest_hash
+
+
+def test_damaged_cache_says_how_to_rebuild(tiny_zip, fresh_home):
+    prepared = prepare_dataset("tiny-imagenet", tiny_zip)
+    (prepared.folder / "val_labels.npy").unlink()
+    with pytest.raises(CnnbenchError, match=r"damaged cache .*`cnnbench data prepare tiny-imagenet --force`"):
+        load_dataset("tiny-imagenet", data=tiny_zip)
+    prepare_dataset("tiny-imagenet", tiny_zip, force=True)
+    assert len(load_dataset("tiny-imagenet", data=tiny_zip).split("val")) == 12

@@ -15,8 +15,8 @@ pytestmark = pytest.mark.realdata
 
 @pytest.fixture
 def tiny(real_data):
-    # function scope on purpose: CNNBENCH_HOME is set per test (tests/conftest.py), and the
-    # cache built by the first test is reused by the others in ~10 ms
+    # the test session shares one CNNBENCH_HOME (tests/conftest.py): the cache built by the
+    # first test is reused by the others in ~10 ms
     return load_dataset("tiny-imagenet", data=real_data)
 
 

@@ -198,7 +198,11 @@ class _SplitWriter:
         total = len(self.header) + len(split.files) * self.row_bytes
         # Reserve the disk space now, so a full disk fails before minutes of decoding.
         if hasattr(os, "posix_fallocate") and len(split.files):
-            os.posix_fallocate(self.file.fileno(), 0, total)
+            try:
+                os.posix_fallocate(self.file.fileno(), 0, total)
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                    raise  # ENOSPC among them; a file system that cannot reserve just writes as it goes
         self.kept: list[int] = []
         self.gray_count = 0
         self.excluded: list[dict] = []
@@ -313,7 +317,9 @@ def build_cache(reader_cls: type[Reader], location: DatasetLocation, fingerprint
             "splits": counts,
             "stats": {k: train_stats[k].tolist() for k in ("channel_mean", "channel_std")},
         }
-        manifest["content_hash"] = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+        # what the cache holds, whatever folder the source sat in: the path is left out
+        content = {k: v for k, v in manifest.items() if k != "source"} | {"source": fingerprint}
+        manifest["content_hash"] = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
         manifest["seconds"] = round(time.perf_counter() - started, 2)
         manifest["bytes"] = sum(f.stat().st_size for f in tmp.iterdir())
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))

@@ -134,6 +134,15 @@ def _eval_halves(prepared: PreparedCache, splits: dict[str, Split], seed: int) -
     return kept.subset(rows(val_files), "val"), kept.subset(rows(test_files), "test")
 
 
+def check_view_options(val_split: str, holdout: float) -> None:
+    if val_split not in VAL_SPLITS:
+        raise CnnbenchError(f"val_split: expected one of {', '.join(VAL_SPLITS)}, got {val_split!r}")
+    if not 0.0 <= holdout < 1.0:
+        raise CnnbenchError(f"holdout: expected a fraction in [0, 1), got {holdout!r}")
+    if holdout and val_split == "half":
+        raise CnnbenchError("holdout and val_split=half both define the val split; choose one")
+
+
 def arrange_splits(prepared: PreparedCache, cached: dict[str, Split], train_per_class: int | None,
                    val_split: str, holdout: float, split_seed: int) -> dict[str, Split]:
     """The splits a run sees: train, val, test (and 'unlabelled' for Tiny ImageNet's test images).
@@ -143,12 +152,7 @@ def arrange_splits(prepared: PreparedCache, cached: dict[str, Split], train_per_
     * half: the labelled evaluation split cut into val and test halves per class (seeded, saved).
     * holdout: a stratified fraction of train becomes val; the official labelled split is test.
     """
-    if val_split not in VAL_SPLITS:
-        raise CnnbenchError(f"val_split: expected one of {', '.join(VAL_SPLITS)}, got {val_split!r}")
-    if not 0.0 <= holdout < 1.0:
-        raise CnnbenchError(f"holdout: expected a fraction in [0, 1), got {holdout!r}")
-    if holdout and val_split == "half":
-        raise CnnbenchError("holdout and val_split=half both define the val split; choose one")
+    check_view_options(val_split, holdout)
     eval_name = prepared.reader.eval_split
     train = cached["train"]
     if train_per_class is not None:
@@ -185,9 +189,16 @@ def load_dataset(name: str, data: str | Path | None = None, grayscale: str = "re
     out as val (``DataConfig.holdout``), and the seed of that and of the half split (kept apart
     from the run seed so runs with different seeds see the same split).
     """
+    check_view_options(val_split, holdout)  # before minutes of decoding, not after
+    if train_per_class is not None and train_per_class <= 0:
+        raise CnnbenchError(f"train_per_class: expected a positive number, got {train_per_class}")
     prepared = prepare_dataset(name, data, grayscale=grayscale, skip_bad=skip_bad, progress=progress)
     manifest, folder = prepared.manifest, prepared.folder
-    cached = {split: _load_split(folder, split) for split in manifest["splits"]}
+    try:
+        cached = {split: _load_split(folder, split) for split in manifest["splits"]}
+    except (OSError, ValueError) as exc:
+        raise CnnbenchError(f"{folder}: damaged cache ({exc.__class__.__name__}: {exc}); "
+                            f"rebuild it with `cnnbench data prepare {name} --force`") from None
     splits = arrange_splits(prepared, cached, train_per_class, val_split, holdout, split_seed)
     if splits["train"] is cached["train"]:
         stats = dict(np.load(folder / "stats.npz"))

@@ -25,7 +25,8 @@ def save_sample_grid(ds: Dataset, split: str, n: int, out: Path, seed: int = 0, 
     rows = np.sort(np.random.default_rng(seed).choice(len(s), size=n, replace=False)) if n else np.zeros(0, int)
     columns = columns or min(n, 6) or 1
     lines = math.ceil(n / columns) or 1
-    fig, axes = plt.subplots(lines, columns, figsize=(1.9 * columns, 2.1 * lines), squeeze=False)
+    fig, axes = plt.subplots(lines, columns, figsize=(1.9 * columns, 2.2 * lines + 0.4), squeeze=False,
+                             layout="constrained")  # keeps each title clear of the row above
     for ax in axes.flat:
         ax.axis("off")
     for ax, row in zip(axes.flat, rows):
@@ -36,7 +37,6 @@ def save_sample_grid(ds: Dataset, split: str, n: int, out: Path, seed: int = 0, 
         title = ds.classes[label].name if label >= 0 else "(unlabelled)"
         ax.set_title(title if len(title) <= 18 else title[:17] + "…", fontsize=8)
     fig.suptitle(f"{ds.name} · {split} · {n} of {len(s)} images", fontsize=10)
-    fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)

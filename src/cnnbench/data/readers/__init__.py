@@ -8,6 +8,7 @@ into uint8 arrays. ``cnnbench.data.cache`` turns that into the memory-mapped cac
 from __future__ import annotations
 
 import fnmatch
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,11 +115,9 @@ class Reader:
                                 f"(expected {self.layout_hint})")
         return name
 
-    @property
+    @functools.cached_property
     def _name_set(self) -> set[str]:
-        if not hasattr(self, "_names_cache"):
-            self._names_cache = set(self.tree.names())
-        return self._names_cache
+        return set(self.tree.names())
 
     def read_text(self, rel: str) -> str:
         name = self.require(rel)
