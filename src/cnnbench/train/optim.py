@@ -1,0 +1,83 @@
+"""Optimisers (a table of torch.optim factories) and the two kinds of weight penalty.
+
+- ``weight_decay`` is torch.optim's own: coupled L2 in SGD/Adam/RAdam, decoupled in AdamW;
+  BN parameters and biases are left out when ``no_decay_bn_bias`` (the modern default).
+- ``l2`` is the Keras ``kernel_regularizer=l2(l)`` the reports used: ``l * sum(w ** 2)`` over
+  the chosen layers' weights, *added to the loss* (so it is scaled by the learning rate and,
+  with Adam, by the adaptive denominators — not the same thing as weight decay).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from cnnbench.errors import CnnbenchError
+from cnnbench.train.config import OptimConfig
+
+OptimizerFactory = Callable[[list[dict], OptimConfig], torch.optim.Optimizer]
+
+OPTIMIZERS: dict[str, OptimizerFactory] = {
+    "sgd": lambda groups, c: torch.optim.SGD(groups, lr=c.lr, momentum=c.momentum, nesterov=c.nesterov),
+    "adam": lambda groups, c: torch.optim.Adam(groups, lr=c.lr, betas=c.betas, eps=c.eps),
+    "adamw": lambda groups, c: torch.optim.AdamW(groups, lr=c.lr, betas=c.betas, eps=c.eps),
+    "radam": lambda groups, c: torch.optim.RAdam(groups, lr=c.lr, betas=c.betas, eps=c.eps),
+}
+
+
+def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool) -> list[dict]:
+    """Trainable parameters split into a decayed group and (optionally) a no-decay group holding
+    1-d tensors: BN/LayerNorm scales and shifts and all biases."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if no_decay_bn_bias and p.ndim <= 1 else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+    """The torch.optim optimiser named by ``cfg.name`` over the model's trainable parameters."""
+    if cfg.name == "sgd" and cfg.nesterov and cfg.momentum <= 0:
+        raise CnnbenchError(f"optim.nesterov: Nesterov SGD needs momentum > 0, got momentum={cfg.momentum}")
+    groups = param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias)
+    return OPTIMIZERS[cfg.name](groups, cfg)
+
+
+def resolve_l2_layers(model: nn.Module, names: list[str] | None) -> list[str]:
+    """Module names carrying the Keras-style L2: the recipe's list, else the model's own
+    ``l2_layers``, else every Conv/Linear layer. Unknown names are an error."""
+    modules = dict(model.named_modules())
+    if names is None:
+        names = list(getattr(model, "l2_layers", []) or [])
+        if not names:
+            names = [n for n, m in modules.items() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear))]
+    missing = [n for n in names if n not in modules or not isinstance(getattr(modules[n], "weight", None), torch.Tensor)]
+    if missing:
+        raise CnnbenchError(f"optim.l2_layers: {', '.join(missing)} are not layers with a weight in this model")
+    return names
+
+
+class KerasL2:
+    """``l2 * sum(w ** 2)`` over the weights of the named layers (Keras' kernel_regularizer)."""
+
+    def __init__(self, model: nn.Module, l2: float, layer_names: list[str]):
+        modules = dict(model.named_modules())
+        self.l2 = l2
+        self.layer_names = layer_names
+        self.weights = [modules[n].weight for n in layer_names]
+
+    def __call__(self) -> torch.Tensor:
+        return self.l2 * sum(w.float().pow(2).sum() for w in self.weights)
+
+
+def create_l2_penalty(model: nn.Module, cfg: OptimConfig) -> KerasL2 | None:
+    """The loss term for ``cfg.l2`` (None when l2 is 0)."""
+    if cfg.l2 <= 0:
+        return None
+    return KerasL2(model, cfg.l2, resolve_l2_layers(model, cfg.l2_layers))

@@ -1,0 +1,377 @@
+"""One training run, start to finish: ``train_run(recipe, run_dir)`` (what ``cnnbench train`` calls).
+
+    resolve device + precision -> load_dataset -> create_model -> build_engine
+    -> (resume: restore from checkpoints/last.pt) -> fit -> summary.json
+
+``fit`` is the epoch loop: train_one_epoch, evaluate, schedule, best/last checkpoints,
+metrics.csv + TensorBoard, early stopping, snapshots. Only rank 0 writes files.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cnnbench.data import BatchLoader, BatchPipeline, load_dataset
+from cnnbench.data.augment import create_augment, create_mix
+from cnnbench.errors import CnnbenchError
+from cnnbench.models import count_flops, create_model
+from cnnbench.models.base import count_parameters, freeze_backbone
+from cnnbench.train import rundir
+from cnnbench.train.checkpoint import (capture_rng_state, checkpoint_path, load_checkpoint, restore_rng_state,
+                                       save_checkpoint)
+from cnnbench.train.config import Recipe
+from cnnbench.train.device import Precision, resolve_device, resolve_precision
+from cnnbench.train.distributed import (Ranks, StopRequest, all_reduce, gather_to_all, init_distributed,
+                                        ranks_from_env, shutdown_distributed)
+from cnnbench.train.loop import Engine, NonFiniteLoss, Progress, evaluate, improved, sums_to_metrics, train_one_epoch
+from cnnbench.train.optim import create_l2_penalty, create_optimizer
+from cnnbench.train.schedule import Horizon, create_schedule
+from cnnbench.train.views import ViewStream
+
+
+@dataclass
+class RunResult:
+    """What a run ended with (also written to summary.json)."""
+
+    run_dir: Path
+    status: str              # finished | stopped (signal) | diverged (non-finite loss)
+    summary: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- building
+def model_kwargs(recipe: Recipe, ds) -> dict[str, Any]:
+    """The ``create_model`` arguments for this recipe and dataset (stored in checkpoints)."""
+    m = recipe.model
+    options = dict(m.options)
+    if m.dropout is not None:
+        options["dropout"] = m.dropout
+    return {"num_classes": ds.num_classes, "in_channels": ds.channels,
+            "input_size": recipe.data.input_size or ds.image_size[0], "init": m.init,
+            "pretrained": m.pretrained, "weights": m.weights, **options}
+
+
+def build_model(recipe: Recipe, kwargs: dict[str, Any]) -> torch.nn.Module:
+    """Seeded ``create_model``; head-only fine-tuning freezes the backbone."""
+    torch.manual_seed(recipe.seed)
+    model = create_model(recipe.model.name, **kwargs)
+    if recipe.model.finetune == "head":
+        if not recipe.model.pretrained:
+            raise CnnbenchError("model.finetune: head-only fine-tuning needs model.pretrained: true")
+        freeze_backbone(model)
+    return model
+
+
+def _augment_views(recipe: Recipe) -> list[dict]:
+    """The augmentation settings of each view: the section itself, then each of its sets."""
+    base = {k: v for k, v in dataclasses.asdict(recipe.augment).items() if k != "sets"}
+    return [base] + [dict(entry) for entry in recipe.augment.sets]
+
+
+def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.device, precision: Precision,
+                 ranks: Ranks) -> Engine:
+    """Loaders, pipelines, optimiser, schedule, scaler, EMA and the wrapped network for a run."""
+    t = recipe.train
+    if t.batch_size % ranks.world_size:
+        raise CnnbenchError(f"train.batch_size: {t.batch_size} is not divisible by the {ranks.world_size} processes")
+    per_rank = t.batch_size // ranks.world_size
+    input_size = model.cnnbench_cfg["input_size"]
+    train_split = ds.split("train")
+    views = _augment_views(recipe)
+    loaders = [BatchLoader(train_split, per_rank, shuffle=True, seed=recipe.seed + 100_003 * k, drop_last=True,
+                           device=str(device), rank=ranks.rank, world_size=ranks.world_size) for k in range(len(views))]
+    if len(loaders[0]) == 0:
+        raise CnnbenchError(f"train.batch_size: {t.batch_size} is larger than the {len(train_split)} training images")
+    pipe_args = dict(normalize=recipe.data.normalize, stats=ds.stats, input_size=input_size, channels_last=t.channels_last)
+    model = model.to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = create_optimizer(model, recipe.optim)
+    horizon = Horizon(t.epochs, sum(len(loader) for loader in loaders))
+    net = model
+    if ranks.distributed:
+        net = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if t.compile:
+        net = torch.compile(net)
+    ema = None
+    if t.ema is not None:
+        ema = torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.ema), use_buffers=True)
+    return Engine(
+        model=model, net=net, optimizer=optimizer,
+        schedule=create_schedule(optimizer, recipe.schedule, horizon, recipe.optim.lr),
+        scaler=precision.grad_scaler(), precision=precision,
+        train_stream=ViewStream(loaders, recipe.seed),
+        train_pipes=[BatchPipeline(augment=create_augment(v), **pipe_args) for v in views],
+        train_mixes=[create_mix(v) for v in views],
+        val_loader=BatchLoader(ds.split("val"), per_rank, shuffle=False, drop_last=False, device=str(device),
+                               rank=ranks.rank, world_size=ranks.world_size),
+        val_pipe=BatchPipeline(**pipe_args),
+        # Per-rank stream of augmentation randomness: ranks see different images, and must not
+        # draw the same crops for them.
+        generator=torch.Generator(device=device).manual_seed(recipe.seed * 1000 + ranks.rank),
+        device=device, label_smoothing=t.label_smoothing, l2=create_l2_penalty(model, recipe.optim),
+        grad_clip=recipe.optim.grad_clip, ema=ema, aux_weights=list(model.cnnbench_cfg.get("aux_weights") or []),
+        tta=t.tta, is_main=ranks.is_main,
+    )
+
+
+# --------------------------------------------------------------------------- checkpoints
+def checkpoint_state(engine: Engine, progress: Progress, recipe: Recipe, classes: list[str], kwargs: dict,
+                     complete: bool, augment_ranks: torch.Tensor | None = None) -> dict[str, Any]:
+    """The checkpoint dict (docs/design.md keys plus the ones listed in train/checkpoint.py).
+    ``augment_ranks``: every rank's augmentation-generator state (DDP), so each rank resumes its own."""
+    rng = capture_rng_state(engine.generator)
+    if augment_ranks is not None:
+        rng["augment_ranks"] = augment_ranks
+    return {
+        "model": engine.model.state_dict(), "optimizer": engine.optimizer.state_dict(),
+        "scheduler": engine.schedule.state_dict(), "scaler": engine.scaler.state_dict(),
+        "ema": engine.ema.state_dict() if engine.ema is not None else None,
+        "rng": rng, "epoch": progress.epoch, "step": progress.step,
+        "loader": engine.train_stream.state_dict(), "recipe": recipe.to_dict(), "classes": classes,
+        "model_name": recipe.model.name, "num_classes": kwargs["num_classes"], "model_kwargs": kwargs,
+        "best": progress.best, "best_epoch": progress.best_epoch, "bad_epochs": progress.bad_epochs,
+        "seconds": progress.seconds, "history": progress.history, "epoch_sums": progress.epoch_sums,
+        "epoch_seconds": progress.epoch_seconds, "epoch_lr": progress.epoch_lr, "complete": complete,
+    }
+
+
+def restore(engine: Engine, ckpt: dict[str, Any], ranks: Ranks) -> Progress:
+    """Put the engine back where ``ckpt`` was taken and return the progress it recorded."""
+    engine.model.load_state_dict(ckpt["model"])
+    engine.optimizer.load_state_dict(ckpt["optimizer"])
+    engine.schedule.load_state_dict(ckpt["scheduler"])
+    engine.scaler.load_state_dict(ckpt["scaler"])
+    if engine.ema is not None:
+        if ckpt.get("ema") is None:
+            raise CnnbenchError("resume: the recipe asks for train.ema but the checkpoint has no EMA state")
+        engine.ema.load_state_dict(ckpt["ema"])
+    engine.train_stream.load_state_dict(ckpt["loader"])
+    # Only rank 0 carries the (already all-reduced) sums of an interrupted epoch, so the
+    # end-of-epoch all-reduce counts them once.
+    sums = ckpt["epoch_sums"] if ranks.is_main else torch.zeros(4, dtype=torch.float64)
+    restore_rng_state(ckpt["rng"], engine.generator)
+    per_rank = ckpt["rng"].get("augment_ranks")
+    if per_rank is not None and len(per_rank) == ranks.world_size:
+        engine.generator.set_state(per_rank[ranks.rank].cpu())
+    return Progress(epoch=ckpt["epoch"], step=ckpt["step"], best=ckpt["best"], best_epoch=ckpt["best_epoch"],
+                    bad_epochs=ckpt["bad_epochs"], seconds=ckpt["seconds"], history=list(ckpt["history"]),
+                    epoch_sums=sums.clone(), epoch_seconds=ckpt["epoch_seconds"], epoch_lr=ckpt["epoch_lr"])
+
+
+# --------------------------------------------------------------------------- the epoch loop
+@dataclass
+class RunFiles:
+    """Rank 0's writers: run folder, TensorBoard, and what every checkpoint needs besides state."""
+
+    run_dir: Path
+    recipe: Recipe
+    classes: list[str]
+    kwargs: dict
+    writer: Any = None  # torch.utils.tensorboard.SummaryWriter
+
+    def save(self, engine: Engine, progress: Progress, which: str, complete: bool = True,
+             augment_ranks: torch.Tensor | None = None) -> None:
+        state = checkpoint_state(engine, progress, self.recipe, self.classes, self.kwargs, complete, augment_ranks)
+        save_checkpoint(state, checkpoint_path(self.run_dir, which))
+
+    def log_epoch(self, row: dict) -> None:
+        for key, value in row.items():
+            if key != "epoch" and value is not None:
+                self.writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
+        self.writer.flush()
+
+
+def _epoch_row(progress: Progress, val: dict | None, lr: float, seconds: float) -> dict:
+    train = sums_to_metrics(progress.epoch_sums, "train")
+    images = progress.epoch_sums[3].item()
+    row = {"epoch": progress.epoch + 1, **train, "val_loss": None, "val_top1": None, "val_top5": None,
+           "lr": lr, "epoch_seconds": seconds, "images_per_s": images / seconds if seconds > 0 else None}
+    row.update(val or {})
+    return row
+
+
+def fit(engine: Engine, progress: Progress, recipe: Recipe, files: RunFiles | None, stop: StopRequest,
+        show: bool, after_step: Callable[[Engine, Progress], None] | None = None) -> str:
+    """Train until the last epoch, early stopping, or a stop request; returns the status."""
+    t = recipe.train
+    while progress.epoch < t.epochs:
+        if progress.epoch_lr is None:
+            progress.epoch_lr = engine.optimizer.param_groups[0]["lr"]
+        if not train_one_epoch(engine, progress, stop, show, after_step):
+            progress.epoch_sums = all_reduce(progress.epoch_sums.clone())
+            augment_ranks = gather_to_all(engine.generator.get_state())  # a collective: every rank joins
+            if files:
+                files.save(engine, progress, "last", complete=False, augment_ranks=augment_ranks)
+            return "stopped"
+        all_reduce(progress.epoch_sums)
+        seconds = progress.epoch_seconds
+        progress.seconds += seconds
+        last = progress.epoch + 1 == t.epochs
+        val = None
+        if last or (progress.epoch + 1) % t.eval_every == 0:
+            val = evaluate(engine.ema.module if engine.ema is not None else engine.model,
+                           engine.val_loader, engine.val_pipe, engine.precision, engine.tta)
+        engine.schedule.step_epoch(val["val_loss"] if val else None)
+        row = _epoch_row(progress, val, progress.epoch_lr, seconds)
+        progress.history.append(row)
+        is_best = val is not None and improved(t.monitor, val[t.monitor], progress.best)
+        if is_best:
+            progress.best, progress.best_epoch, progress.bad_epochs = val[t.monitor], progress.epoch + 1, 0
+        elif val is not None:
+            progress.bad_epochs += 1
+        snapshot = progress.epoch in engine.schedule.snapshot_epochs
+        progress.epoch, progress.epoch_sums, progress.epoch_seconds, progress.epoch_lr = \
+            progress.epoch + 1, torch.zeros(4, dtype=torch.float64), 0.0, None
+        augment_ranks = gather_to_all(engine.generator.get_state())
+        if files:
+            files.save(engine, progress, "last", augment_ranks=augment_ranks)
+            if is_best:
+                files.save(engine, progress, "best", augment_ranks=augment_ranks)
+            if snapshot:
+                cycle = engine.schedule.snapshot_epochs.index(progress.epoch - 1) + 1
+                files.save(engine, progress, f"snapshot-{cycle}", augment_ranks=augment_ranks)
+            rundir.write_metrics(files.run_dir, progress.history)
+            files.log_epoch(row)
+        if not show and engine.is_main:
+            print(_log_line(row, t.epochs), flush=True)
+        if t.early_stopping is not None and progress.bad_epochs >= t.early_stopping:
+            if engine.is_main:
+                print(f"early stopping: {t.monitor} has not improved for {progress.bad_epochs} evaluations "
+                      f"(best {progress.best:.4f} at epoch {progress.best_epoch})", flush=True)
+            break
+    return "finished"
+
+
+def _log_line(row: dict, epochs: int) -> str:
+    val = f" val_loss {row['val_loss']:.4f} val_top1 {row['val_top1']:.4f}" if row.get("val_top1") is not None else ""
+    return (f"epoch {row['epoch']}/{epochs} train_loss {row['train_loss']:.4f} train_top1 {row['train_top1']:.4f}"
+            f"{val} lr {row['lr']:.4g} {row['epoch_seconds']:.1f}s {row['images_per_s'] or 0:.0f} img/s")
+
+
+# --------------------------------------------------------------------------- summary
+def recipe_hash(recipe: Recipe) -> str:
+    """Identifies what is trained: the recipe without name, notes and seed (seeds of one recipe share it)."""
+    values = {k: v for k, v in recipe.to_dict().items() if k not in ("name", "notes", "seed")}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def build_summary(run_dir: Path, recipe: Recipe, ds, model, progress: Progress, status: str, mflops: float) -> dict:
+    last_val = next((r for r in reversed(progress.history) if r.get("val_top1") is not None), {})
+    last = progress.history[-1] if progress.history else {}
+    images = sum(r["images_per_s"] * r["epoch_seconds"] for r in progress.history if r.get("images_per_s"))
+    return {
+        "run": run_dir.name, "name": recipe.name, "model": recipe.model.name, "dataset": ds.name,
+        "seed": recipe.seed, "params": count_parameters(model), "mflops": round(mflops, 3),
+        "epochs": progress.epoch, "best_epoch": progress.best_epoch,
+        "best_val_top1": max((r["val_top1"] for r in progress.history if r.get("val_top1") is not None), default=None),
+        "val_top1": last_val.get("val_top1"), "val_top5": last_val.get("val_top5"), "val_loss": last_val.get("val_loss"),
+        "train_top1": last.get("train_top1"), "train_loss": last.get("train_loss"),
+        "seconds": round(progress.seconds, 3), "images_per_s": images / progress.seconds if progress.seconds else None,
+        "recipe_hash": recipe_hash(recipe), "status": status,
+    }
+
+
+# --------------------------------------------------------------------------- main
+def train_run(recipe: Recipe | None, run_dir: str | Path, resume: bool = False, overwrite: bool = False,
+              quiet: bool = False, device: str | None = None,
+              after_step: Callable[[Engine, Progress], None] | None = None) -> RunResult:
+    """Train ``recipe`` into ``run_dir``, or with ``resume`` continue the run there (its own
+    recipe.yaml; a recipe given too must be identical). ``device`` overrides train.device."""
+    run_dir = Path(run_dir)
+    ranks = ranks_from_env()
+    if resume:
+        recipe = _resumed_recipe(run_dir, recipe)
+    elif recipe is None:
+        raise CnnbenchError("train: a recipe is needed unless resuming (cnnbench train RECIPE.yaml)")
+    t = recipe.train
+    dev = init_distributed(ranks, resolve_device(device or t.device))
+    precision = Precision(resolve_precision(t.precision, dev), dev)
+    if ranks.is_main:
+        rundir.prepare_run_dir(run_dir, resume, overwrite)
+    # Process-wide torch settings, put back afterwards so a caller (a study, a test) is unaffected.
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    try:
+        if t.workers:
+            torch.set_num_threads(t.workers)
+        torch.use_deterministic_algorithms(t.deterministic)
+        return _train(recipe, run_dir, resume, quiet, dev, precision, ranks, after_step)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+        shutdown_distributed()
+
+
+def _resumed_recipe(run_dir: Path, recipe: Recipe | None) -> Recipe:
+    """Resuming uses the recipe saved in the run folder; a different one given with it is an error."""
+    from cnnbench.train.config import load_recipe
+
+    saved = load_recipe(run_dir / "recipe.yaml") if (run_dir / "recipe.yaml").exists() else None
+    if saved is None:
+        raise CnnbenchError(f"{run_dir}: nothing to resume (no recipe.yaml); start a run with --out {run_dir}")
+    if recipe is not None and recipe.to_dict() != saved.to_dict():
+        raise CnnbenchError(f"{run_dir}: the recipe given differs from the run's recipe.yaml; "
+                            "resume with only --resume RUN_DIR")
+    return saved
+
+
+def _train(recipe: Recipe, run_dir: Path, resume: bool, quiet: bool, dev: torch.device, precision: Precision,
+           ranks: Ranks, after_step) -> RunResult:
+    d = recipe.data
+    ds = load_dataset(d.name, data=d.path, grayscale=d.grayscale, train_per_class=d.train_per_class,
+                      val_split=d.val_split, skip_bad=d.skip_bad, holdout=d.holdout, progress=not quiet and ranks.is_main)
+    kwargs = model_kwargs(recipe, ds)
+    model = build_model(recipe, kwargs)
+    mflops = count_flops(model) / 1e6  # forward FLOPs per image at the input size, torch's flop counter
+    engine = build_engine(recipe, ds, model, dev, precision, ranks)
+    classes = [c.id for c in ds.classes]
+    progress = Progress()
+    if resume:
+        ckpt = load_checkpoint(checkpoint_path(run_dir, "last"))
+        if ckpt["classes"] != classes:
+            raise CnnbenchError(f"{run_dir}: the dataset's classes differ from the ones this run was trained on")
+        progress = restore(engine, ckpt, ranks)
+    files = None
+    if ranks.is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        if not resume:
+            rundir.write_recipe(run_dir, recipe.to_dict())
+            rundir.write_classes(run_dir, ds.classes)
+        rundir.write_json_atomic(run_dir / "env.json", rundir.environment(
+            str(dev), precision.name, ds.manifest_hash, ranks.world_size,
+            {"resumed_at_epoch": progress.epoch if resume else None, "per_rank_batch": recipe.train.batch_size // ranks.world_size}))
+        files = RunFiles(run_dir, recipe, classes, kwargs, SummaryWriter(str(run_dir / "tb"), purge_step=progress.epoch + 1))
+    show = not quiet and ranks.is_main and sys.stderr.isatty()
+    status = "finished"
+    try:
+        with StopRequest() as stop:
+            status = fit(engine, progress, recipe, files, stop, show, after_step)
+    except NonFiniteLoss as exc:
+        status = "diverged"
+        message = str(exc)
+        if files:
+            _finish(files, recipe, ds, model, progress, status, mflops)
+        raise NonFiniteLoss(f"{message}; stopped. The last good checkpoint is {checkpoint_path(run_dir, 'last')} "
+                            f"(end of epoch {progress.epoch}); lower optim.lr or use train.precision=fp32") from None
+    summary = _finish(files, recipe, ds, model, progress, status, mflops) if files else {}
+    if status == "stopped" and ranks.is_main:
+        print(f"stopped at epoch {progress.epoch + 1}, step {engine.train_stream.position} of {len(engine.train_stream)}; "
+              f"checkpoint written. Resume with: cnnbench train --resume {run_dir}", file=sys.stderr, flush=True)
+    return RunResult(run_dir, status, summary)
+
+
+def _finish(files: RunFiles, recipe, ds, model, progress, status, mflops) -> dict:
+    summary = build_summary(files.run_dir, recipe, ds, model, progress, status, mflops)
+    rundir.write_summary(files.run_dir, summary)
+    files.writer.close()
+    return summary

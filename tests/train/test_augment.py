@@ -1,0 +1,134 @@
+"""Batch augmentation: each per-sample op equals torchvision's op applied image by image, draws
+its own parameters per image, and replays exactly from the generator state."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+from cnnbench.data import augment as A
+from cnnbench.data.augment import create_augment, create_mix
+
+ALL_OPS = dict(hflip=0.5, vflip=0.5, rotate=10, translate=0.1, brightness=0.2, crop_padding=4,
+               random_resized_crop=[0.35, 1.0], center_crop=0.875, blur=0.5, color_jitter=0.4,
+               randaugment=[2, 9], random_erasing=0.25)
+
+
+@pytest.fixture
+def batch() -> torch.Tensor:
+    return torch.rand(6, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+
+
+def one_by_one(fn, x, values):
+    return torch.stack([fn(x[i:i + 1], v)[0] for i, v in enumerate(values)])
+
+
+def test_affine_matches_torchvision_per_image(batch):
+    angles, shifts, shears = [30.0, -45.0, 90.0, 0.0, 12.0, -7.0], [[2, -3], [0, 1], [-4, 0], [1, 1], [0, 0], [3, 2]], \
+        [[10.0, 5.0], [0.0, -20.0], [0.0, 0.0], [15.0, 0.0], [-5.0, 5.0], [0.0, 0.0]]
+    ours = A.affine(batch, angle=torch.tensor(angles), translate=torch.tensor(shifts, dtype=torch.float32),
+                    shear=torch.tensor(shears), mode="nearest")
+    # TF.affine takes clockwise angles; TF.rotate (and ours) counter-clockwise.
+    theirs = torch.stack([TF.affine(batch[i:i + 1], angle=-angles[i], translate=shifts[i], scale=1.0, shear=shears[i])[0]
+                          for i in range(6)])
+    mismatch = (ours - theirs).abs().gt(1e-6).float().mean().item()
+    assert mismatch < 0.02  # nearest-neighbour ties at a few pixel centres may round differently
+    rotated = A.affine(batch, angle=torch.full((6,), 90.0), mode="nearest")
+    assert torch.equal(rotated, TF.rotate(batch, 90.0))
+
+
+@pytest.mark.parametrize("name", ["brightness", "contrast", "saturation", "sharpness"])
+def test_per_sample_colour_ops_match_torchvision(batch, name):
+    factors = torch.tensor([0.5, 1.0, 1.5, 0.1, 1.9, 0.8])
+    ours = getattr(A, f"adjust_{name}")(batch, factors)
+    theirs = one_by_one(lambda im, f: getattr(TF, f"adjust_{name}")(im, float(f)), batch, factors)
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_blur_solarize_posterize_match_torchvision(batch):
+    sigmas = torch.tensor([0.1, 0.5, 1.0, 1.5, 2.0, 0.7])
+    torch.testing.assert_close(A.gaussian_blur(batch, sigmas),
+                               one_by_one(lambda im, s: TF.gaussian_blur(im, [5, 5], [float(s)] * 2), batch, sigmas),
+                               atol=1e-5, rtol=0)
+    thresholds = torch.tensor([0.2, 0.4, 0.5, 0.6, 0.8, 1.0])
+    torch.testing.assert_close(A.solarize(batch, thresholds),
+                               one_by_one(lambda im, t: TF.solarize(im, float(t)), batch, thresholds))
+    bits = torch.tensor([1, 2, 4, 5, 7, 8])
+    u8 = (batch * 255).round().to(torch.uint8)
+    expected = one_by_one(lambda im, b: TF.posterize(im, int(b)), u8, bits).float() / 255
+    torch.testing.assert_close(A.posterize(batch, bits), expected)
+
+
+def test_center_crop_resize_is_torchvision_crop_then_resize(batch):
+    out = A.center_crop_resize(batch, 0.75)
+    expected = TF.resize(TF.center_crop(batch, [12, 12]), [16, 16], antialias=True).clamp(0, 1)
+    assert torch.equal(out, expected)
+
+
+def test_random_crop_padded_is_a_shifted_window_of_the_padded_image(batch):
+    g = torch.Generator().manual_seed(3)
+    out = A.random_crop_padded(batch, g, padding=2)
+    padded = torch.nn.functional.pad(batch, (2, 2, 2, 2), mode="reflect")
+    for i in range(6):  # every output is exactly one of the 25 windows
+        windows = [padded[i, :, dy:dy + 16, dx:dx + 16] for dy in range(5) for dx in range(5)]
+        assert any(torch.equal(out[i], w) for w in windows)
+
+
+def test_ops_draw_per_sample_parameters():
+    x = torch.rand(1, 3, 16, 16).repeat(64, 1, 1, 1)  # 64 copies of one image
+    g = torch.Generator().manual_seed(0)
+    for settings in [dict(rotate=30), dict(blur=1.0), dict(color_jitter=0.5), dict(random_resized_crop=[0.2, 1.0]),
+                     dict(trivialaugment=True), dict(randaugment=[2, 9]), dict(random_erasing=1.0)]:
+        out = create_augment(settings)(x, g)
+        distinct = len({round(v, 5) for v in out.flatten(1).sum(1).tolist()})
+        assert distinct > 16, f"{settings}: only {distinct} distinct results over 64 copies"
+    flipped = create_augment(dict(hflip=0.5))(x, g)
+    n_flipped = sum(torch.equal(flipped[i], x[0].flip(-1)) for i in range(64))
+    assert 16 < n_flipped < 48  # about half
+
+
+def test_augment_replays_from_generator_state_and_stays_in_range():
+    x = torch.rand(8, 3, 16, 16)
+    aug = create_augment(ALL_OPS)
+    assert aug.names == ["crop_padding", "random_resized_crop", "center_crop", "hflip", "vflip", "rotate_translate",
+                         "brightness", "color_jitter", "blur", "randaugment", "random_erasing"]
+    g = torch.Generator().manual_seed(5)
+    state = g.get_state()
+    first = aug(x, g)
+    g.set_state(state)
+    assert torch.equal(aug(x, g), first)
+    assert first.shape == x.shape and first.min() >= 0 and first.max() <= 1
+    assert create_augment({}) is None
+    with pytest.raises(ValueError, match="unknown augmentation setting 'hflipp'"):
+        create_augment({"hflipp": 0.5})
+
+
+def test_trivialaugment_uses_torchvision_op_table():
+    aug = create_augment(dict(trivialaugment=True)).ops[0][1]
+    assert list(aug.space) == ["Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness",
+                               "Color", "Contrast", "Sharpness", "Posterize", "Solarize", "AutoContrast", "Equalize"]
+    assert aug.num_ops == 1 and aug.magnitude_bin is None
+
+
+def test_random_erasing_boxes_cover_the_configured_area():
+    x = torch.full((200, 3, 32, 32), 0.5)
+    out = A.random_erasing(x, torch.Generator().manual_seed(0), p=1.0)
+    fractions = (out != 0.5).any(1).float().mean((1, 2))  # (B,) erased share of each image
+    assert fractions.min() > 0.005 and fractions.max() < 0.40
+    assert 0.1 < fractions.mean() < 0.22  # area drawn uniformly in [0.02, 0.33]: mean ~0.175
+
+
+def test_mixup_and_cutmix_weights():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 8, 8)
+    y = torch.arange(4)
+    mixed = create_mix(dict(mixup=0.4))(x, y, g)
+    torch.testing.assert_close(mixed.inputs, mixed.lam * x + (1 - mixed.lam) * x.roll(1, 0))
+    assert mixed.labels_b.tolist() == [3, 0, 1, 2] and 0 <= mixed.lam <= 1
+    cut = create_mix(dict(cutmix=1.0))(x, y, g)
+    pasted = (cut.inputs != x).any(1)[0].float().mean().item()  # share of image 0 replaced by image 3
+    assert math.isclose(cut.lam, 1 - pasted, abs_tol=1e-6)
+    assert create_mix(dict(hflip=0.5)) is None

@@ -1,0 +1,77 @@
+"""Checkpoint files (atomic, weights_only, RNG states as tensors) and device/precision choice."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from cnnbench.errors import CnnbenchError
+from cnnbench.train import checkpoint as ck
+from cnnbench.train.device import Precision, cpu_has_fast_bf16, resolve_device, resolve_precision
+
+
+def draws(g: torch.Generator) -> list:
+    return [torch.rand(3).tolist(), np.random.rand(3).tolist(), [random.random() for _ in range(3)],
+            torch.rand(3, generator=g).tolist()]
+
+
+def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
+    g = torch.Generator().manual_seed(7)
+    torch.manual_seed(1), np.random.seed(2), random.seed(3)
+    np.random.randn()  # leaves a cached Gaussian in numpy's state
+    state = ck.capture_rng_state(g)
+    expected = draws(g)
+    ck.save_checkpoint({"rng": state, "epoch": 3}, tmp_path / "c.pt")
+    loaded = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in loaded["rng"].values())
+    torch.manual_seed(99), np.random.seed(99), random.seed(99), g.manual_seed(99)
+    ck.restore_rng_state(loaded["rng"], g)
+    assert draws(g) == expected
+
+
+def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints" / "last.pt"
+    ck.save_checkpoint({"epoch": 1}, path)
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        ck.save_checkpoint({"epoch": 2}, path)
+    assert ck.load_checkpoint(path)["epoch"] == 1
+    assert [p.name for p in path.parent.iterdir()] == ["last.pt"]
+
+
+def test_unreadable_and_missing_checkpoints_are_user_errors(tmp_path):
+    (tmp_path / "bad.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CnnbenchError, match="bad.pt: not a readable cnnbench checkpoint"):
+        ck.load_checkpoint(tmp_path / "bad.pt")
+    with pytest.raises(CnnbenchError, match="missing.pt: checkpoint not found"):
+        ck.load_checkpoint(tmp_path / "missing.pt")
+    (tmp_path / "run" / "checkpoints").mkdir(parents=True)
+    ck.save_checkpoint({"epoch": 1}, tmp_path / "run" / "checkpoints" / "last.pt")
+    with pytest.raises(CnnbenchError, match=r"no 'best' checkpoint in this run folder \(have: last\)"):
+        ck.load_run(tmp_path / "run", "best")
+
+
+def test_device_and_precision_choice():
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(CnnbenchError, match="expected auto, cpu, cuda, cuda:N or mps, got 'tpu'"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        assert resolve_device("auto").type in ("cpu", "mps")
+        with pytest.raises(CnnbenchError, match="no CUDA GPU is available"):
+            resolve_device("cuda")
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == ("bf16" if cpu_has_fast_bf16() else "fp32")
+    assert resolve_precision("fp32", cpu) == "fp32"
+    with pytest.raises(CnnbenchError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", cpu)
+    with Precision("bf16", cpu).autocast():
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    assert not Precision("bf16", cpu).grad_scaler().is_enabled()

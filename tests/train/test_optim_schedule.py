@@ -1,0 +1,114 @@
+"""Optimiser table, the two weight penalties, and every learning-rate schedule's numbers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from cnnbench.errors import CnnbenchError
+from cnnbench.train.config import OptimConfig, ScheduleConfig
+from cnnbench.train.optim import create_l2_penalty, create_optimizer, resolve_l2_layers
+from cnnbench.train.schedule import Horizon, create_schedule
+
+
+def small_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4 * 4 * 4, 3))
+
+
+@pytest.mark.parametrize("name,cls", [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam),
+                                      ("adamw", torch.optim.AdamW), ("radam", torch.optim.RAdam)])
+def test_optimizer_table_and_no_decay_groups(name, cls):
+    opt = create_optimizer(small_net(), OptimConfig(name=name, lr=0.01, weight_decay=5e-4, nesterov=name == "sgd"))
+    assert type(opt) is cls
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 5e-4 and plain["weight_decay"] == 0.0
+    assert [p.ndim for p in decayed["params"]] == [4, 2]  # conv and linear weights
+    assert len(plain["params"]) == 4  # conv bias, BN weight and bias, linear bias
+    if name == "sgd":
+        assert opt.defaults["nesterov"] is True and opt.defaults["momentum"] == 0.9
+
+
+def test_nesterov_without_momentum_is_refused():
+    with pytest.raises(CnnbenchError, match="Nesterov SGD needs momentum > 0"):
+        create_optimizer(small_net(), OptimConfig(nesterov=True, momentum=0.0))
+
+
+def test_keras_l2_is_added_to_the_loss_not_decay():
+    net = small_net()
+    penalty = create_l2_penalty(net, OptimConfig(l2=0.01, l2_layers=["3"]))
+    expected = 0.01 * net[3].weight.pow(2).sum()
+    torch.testing.assert_close(penalty(), expected)
+    penalty().backward()
+    torch.testing.assert_close(net[3].weight.grad, 2 * 0.01 * net[3].weight.detach())
+    assert net[0].weight.grad is None  # only the chosen layer carries it
+    assert create_l2_penalty(net, OptimConfig(l2=0.0)) is None
+
+
+def test_l2_layers_default_to_the_models_list_then_every_conv_linear():
+    net = small_net()
+    assert resolve_l2_layers(net, None) == ["0", "3"]
+    net.l2_layers = ["3"]
+    assert resolve_l2_layers(net, None) == ["3"]
+    with pytest.raises(CnnbenchError, match="optim.l2_layers: 2, nope are not layers with a weight"):
+        resolve_l2_layers(net, ["3", "2", "nope"])  # 2 is the Flatten
+
+
+def lrs(cfg: ScheduleConfig, epochs=10, steps=10, lr=0.1, momentum=0.9) -> list[float]:
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=lr, momentum=momentum)
+    schedule = create_schedule(opt, cfg, Horizon(epochs, steps), lr)
+    out = []
+    for _ in range(epochs * steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        schedule.step_batch()
+    return out
+
+
+def test_inverse_time_is_keras_decay():
+    values = lrs(ScheduleConfig(name="inverse_time", decay=1e-2))
+    assert [values[t] for t in (0, 1, 50)] == pytest.approx([0.1, 0.1 / 1.01, 0.1 / 1.5])
+
+
+def test_step_divides_by_ten_every_seven_epochs():
+    values = lrs(ScheduleConfig(name="step", step_epochs=7, gamma=0.1), epochs=15, steps=4)
+    assert values[27] == pytest.approx(0.1) and values[28] == pytest.approx(0.01) and values[56] == pytest.approx(0.001)
+
+
+def test_cosine_warms_up_then_decays_to_the_floor():
+    values = lrs(ScheduleConfig(name="cosine", warmup_epochs=2, min_lr=0.001))
+    assert values[0] == pytest.approx(0.1 / 20) and values[19] == pytest.approx(0.1)
+    assert values[20] == pytest.approx(0.1) and values[60] == pytest.approx(0.001 + 0.099 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert values[-1] == pytest.approx(0.001, abs=1e-4)
+
+
+def test_onecycle_peaks_at_pct_start():
+    values = lrs(ScheduleConfig(name="onecycle", pct_start=0.25))
+    assert max(values) == pytest.approx(0.1) and values.index(max(values)) in (24, 25)
+    assert values[0] < 0.01 and values[-1] < 1e-4
+
+
+def test_cyclic_cosine_restarts_and_marks_snapshot_epochs():
+    cfg = ScheduleConfig(name="cyclic_cosine", cycles=2)
+    values = lrs(cfg)
+    assert values[0] == pytest.approx(0.1) and values[50] == pytest.approx(0.1) and values[49] < 0.001
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    assert create_schedule(opt, cfg, Horizon(10, 3), 0.1).snapshot_epochs == [4, 9]
+    with pytest.raises(CnnbenchError, match=r"train.epochs \(9\) must be a multiple of cycles \(2\)"):
+        create_schedule(opt, cfg, Horizon(9, 3), 0.1)
+
+
+def test_plateau_reduces_after_patience_epochs_on_val_loss():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = create_schedule(opt, ScheduleConfig(name="plateau", patience=2, gamma=0.5), Horizon(10, 5), 0.1)
+    schedule.step_batch()  # per-epoch schedule: batches do not move it
+    for loss in [1.0, 1.0, 1.0]:
+        schedule.step_epoch(loss)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.1)
+    schedule.step_epoch(1.0)
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    schedule.step_epoch(None)  # an epoch without evaluation changes nothing
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05)

@@ -1,0 +1,204 @@
+"""Whole runs on the tiny Tiny-ImageNet fixture through the real load_dataset / create_model:
+the run folder's contents, resume equality, signals, NaN, refusal to overwrite, load_run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+
+import pytest
+import torch
+import yaml
+
+from cnnbench.cli import main
+from cnnbench.errors import CnnbenchError
+from cnnbench.train.checkpoint import load_checkpoint, load_run
+from cnnbench.train.config import load_recipe
+from cnnbench.train.loop import classification_loss
+from cnnbench.train.rundir import METRICS_COLUMNS, SUMMARY_COLUMNS
+from cnnbench.train.run import train_run
+
+from train_fixtures import NAMES, TRAIN_PER_CLASS, WNIDS, tiny_recipe
+
+BATCHES_PER_EPOCH = 4 * TRAIN_PER_CLASS // 16  # 6
+
+
+def read_metrics(run_dir) -> list[dict]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def test_cli_writes_the_run_folder(tiny_data, tmp_path, capsys):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_data)))
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run), "--quiet", "--set", "train.epochs=2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch 2/2 train_loss" in out and f"finished: {run}" in out
+
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "classes.json", "env.json", "metrics.csv",
+                                                     "recipe.yaml", "summary.json", "tb"]
+    rows = read_metrics(run)
+    assert list(rows[0]) == list(METRICS_COLUMNS) and [r["epoch"] for r in rows] == ["1", "2"]
+    for row in rows:
+        assert all(0.0 <= float(row[k]) <= 1.0 for k in ("train_top1", "train_top5", "val_top1", "val_top5"))
+        assert float(row["train_top5"]) == 1.0  # 4 classes: the true one is always in the top 5
+        assert float(row["lr"]) == 0.05 and float(row["epoch_seconds"]) > 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert list(summary) == list(SUMMARY_COLUMNS)
+    assert summary["status"] == "finished" and summary["epochs"] == 2 and summary["model"] == "simple_cnn"
+    assert summary["val_top1"] == pytest.approx(float(rows[-1]["val_top1"]), abs=1e-6)
+    assert summary["params"] == 539_556  # simple_cnn at 12 px, 4 classes
+    assert summary["best_val_top1"] == max(float(r["val_top1"]) for r in rows)
+    assert json.loads((run / "classes.json").read_text()) == [{"id": w, "name": n} for w, n in zip(WNIDS, NAMES)]
+    assert load_recipe(run / "recipe.yaml").train.epochs == 2
+    env = json.loads((run / "env.json").read_text())
+    assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["precision"] == "fp32"
+    assert len(env["dataset_manifest_hash"]) == 16
+
+    ckpt = load_checkpoint(run / "checkpoints" / "last.pt")  # weights_only=True inside
+    for key in ("model", "optimizer", "scheduler", "scaler", "ema", "rng", "epoch", "loader", "recipe", "classes",
+                "model_name", "num_classes", "best"):
+        assert key in ckpt
+    assert ckpt["epoch"] == 2 and ckpt["classes"] == WNIDS and ckpt["num_classes"] == 4
+    assert isinstance(ckpt["rng"]["torch"], torch.Tensor) and isinstance(ckpt["rng"]["augment"], torch.Tensor)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    events = EventAccumulator(str(run / "tb"))
+    events.Reload()
+    top1 = [e.value for e in events.Scalars("val/top1")]
+    assert top1 == pytest.approx([float(r["val_top1"]) for r in rows], abs=1e-6)
+
+
+def test_existing_run_folder_is_never_overwritten_silently(tiny_data, tmp_path, capsys):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_data, train={"epochs": 1})))
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run), "--quiet"]) == 0
+    before = (run / "summary.json").read_text()
+    assert main(["train", str(recipe), "--out", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"cnnbench: error: {run}: folder exists and is not empty; use --resume {run}" in err
+    assert (run / "summary.json").read_text() == before
+    assert main(["train", str(recipe), "--out", str(run), "--quiet", "--overwrite"]) == 0
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("keep me")
+    assert main(["train", str(recipe), "--out", str(tmp_path / "other"), "--overwrite", "--quiet"]) == 2
+    assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
+
+
+def interrupt_at(step: int, sig: int):
+    """An after_step hook that sends ``sig`` to this process after optimiser step ``step``."""
+    def hook(engine, progress):
+        if progress.step == step:
+            os.kill(os.getpid(), sig)
+    return hook
+
+
+def test_resume_after_sigint_equals_an_uninterrupted_run(tiny_data, tmp_path, capsys):
+    # Every source of randomness on: augmentation, mixup, dropout; plus EMA and a per-step schedule.
+    values = tiny_recipe(tiny_data, augment={"hflip": 0.5, "crop_padding": 2, "mixup": 0.2},
+                         model={"name": "simple_cnn", "dropout": 0.3}, schedule={"name": "cosine", "warmup_epochs": 1},
+                         train={"epochs": 2, "ema": 0.9})
+    recipe = load_recipe(values=values)
+    whole = train_run(recipe, tmp_path / "whole", quiet=True)
+    assert whole.status == "finished"
+
+    cut = train_run(recipe, tmp_path / "cut", quiet=True, after_step=interrupt_at(BATCHES_PER_EPOCH + 2, signal.SIGINT))
+    assert cut.status == "stopped"
+    assert f"Resume with: cnnbench train --resume {tmp_path / 'cut'}" in capsys.readouterr().err
+    partial = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    assert partial["complete"] is False and partial["epoch"] == 1 and partial["loader"]["position"] == 2
+    assert json.loads((tmp_path / "cut" / "summary.json").read_text())["status"] == "stopped"
+
+    resumed = train_run(None, tmp_path / "cut", resume=True, quiet=True)
+    assert resumed.status == "finished"
+    timing = ("epoch_seconds", "images_per_s")
+    strip = lambda rows: [{k: v for k, v in r.items() if k not in timing} for r in rows]  # noqa: E731
+    assert strip(read_metrics(tmp_path / "cut")) == strip(read_metrics(tmp_path / "whole"))
+    a = load_checkpoint(tmp_path / "whole" / "checkpoints" / "last.pt")
+    b = load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")
+    for key in a["model"]:
+        assert torch.equal(a["model"][key], b["model"][key]), key
+    for key in a["ema"]:
+        assert torch.equal(a["ema"][key], b["ema"][key]), key
+    assert a["step"] == b["step"] == 2 * BATCHES_PER_EPOCH
+
+
+def test_sigterm_finishes_the_step_and_writes_a_checkpoint(tiny_data, tmp_path):
+    recipe = load_recipe(values=tiny_recipe(tiny_data, train={"epochs": 3}))
+    result = train_run(recipe, tmp_path / "run", quiet=True, after_step=interrupt_at(2, signal.SIGTERM))
+    assert result.status == "stopped"
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["step"] == 2 and ckpt["loader"] == {"epoch": 0, "position": 2}
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
+    assert main(["train", "--resume", str(tmp_path / "run"), "--set", "train.epochs=4"]) == 2  # resume takes no --set
+    assert main(["train", "--resume", str(tmp_path / "run"), "--quiet"]) == 0
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == ["1", "2", "3"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "finished"
+
+
+def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
+    recipe = load_recipe(values=tiny_recipe(tiny_data, train={"epochs": 3}))
+
+    def poison(engine, progress):  # after the first step of epoch 2, make the next forward produce NaN
+        if progress.step == BATCHES_PER_EPOCH + 1:
+            next(iter(engine.model.parameters())).data.fill_(float("nan"))
+
+    with pytest.raises(CnnbenchError, match=r"loss became nan at epoch 2, step 2 of 6 .*end of epoch 1"):
+        train_run(recipe, tmp_path / "run", quiet=True, after_step=poison)
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_bf16_channels_last_sets_and_early_stopping(tiny_data, tmp_path):
+    # The fixture's classes are easy: val top-1 reaches 1.0 within an epoch or two and can then
+    # only fail to improve, so patience 1 stops the run one epoch after its best.
+    values = tiny_recipe(tiny_data, train={"epochs": 6, "precision": "bf16", "early_stopping": 1, "monitor": "val_top1",
+                                           "deterministic": False},
+                         augment={"hflip": 0.5, "sets": [{"center_crop": 0.75}, {"vflip": 0.5, "blur": 0.5}]})
+    formats = []
+    result = train_run(load_recipe(values=values), tmp_path / "run", quiet=True, after_step=lambda engine, progress:
+                       formats.append(engine.model.features.conv1.weight.is_contiguous(memory_format=torch.channels_last)))
+    assert formats and all(formats)
+    rows = read_metrics(tmp_path / "run")
+    assert len(rows) < 6 and result.summary["best_epoch"] == len(rows) - 1  # stopped 1 epoch after the best
+    env = json.loads((tmp_path / "run" / "env.json").read_text())
+    assert env["precision"] == "bf16"
+    ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert ckpt["step"] == len(rows) * 3 * BATCHES_PER_EPOCH  # two sets: every epoch sees the data three times
+    model, recipe, classes = load_run(tmp_path / "run", "best")
+    assert classes == WNIDS and recipe.augment.sets[0] == {"center_crop": 0.75} and not model.training
+    best = load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")
+    assert best["epoch"] == result.summary["best_epoch"]
+    assert all(torch.equal(v, best["model"][k]) for k, v in model.state_dict().items())
+
+
+def test_cyclic_cosine_saves_a_snapshot_per_cycle(tiny_data, tmp_path):
+    values = tiny_recipe(tiny_data, schedule={"name": "cyclic_cosine", "cycles": 2}, train={"epochs": 2})
+    train_run(load_recipe(values=values), tmp_path / "run", quiet=True)
+    names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert names == ["best.pt", "last.pt", "snapshot-1.pt", "snapshot-2.pt"]
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "snapshot-1.pt")["epoch"] == 1
+
+
+def test_aux_heads_add_their_weighted_loss():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0]])
+    aux = torch.tensor([[0.0, 3.0], [1.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    ce = torch.nn.functional.cross_entropy
+    loss, main = classification_loss((logits, aux), labels, None, 1.0, 0.0, [])
+    torch.testing.assert_close(loss, ce(logits, labels) + 0.4 * ce(aux, labels))
+    assert main is logits
+    loss, _ = classification_loss((logits, aux, None), labels, labels.flip(0), 0.7, 0.1, [0.3])
+    expected = (0.7 * ce(logits, labels, label_smoothing=0.1) + 0.3 * ce(logits, labels.flip(0), label_smoothing=0.1)
+                + 0.3 * (0.7 * ce(aux, labels, label_smoothing=0.1) + 0.3 * ce(aux, labels.flip(0), label_smoothing=0.1)))
+    torch.testing.assert_close(loss, expected)
+
+
+def test_resume_refuses_a_folder_without_a_run(tmp_path):
+    with pytest.raises(CnnbenchError, match="nothing to resume"):
+        train_run(None, tmp_path, resume=True)
