@@ -1,0 +1,108 @@
+"""predict (image files, submission), export (ONNX) and the refused inputs."""
+
+import json
+import re
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from torchvision.io import encode_png
+
+from cnnbench.cli import main
+from cnnbench.errors import CnnbenchError
+from cnnbench.evaluate.evaluation import evaluate_run
+from cnnbench.evaluate.predict import predict_images, write_submission
+from cnnbench.train.checkpoint import load_checkpoint, save_checkpoint
+
+from eval_fixtures import NAMES, WNIDS, reference_log_probs, write_checkpointed_run
+
+
+def test_predict_resizes_any_image_and_matches_the_val_prediction(run, tiny_data, tmp_path):
+    val0 = tiny_data / "val" / "images" / "val_0.JPEG"
+    # The same picture at 128x96 as PNG: decoded, resized to the dataset's 64x64, then the run's pipeline.
+    big = torch.nn.functional.interpolate(torch.rand(1, 3, 96, 128), size=(96, 128))[0]
+    png = tmp_path / "big.png"
+    png.write_bytes(encode_png((big * 255).to(torch.uint8)).numpy().tobytes())
+    results = predict_images(run, [val0, png], top=3)
+    assert [r["file"] for r in results] == [str(val0), str(png)]
+    assert all(len(r["top"]) == 3 for r in results)
+    reference, _ = reference_log_probs(run, tiny_data)
+    expected = np.argsort(-reference[0])[:3]
+    assert [g.id for g in results[0]["top"]] == [WNIDS[i] for i in expected]
+    assert results[0]["top"][0].name == NAMES[expected[0]]
+    assert [g.probability for g in results[0]["top"]] == pytest.approx(np.exp(reference[0][expected]), abs=2e-3)
+    assert all(a.probability >= b.probability for r in results for a, b in zip(r["top"], r["top"][1:]))
+
+
+def test_predict_cli_json_and_a_file_that_is_not_an_image(run, tiny_data, tmp_path, capsys):
+    image = tiny_data / "test" / "images" / "test_1.JPEG"
+    figure = tmp_path / "top2.png"
+    assert main(["predict", str(run), str(image), "--top", "2", "--json", "--figure", str(figure)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out[0]["file"] == str(image) and len(out[0]["top"]) == 2 and set(out[0]["top"][0]) == {"id", "name", "probability"}
+    assert figure.read_bytes().startswith(b"\x89PNG")
+    fake = tmp_path / "notes.jpg"
+    fake.write_text("this is not a JPEG")
+    assert main(["predict", str(run), str(fake)]) == 2
+    err = capsys.readouterr().err
+    assert err == f"cnnbench: error: {fake}: not an image (could not decode it as JPEG, PNG, GIF or WebP)\n"
+
+
+def test_submission_has_one_line_per_test_image_in_challenge_format(run, tiny_data, tmp_path):
+    out = tmp_path / "submission.txt"
+    assert write_submission(run, out) == 5
+    lines = out.read_text().splitlines()
+    assert [line.split()[0] for line in lines] == [f"test_{i}.JPEG" for i in range(5)]
+    assert all(re.fullmatch(r"test_\d+\.JPEG n\d{8}", line) for line in lines)
+    reference, _ = reference_log_probs(run, tiny_data, split="test")
+    assert [line.split()[1] for line in lines] == [WNIDS[i] for i in reference.argmax(1)]
+
+
+def test_onnx_export_matches_pytorch(tmp_path, tiny_data):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    cnn = write_checkpointed_run(tmp_path / "cnn", tiny_data, model="simple_cnn")
+    out = tmp_path / "model.onnx"
+    assert main(["export", str(cnn), "--onnx", str(out)]) == 0
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert json.loads(meta["cnnbench.classes"]) == WNIDS and meta["cnnbench.input_size"] == "64"
+    assert len(json.loads(meta["cnnbench.channel_mean"])) == 3
+    from cnnbench.train.checkpoint import load_run
+    model, _, _ = load_run(cnn)
+    x = torch.randn(5, 3, 64, 64, generator=torch.Generator().manual_seed(3))  # a batch size not used in export
+    with torch.no_grad():
+        expected = model(x).numpy()
+    got = session.run(None, {"images": x.numpy()})[0]
+    assert got.shape == (5, 4) and np.abs(got - expected).max() < 1e-4
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+
+
+def test_run_folder_without_checkpoint_is_refused(run, capsys):
+    shutil.rmtree(run / "checkpoints")
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert f"{run}/checkpoints/best.pt: no 'best' checkpoint" in err and "holds no checkpoints" in err
+
+
+def test_checkpoint_of_another_model_is_refused(run, tmp_path, tiny_data):
+    other = write_checkpointed_run(tmp_path / "mlp", tiny_data, model="mlp1")
+    shutil.copy(other / "checkpoints" / "best.pt", run / "checkpoints" / "best.pt")
+    with pytest.raises(CnnbenchError, match="checkpoint of model 'mlp1', but the run folder trained 'logreg'"):
+        evaluate_run(run)
+
+
+def test_checkpoint_with_another_class_count_is_refused(run, tmp_path):
+    (run / "classes.json").write_text(json.dumps([{"id": w, "name": w} for w in WNIDS[:3]]))
+    with pytest.raises(CnnbenchError, match="the checkpoint has 4 classes, .*classes.json lists 3"):
+        evaluate_run(run)
+
+
+def test_weights_that_do_not_fit_the_model_are_refused(run):
+    path = run / "checkpoints" / "best.pt"
+    state = load_checkpoint(path)
+    state["model"] = {k: v[:2] if v.ndim else v for k, v in state["model"].items()}  # 2 outputs, not 4
+    save_checkpoint(state, path)
+    with pytest.raises(CnnbenchError, match="weights do not load into the model the checkpoint names"):
+        evaluate_run(run)

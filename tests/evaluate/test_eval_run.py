@@ -1,0 +1,99 @@
+"""evaluate on checkpointed runs: numbers checked against an independent forward pass."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from cnnbench.cli import main
+from cnnbench.errors import CnnbenchError
+from cnnbench.evaluate.evaluation import EvalOptions, evaluate_ensemble, evaluate_run, evaluate_snapshots
+from cnnbench.evaluate.results import read_examples, read_predictions
+
+from eval_fixtures import WNIDS, reference_log_probs, write_checkpointed_run, write_tiny_folder
+
+
+def test_evaluate_row_and_files_match_a_direct_forward_pass(run, tiny_data):
+    row = evaluate_run(run)
+    log_probs, labels = reference_log_probs(run, tiny_data)
+    assert row["images"] == len(labels) == 12 and row["tag"] == "val" and row["checkpoint"] == "best"
+    assert row["top1"] == pytest.approx(np.mean(log_probs.argmax(1) == labels))
+    assert row["loss"] == pytest.approx(-log_probs[np.arange(12), labels].mean(), abs=1e-5)
+    assert row["top5"] == 1.0  # 4 classes: the truth is always in the top 5
+    folder = run / "evaluate"
+    assert json.loads((folder / "val.json").read_text()) == row
+    confusion = np.load(folder / "val_confusion.npy")
+    assert confusion.shape == (4, 4) and confusion.sum() == 12 and confusion.sum(axis=1).tolist() == [3, 3, 3, 3]
+    assert np.trace(confusion) == round(row["top1"] * 12)
+    per_class = list(csv.DictReader(open(folder / "val_per_class.csv")))
+    assert [r["id"] for r in per_class] == WNIDS and per_class[0]["name"] == "goldfish"
+    assert [float(r["top1"]) for r in per_class] == pytest.approx(np.diag(confusion) / 3)
+    predictions = read_predictions(run)
+    assert predictions.top5[:, 0].tolist() == log_probs.argmax(1).tolist()
+    assert predictions.files[0] == "val/images/val_0.JPEG" and predictions.correct.sum() == np.trace(confusion)
+    examples = read_examples(run)
+    assert examples.sample_images.shape == (8, 64, 64, 3) and examples.sample_images.dtype == np.uint8
+    assert len(examples.mistake_index) == 12 - np.trace(confusion)
+
+
+def test_flip_tta_averages_the_softmax_of_both_views(run, tiny_data):
+    row = evaluate_run(run, EvalOptions(tta="flip"))
+    plain, labels = reference_log_probs(run, tiny_data)
+    flipped, _ = reference_log_probs(run, tiny_data, flip=True)
+    mean = (np.exp(plain) + np.exp(flipped)) / 2
+    assert row["tag"] == "val-flip" and (run / "evaluate" / "val-flip_confusion.npy").exists()
+    assert row["loss"] == pytest.approx(-np.log(mean[np.arange(12), labels]).mean(), abs=1e-5)
+    assert row["top1"] == pytest.approx(np.mean(mean.argmax(1) == labels))
+
+
+def test_other_dataset_with_the_same_classes_is_evaluated_and_other_classes_refused(run, tmp_path):
+    other = write_tiny_folder(tmp_path / "other", val=5, seed=7)
+    row = evaluate_run(run, EvalOptions(data=str(other)))
+    assert row["images"] == 20 and row["tag"].startswith("val-") and row["data"] == str(other)
+    log_probs, labels = reference_log_probs(run, other)
+    assert row["top1"] == pytest.approx(np.mean(log_probs.argmax(1) == labels))
+    shuffled = write_tiny_folder(tmp_path / "shuffled", wnids=[WNIDS[1], WNIDS[0], *WNIDS[2:]])
+    with pytest.raises(CnnbenchError, match=r"class 0 is 'n01629819' in the dataset but 'n01443537' in the run"):
+        evaluate_run(run, EvalOptions(data=str(shuffled)))
+    fewer = write_tiny_folder(tmp_path / "fewer", wnids=WNIDS[:3])
+    with pytest.raises(CnnbenchError, match="the dataset has 3 classes, the model was trained on 4"):
+        evaluate_run(run, EvalOptions(data=str(fewer)))
+
+
+def test_ensemble_averages_softmax_and_refuses_different_class_lists(run, tiny_data, tmp_path):
+    second = write_checkpointed_run(tmp_path / "cnn-s1", tiny_data, seed=1)
+    row = evaluate_ensemble([run, second], tmp_path / "ens")
+    a, labels = reference_log_probs(run, tiny_data)
+    b, _ = reference_log_probs(second, tiny_data)
+    mean = (np.exp(a) + np.exp(b)) / 2
+    assert row["loss"] == pytest.approx(-np.log(mean[np.arange(12), labels]).mean(), abs=1e-5)
+    assert row["model"] == "ensemble(logreg+logreg)" and row["params"] == 2000
+    assert (tmp_path / "ens" / "classes.json").exists() and (tmp_path / "ens" / "evaluate" / "val.json").exists()
+    three = write_tiny_folder(tmp_path / "three", wnids=WNIDS[:3])
+    odd = write_checkpointed_run(tmp_path / "odd", three, wnids=WNIDS[:3])
+    with pytest.raises(CnnbenchError, match="has 3 classes that differ from the 4 of"):
+        evaluate_ensemble([run, odd], tmp_path / "bad")
+    assert not (tmp_path / "bad").exists()
+
+
+def test_snapshot_ensemble_reports_each_snapshot_and_their_average(tmp_path, tiny_data):
+    cyclic = write_checkpointed_run(tmp_path / "cyclic", tiny_data, snapshots=3)
+    row = evaluate_snapshots(cyclic)
+    singles = [reference_log_probs(cyclic, tiny_data, which=f"snapshot-{k}") for k in (1, 2, 3)]
+    labels = singles[0][1]
+    mean = np.mean([np.exp(lp) for lp, _ in singles], axis=0)
+    assert row["tag"] == "val-snapshots" and row["checkpoint"] == "snapshot-1+snapshot-2+snapshot-3"
+    assert [float(v) for v in row["snapshot_top1"].split()] == pytest.approx(
+        [np.mean(lp.argmax(1) == labels) for lp, _ in singles])
+    assert row["loss"] == pytest.approx(-np.log(mean[np.arange(12), labels]).mean(), abs=1e-5)
+    with pytest.raises(CnnbenchError, match="no snapshot-<k>.pt files"):
+        evaluate_snapshots(write_checkpointed_run(tmp_path / "plain", tiny_data))
+
+
+def test_cli_json_row_and_unlabelled_split(run, capsys):
+    assert main(["evaluate", str(run), "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["tag"] == "val" and row["images"] == 12
+    assert main(["evaluate", str(run), "--split", "test"]) == 2
+    assert "has no labels" in capsys.readouterr().err

@@ -1,0 +1,86 @@
+"""compare: the joined table, seed groups, McNemar tests and flags, from synthetic run folders."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from cnnbench.cli import main
+from cnnbench.evaluate.results import read_predictions
+from cnnbench.evaluate.significance import mcnemar
+from cnnbench.report.compare import build_comparison, write_comparison
+
+
+def test_rows_take_val_numbers_from_evaluation_else_best_epoch(runs):
+    comparison = build_comparison(runs)
+    rows = {r["name"]: r for r in comparison.rows}
+    evaluated = json.loads((runs[0] / "evaluate" / "val.json").read_text())
+    assert rows["resnet18-s0"]["val_top1"] == evaluated["top1"] and rows["resnet18-s0"]["source"] == "evaluate/val"
+    # squeezenet was not evaluated: metrics.csv at its best epoch (the last, the curve only rises)
+    metrics = list(csv.DictReader(open(runs[3] / "metrics.csv")))
+    assert rows["squeezenet"]["source"] == "metrics@best"
+    assert rows["squeezenet"]["val_top1"] == pytest.approx(float(metrics[-1]["val_top1"]))
+    assert rows["squeezenet"]["best_epoch"] == 6
+    m = list(csv.DictReader(open(runs[2] / "metrics.csv")))[-1]
+    assert rows["vgg16"]["gap_last"] == pytest.approx(float(m["train_top1"]) - float(m["val_top1"]))
+    assert rows["vgg16"]["params"] == 138_000_000 and rows["vgg16"]["s_per_epoch"] == 12.5
+
+
+def test_seed_groups_mean_and_sample_std(runs):
+    comparison = build_comparison(runs)
+    assert len(comparison.groups) == 1
+    group = comparison.groups[0]
+    top1 = [json.loads((r / "evaluate" / "val.json").read_text())["top1"] * 100 for r in runs[:2]]
+    assert group["n"] == 2 and group["recipe"] == "resnet18"
+    assert group["val_top1"] == f"{np.mean(top1):.2f} ± {np.std(top1, ddof=1):.2f}"
+
+
+def test_mcnemar_pairs_only_runs_on_the_same_images(runs):
+    comparison = build_comparison(runs)
+    assert [(t["a"], t["b"]) for t in comparison.tests] == [
+        ("resnet18-s0", "resnet18-s1"), ("resnet18-s0", "vgg16"), ("resnet18-s1", "vgg16")]
+    a, b = read_predictions(runs[0]), read_predictions(runs[1])
+    expected = mcnemar(a.correct, b.correct)
+    assert comparison.tests[0]["a_only"] == expected.a_only == int(np.sum(a.correct & ~b.correct))
+    assert comparison.tests[0]["p_value"] == expected.p_value
+    # Different images (another file order) are not paired.
+    path = runs[2] / "evaluate" / "val_predictions.npz"
+    data = dict(np.load(path))
+    data["files"] = data["files"][::-1]
+    np.savez_compressed(path, **data)
+    assert [(t["a"], t["b"]) for t in build_comparison(runs).tests] == [("resnet18-s0", "resnet18-s1")]
+
+
+def test_identical_results_of_different_models_are_flagged(runs, tmp_path):
+    copy = tmp_path / "densenet"
+    shutil.copytree(runs[0], copy)
+    summary = json.loads((copy / "summary.json").read_text())
+    summary.update(name="densenet", model="densenet121")
+    (copy / "summary.json").write_text(json.dumps(summary))
+    flags = build_comparison([runs[0], copy]).flags
+    assert len(flags) == 1 and "identical val_top1 and val_loss" in flags[0]
+
+
+def test_written_files_and_cli(runs, tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", *map(str, runs), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "| resnet18-s0 | resnet18 | 0 |" in printed and "Mean ± std over seeds" in printed
+    rows = list(csv.DictReader(open(out / "compare.csv")))
+    assert [r["name"] for r in rows] == ["resnet18-s0", "resnet18-s1", "vgg16", "squeezenet"]
+    assert float(rows[2]["mflops"]) == 1250.0
+    assert len(list(csv.DictReader(open(out / "mcnemar.csv")))) == 3
+    data = json.loads((out / "compare.json").read_text())
+    assert data["tag"] == "val" and len(data["runs"]) == 4
+    assert (out / "compare.md").read_text().startswith("# Comparison of 4 runs")
+    markdown = write_comparison(build_comparison(runs), tmp_path / "again")["markdown"].read_text()
+    assert markdown == (out / "compare.md").read_text()
+
+
+def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["compare", str(tmp_path / "empty")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cnnbench: error: ") and "not a run folder" in err and err.count("\n") == 1
