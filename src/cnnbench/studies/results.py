@@ -1,0 +1,146 @@
+"""Published numbers beside ours: one row per experiment, mean +- std over the seeds that finished.
+
+Our number for a row is taken the way the report took its own: ``final`` rows use the run's
+final values (``summary.json``: the last epoch, with test-time augmentation when the recipe asks
+for it), ``best`` rows (peaks read off a curve) use ``metrics.csv`` at the run's best epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cnnbench.evaluate.diagnostics import Diagnosis, diagnose
+from cnnbench.evaluate.runs import read_classes, read_metrics, read_summary
+from cnnbench.studies.catalog import PUBLISHED_METRICS, PublishedRow, Study
+
+if TYPE_CHECKING:
+    from cnnbench.studies.runner import PlannedRun
+
+# Metrics compared with the report, in table order; train_top1 only where a report printed it.
+COMPARED = PUBLISHED_METRICS
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation over ``n`` seeds (std is NaN for one seed)."""
+
+    mean: float
+    std: float
+    n: int
+
+    @classmethod
+    def of(cls, values: list[float]) -> "Stat":
+        array = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=np.float64)
+        if not len(array):
+            return cls(math.nan, math.nan, 0)
+        return cls(float(array.mean()), float(array.std(ddof=1)) if len(array) > 1 else math.nan, len(array))
+
+    def text(self, percent: bool = True) -> str:
+        """'24.51 ± 0.32 (n=3)' in percent, or in raw units for losses."""
+        if self.n == 0:
+            return ""
+        scale, digits = (100.0, 2) if percent else (1.0, 3)
+        spread = f" ± {self.std * scale:.{digits}f}" if self.n > 1 else ""
+        return f"{self.mean * scale:.{digits}f}{spread} (n={self.n})"
+
+
+@dataclass
+class SeedRun:
+    """One finished run of an experiment: its summary, curves and the values we compare."""
+
+    seed: int
+    run_dir: Path
+    summary: dict[str, Any]
+    metrics: dict[str, np.ndarray]
+    values: dict[str, float]
+    diagnosis: Diagnosis
+    num_classes: int
+
+
+@dataclass
+class ExperimentResult:
+    """One row of the study table: the published numbers and ours."""
+
+    experiment: str
+    label: str
+    dataset: str
+    model: str
+    epochs: int
+    """Epochs we trained (after --scale)."""
+    full_epochs: int
+    """Epochs of the recipe as the report ran it."""
+    compare: str
+    published: PublishedRow | None
+    runs: list[SeedRun] = field(default_factory=list)
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def ours(self) -> bool:
+        return self.published is None
+
+    def stat(self, metric: str) -> Stat:
+        return Stat.of([r.values.get(metric, math.nan) for r in self.runs])
+
+    def summary_stat(self, key: str) -> Stat:
+        return Stat.of([_number(r.summary.get(key)) for r in self.runs])
+
+    def difference(self, metric: str = "val_top1") -> float:
+        """Ours minus published (fractions); NaN when either is missing."""
+        if self.published is None or metric not in self.published.values:
+            return math.nan
+        return self.stat(metric).mean - self.published.values[metric]
+
+
+def _number(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def compared_values(summary: dict[str, Any], metrics: dict[str, np.ndarray], compare: str) -> dict[str, float]:
+    """The values a published row is compared with: final (summary.json) or at the best epoch (metrics.csv)."""
+    if compare == "final":
+        return {m: _number(summary.get(m)) for m in COMPARED}
+    best_epoch = summary.get("best_epoch")
+    rows = np.flatnonzero(metrics["epoch"] == best_epoch) if best_epoch is not None else []
+    if not len(rows):
+        return {m: math.nan for m in COMPARED}
+    return {m: float(metrics[m][rows[0]]) for m in COMPARED}
+
+
+def load_seed_run(run_dir: Path, seed: int, compare: str) -> SeedRun | None:
+    """A finished run folder as a ``SeedRun``; None when it has not finished."""
+    if not (run_dir / "summary.json").exists():
+        return None
+    summary = read_summary(run_dir)
+    if summary.get("status") != "finished":
+        return None
+    metrics = read_metrics(run_dir)
+    num_classes = len(read_classes(run_dir))
+    return SeedRun(seed, run_dir, summary, metrics, compared_values(summary, metrics, compare),
+                   diagnose(metrics, num_classes), num_classes)
+
+
+def collect_results(study: Study, plan: list[PlannedRun], failures: dict[tuple[str, int], str]) -> list[ExperimentResult]:
+    """Join the plan's run folders with the published rows, one ``ExperimentResult`` per experiment."""
+    results: dict[str, ExperimentResult] = {}
+    for run in plan:
+        full = study.recipe(run.experiment)
+        published = study.published.get(run.experiment)
+        compare = published.compare if published else "final"
+        result = results.setdefault(run.experiment, ExperimentResult(
+            experiment=run.experiment, label=study.label(run.experiment), dataset=run.recipe.data.name,
+            model=run.recipe.model.name, epochs=run.recipe.train.epochs, full_epochs=full.train.epochs,
+            compare=compare, published=published))
+        seed_run = load_seed_run(run.run_dir, run.seed, compare)
+        if seed_run is not None:
+            result.runs.append(seed_run)
+        elif (run.experiment, run.seed) in failures:
+            result.failures.append(f"seed {run.seed}: {failures[(run.experiment, run.seed)]}")
+    return list(results.values())

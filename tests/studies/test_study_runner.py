@@ -1,0 +1,172 @@
+"""``run_study`` with a stand-in engine: planning, skip/resume, refusal, and the report's numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+from study_fakes import FakeEngine, epoch_row
+
+from cnnbench.errors import CnnbenchError
+from cnnbench.studies import load_study
+from cnnbench.studies.reading import StudyConditions, write_reading
+from cnnbench.studies.results import collect_results
+from cnnbench.studies.runner import StudyOptions, default_out, execute_plan, plan_study, run_study, scale_epochs
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+def size80(_) -> float:
+    return 80.0  # training images per class, as in the shared train80 archive
+
+
+def test_scale_epochs_shrinks_every_epoch_length():
+    values = {"train": {"epochs": 20, "early_stopping": 5}, "schedule": {"name": "step", "step_epochs": 7, "warmup_epochs": 1.0}}
+    scaled = scale_epochs(values, 0.1)
+    assert scaled["train"] == {"epochs": 2, "early_stopping": 1}
+    assert scaled["schedule"] == {"name": "step", "step_epochs": 1, "warmup_epochs": pytest.approx(0.1)}
+    assert values["train"]["epochs"] == 20  # the input is not modified
+    assert scale_epochs(values, 1.0) == values
+    assert scale_epochs({"train": {"epochs": 100}}, 0.25)["train"]["epochs"] == 25
+
+
+def test_plan_applies_options_and_names_folders(tmp_path):
+    study = load_study("skoltech22_cnns")
+    options = StudyOptions(data="/data/tiny.zip", scale=0.1, train_per_class=20, seeds=2, only=("densenet161_lr1e-3",),
+                           overrides=("train.device=cpu",))
+    plan = plan_study(study, options, tmp_path)
+    assert [(p.experiment, p.seed) for p in plan] == [("densenet161_lr1e-3", 0), ("densenet161_lr1e-3", 1)]
+    r = plan[1].recipe
+    assert (r.train.epochs, r.schedule.step_epochs, r.data.path, r.data.train_per_class, r.train.device) == (1, 1, "/data/tiny.zip", 20, "cpu")
+    assert plan[1].run_dir == tmp_path / "runs" / "densenet161_lr1e-3" / "seed1"
+    assert default_out(study, options).as_posix() == "runs/studies/skoltech22_cnns-scale0.1-tpc20"
+    with pytest.raises(CnnbenchError, match="--only: study skoltech22_cnns has no experiment 'densenet'"):
+        plan_study(study, StudyOptions(only=("densenet",)), tmp_path)
+    with pytest.raises(CnnbenchError, match=r"--scale: expected a fraction in \(0, 1\]"):
+        StudyOptions(scale=2.0)
+
+
+@pytest.fixture(scope="module")
+def finished_study(tmp_path_factory):
+    """deepl18_vgg at scale 0.1 with 2 seeds, every run written by the stand-in engine."""
+    out = tmp_path_factory.mktemp("deepl") / "study"
+    engine = FakeEngine()
+    options = StudyOptions(scale=0.1, seeds=2, out=out, only=("a_sgd_rui", "c_adam_rui_dropout", "f_adam_he_bn_l2", "modern"))
+    result = run_study(load_study("deepl18_vgg"), options, trainer=engine, log=quiet, sizer=size80)
+    return result, engine
+
+
+def test_every_run_trains_once_with_scaled_epochs(finished_study):
+    result, engine = finished_study
+    assert len(engine.calls) == 4 * 2 and not result.failed
+    epochs = {o.planned.experiment: o.planned.recipe.train.epochs for o in result.outcomes}
+    assert epochs == {"a_sgd_rui": 2, "c_adam_rui_dropout": 2, "f_adam_he_bn_l2": 10, "modern": 2}
+
+
+def test_report_files_exist_and_say_the_scale(finished_study):
+    result, _ = finished_study
+    report = result.out / "report"
+    for name in ("report.html", "report.md", "published_vs_ours.csv", "results.json", "compare/compare.csv",
+                 "compare/seeds.csv", "figures/published_vs_ours.png", "figures/bubbles_tiny-imagenet.png",
+                 "figures/curves_tiny-imagenet.png", "figures/curves_modern.png", "figures/curves_f_adam_he_bn_l2.png"):
+        assert (report / name).stat().st_size > 0, name
+    markdown = (report / "report.md").read_text()
+    html = (report / "report.html").read_text()
+    for page in (markdown, html):
+        assert "QUICK PASS at --scale 0.1" in page
+        assert page.count("--scale 0.1") >= 1 + 7  # banner plus every figure caption
+    assert html.count("data:image/png;base64,") == len(list((report / "figures").glob("*.png")))
+    with open(report / "published_vs_ours.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["scale"] for r in rows} == {"0.1"}
+
+
+def test_report_numbers_match_the_runs(finished_study):
+    result, _ = finished_study
+    with open(result.out / "report" / "published_vs_ours.csv", newline="") as f:
+        rows = {r["experiment"]: r for r in csv.DictReader(f)}
+    study = result.study
+    assert len(rows) == 7  # every row of the study, finished or not
+    for experiment, row in rows.items():
+        if experiment not in ("a_sgd_rui", "c_adam_rui_dropout", "f_adam_he_bn_l2", "modern"):
+            assert row["seeds"] == "0" and row["ours_val_top1"] == ""
+            continue
+        recipes = [o.planned.recipe for o in result.outcomes if o.planned.experiment == experiment]
+        # final rows: the last epoch of each seed, as the stand-in engine wrote it
+        finals = [epoch_row(r, r.train.epochs) for r in recipes]
+        for metric in ("val_top1", "val_top5", "val_loss"):
+            values = np.array([f[metric] for f in finals])
+            assert float(row[f"ours_{metric}_mean"]) == pytest.approx(values.mean())
+            assert float(row[f"ours_{metric}_std"]) == pytest.approx(values.std(ddof=1))
+        assert row["seeds"] == "2"
+        if experiment in study.published:
+            published = study.published[experiment].values["val_top1"]
+            assert float(row["published_val_top1"]) == pytest.approx(published)
+            assert float(row["diff_val_top1"]) == pytest.approx(100 * (np.mean([f["val_top1"] for f in finals]) - published))
+        else:
+            assert row["published_val_top1"] == ""
+    results = json.loads((result.out / "report" / "results.json").read_text())
+    assert len(results["runs"]) == 8 and results["scale"] == 0.1
+    assert results["reading"] in (result.out / "report" / "report.md").read_text()
+
+
+def test_rerun_skips_finished_and_resumes_interrupted(tmp_path):
+    study = load_study("cambridge18_baselines")
+    options = StudyOptions(scale=0.1, out=tmp_path / "s", only=("simple_cnn", "vgg_like"))
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C during vgg_like, after 2 of its 4 epochs
+        run_study(study, options, trainer=FakeEngine(stop_after={"vgg_like": 2}), log=quiet, sizer=size80)
+    engine = FakeEngine()
+    result = run_study(study, options, trainer=engine, log=quiet, sizer=size80)
+    assert engine.calls == [("vgg_like", 0, True)]
+    assert [o.status for o in result.outcomes] == ["skipped", "resumed"]
+    with open(tmp_path / "s" / "runs" / "vgg_like" / "seed0" / "metrics.csv") as f:
+        assert [int(float(r["epoch"])) for r in csv.DictReader(f)] == [1, 2, 3, 4]
+
+
+def test_a_folder_with_another_recipe_is_never_overwritten(tmp_path):
+    study = load_study("cambridge18_baselines")
+    only = ("logistic_regression",)
+    execute_plan(plan_study(study, StudyOptions(scale=0.1, only=only), tmp_path), FakeEngine(), quiet)
+    with pytest.raises(CnnbenchError, match=r"logistic_regression/seed0: holds a run of a different recipe \(train.epochs differs\)"):
+        run_study(study, StudyOptions(scale=0.2, out=tmp_path, only=only), trainer=FakeEngine(), log=quiet, sizer=size80)
+
+
+def test_a_failing_run_is_reported_and_the_rest_go_on(tmp_path):
+    class Failing(FakeEngine):
+        def __call__(self, recipe, run_dir, resume):
+            if recipe.name == "simple_cnn":
+                raise CnnbenchError("weights file not found: put resnet18.pth in ~/.cache/torch")
+            super().__call__(recipe, run_dir, resume)
+
+    study = load_study("cambridge18_baselines")
+    result = run_study(study, StudyOptions(scale=0.1, out=tmp_path, only=("simple_cnn", "vgg_like")), trainer=Failing(), log=quiet, sizer=size80)
+    assert [o.planned.experiment for o in result.failed] == ["simple_cnn"]
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "Runs that failed" in markdown and "weights file not found" in markdown
+    assert "Not run or not finished: Multiclass logistic regression, Fully connected (one hidden layer), Simple CNN, modern (cnnbench)." in markdown
+
+
+def test_reading_is_built_from_the_numbers(finished_study):
+    result, _ = finished_study
+    from cnnbench.studies.runner import plan_study as plan
+
+    results = collect_results(result.study, plan(result.study, result.options, result.out), {})
+    text = write_reading(results, StudyConditions(scale=0.1, train_per_class={"tiny-imagenet": 80.0}))
+    diffs = [100 * r.difference() for r in results if not r.ours]
+    assert f"on average {abs(np.mean(diffs)):.1f} points" in text
+    assert "every run trained 0.1 of its epochs" in text
+    assert "on tiny-imagenet we trained on 80 images per class against the report's 500 (16% of the data)" in text
+    worst = max((r for r in results if not r.ours), key=lambda r: abs(r.difference()))
+    assert f"The largest gap is {worst.label}" in text
+    modern = next(r for r in results if r.ours)
+    stat = modern.stat("val_top1")
+    assert f"Our modern recipe reached {100 * stat.mean:.1f}% ± {100 * stat.std:.1f} (2 seeds)" in text
+    # Different numbers, different paragraph: full scale and full data drop those sentences.
+    other = write_reading(results, StudyConditions(scale=1.0, train_per_class={"tiny-imagenet": 500.0}))
+    assert "trained 0.1 of its epochs" not in other and "images per class" not in other
+    assert not math.isnan(worst.difference())

@@ -1,0 +1,115 @@
+"""``cnnbench tune``: coarse random then narrowed TPE, median pruning, SQLite storage, best recipe file."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from study_fakes import FakeEpochEngine
+
+from cnnbench.errors import CnnbenchError
+from cnnbench.evaluate.runs import read_metrics, read_summary
+from cnnbench.studies.tune import ParamRange, TuneOptions, load_space, narrow_space, trial_dir, tune_recipe
+from cnnbench.train.config import load_recipe
+
+optuna = pytest.importorskip("optuna")
+
+RECIPE = """\
+name: tiny_tune
+data: {name: tiny-imagenet, train_per_class: 2}
+model: {name: simple_cnn}
+optim: {name: sgd, lr: 0.1}
+train: {epochs: 6, batch_size: 16}
+"""
+SPACE = """\
+optim.lr: {type: float, low: 1.0e-5, high: 1.0, log: true}
+optim.momentum: {type: float, low: 0.0, high: 0.9, step: 0.1}
+train.batch_size: {type: categorical, choices: [16, 32]}
+"""
+
+
+@pytest.fixture
+def files(tmp_path):
+    (tmp_path / "recipe.yaml").write_text(RECIPE)
+    (tmp_path / "space.yaml").write_text(SPACE)
+    return tmp_path
+
+
+def test_coarse_then_fine_search_prunes_and_writes_the_best_recipe(files):
+    engine = FakeEpochEngine()
+    options = TuneOptions(trials=8, out=files / "out", seed=0, coarse_fraction=0.5)
+    result = tune_recipe(files / "recipe.yaml", files / "space.yaml", options, trainer=engine)
+    storage = optuna.load_study(study_name="tiny_tune", storage=f"sqlite:///{files / 'out' / 'optuna.db'}")
+    trials = storage.trials
+    assert len(trials) == 8 == result.trials
+    states = [t.state.name for t in trials]
+    assert result.pruned == states.count("PRUNED") >= 1 and engine.epochs_trained < 8 * 6
+    # The fine phase searched inside the region of the best coarse trials.
+    coarse_lr = [t.distributions["optim.lr"] for t in trials[:4]]
+    fine_lr = [t.distributions["optim.lr"] for t in trials[4:]]
+    assert {(d.low, d.high) for d in coarse_lr} == {(1e-5, 1.0)}
+    assert all(d.low > 1e-5 or d.high < 1.0 for d in fine_lr)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    best = max(complete, key=lambda t: t.value)
+    assert (result.best_trial, result.best_value) == (best.number, pytest.approx(best.value))
+    tuned = load_recipe(result.best_recipe)  # a valid recipe with the best trial's values in it
+    assert tuned.optim.lr == pytest.approx(best.params["optim.lr"])
+    assert tuned.train.batch_size == best.params["train.batch_size"]
+    assert result.best_recipe.read_text().startswith(f"# cnnbench tune: trial {best.number} of study 'tiny_tune'")
+    # Pruned trials were stopped early: they reported fewer epochs than the complete ones.
+    for t in trials:
+        assert len(t.intermediate_values) == (6 if t.state.name == "COMPLETE" else len(t.intermediate_values))
+        if t.state.name == "PRUNED":
+            assert len(t.intermediate_values) < 6
+
+
+def test_a_second_call_continues_the_same_search(files):
+    options = TuneOptions(trials=3, out=files / "out", seed=1)
+    tune_recipe(files / "recipe.yaml", files / "space.yaml", options, trainer=FakeEpochEngine())
+    engine = FakeEpochEngine()
+    result = tune_recipe(files / "recipe.yaml", files / "space.yaml", TuneOptions(trials=4, out=files / "out", seed=1),
+                         trainer=engine)
+    assert result.trials == 4 and engine.epochs_trained <= 6  # only the one missing trial ran
+
+
+def test_narrow_space_keeps_to_the_best_region():
+    space = [ParamRange("optim.lr", "float", 1e-5, 1.0, log=True), ParamRange("train.epochs", "int", 1, 100),
+             ParamRange("train.batch_size", "categorical", choices=(16, 32))]
+    narrowed = narrow_space(space, [{"optim.lr": 1e-3, "train.epochs": 10}, {"optim.lr": 1e-2, "train.epochs": 20}])
+    lr, epochs, batch = narrowed
+    span = math.log(1e-2) - math.log(1e-3)
+    assert lr.low == pytest.approx(math.exp(math.log(1e-3) - 0.25 * span))
+    assert lr.high == pytest.approx(math.exp(math.log(1e-2) + 0.25 * span))
+    assert (epochs.low, epochs.high) == (7, 23) and batch == space[2]
+
+
+def test_bad_spaces_are_refused(files):
+    values = {"optim": {"lr": 0.1}}
+    bad = {"optim.lr: {type: float, low: 0.1, high: 0.01}": "expected numbers low < high",
+           "optim.lr: {type: float, low: 0, high: 1, log: true}": "a log range needs low > 0",
+           "optim.lr: {type: uniform, low: 0, high: 1}": "type: expected one of float, int, categorical",
+           "optim.learning_rate: {type: float, low: 0.001, high: 0.1}": "unknown key 'learning_rate'"}
+    for text, message in bad.items():
+        (files / "bad.yaml").write_text(text)
+        with pytest.raises(CnnbenchError, match=message):
+            load_space(files / "bad.yaml", values)
+
+
+def test_tune_with_the_training_engine(tiny_zip, tmp_path):
+    """Two tiny trials through `cnnbench tune` and the real training loop's per-epoch hook."""
+    from cnnbench.cli import main
+
+    (tmp_path / "recipe.yaml").write_text(RECIPE.replace("train_per_class: 2", f"train_per_class: 4, path: {tiny_zip}")
+                                          .replace("epochs: 6, batch_size: 16", "epochs: 2, batch_size: 8"))
+    (tmp_path / "space.yaml").write_text("optim.lr: {type: float, low: 1.0e-3, high: 0.1, log: true}\n")
+    out = tmp_path / "out"
+    assert main(["tune", str(tmp_path / "recipe.yaml"), "--space", str(tmp_path / "space.yaml"), "--trials", "2",
+                 "--out", str(out), "--quiet"]) == 0
+    study = optuna.load_study(study_name="tiny_tune", storage=f"sqlite:///{out / 'optuna.db'}")
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "COMPLETE"]
+    for t in study.trials:  # both epochs reported: epoch 1 through the hook, epoch 2 from metrics.csv
+        metrics = read_metrics(trial_dir(out, "tiny_tune", t.number))
+        assert t.intermediate_values == pytest.approx(dict(zip([1, 2], metrics["val_top1"])), rel=1e-5)
+        assert t.value == pytest.approx(read_summary(trial_dir(out, "tiny_tune", t.number))["best_val_top1"])
+    tuned = load_recipe(out / "best.yaml")
+    assert tuned.optim.lr == pytest.approx(study.best_trial.params["optim.lr"])
