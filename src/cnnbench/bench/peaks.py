@@ -1,0 +1,90 @@
+"""This machine's measured matrix-multiply peaks, the denominators of FLOP utilisation.
+
+A datasheet peak is not what PyTorch can reach on a shared 2-core VM, so the peak is
+measured: square matmuls of a few sizes, each timed several times; the peak for a dtype is the
+best size's median GFLOP/s. ANCHORS.md measured ~246 GFLOP/s fp32 and ~1,450-1,650 GFLOP/s
+bf16 (AMX) on an idle machine of this kind.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cnnbench.bench.stats import Stats, time_runs
+
+DTYPES = ("fp32", "bf16")
+
+
+@dataclass(frozen=True)
+class MatmulPeak:
+    """The best median matmul rate for one dtype on one device."""
+
+    dtype: str
+    device: str
+    size: int
+    """The square size n (n x n @ n x n) that gave the best median."""
+    gflops: Stats
+    """GFLOP/s over the timed runs at that size."""
+
+    def row(self) -> dict:
+        return {"name": f"matmul {self.dtype}", "dtype": self.dtype, "device": self.device,
+                "size": self.size, "gflops": self.gflops.to_dict()}
+
+
+def measure_matmul_peak(dtype: str, device: str = "cpu", sizes: tuple[int, ...] = (1024, 2048, 4096),
+                        repeats: int = 5) -> MatmulPeak:
+    """Measure ``dtype`` (fp32 or bf16) matmul GFLOP/s on ``device``; the best size wins."""
+    import torch
+
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    best = None
+    for n in sizes:
+        a = torch.randn(n, n, device=device).to(torch_dtype)
+        b = torch.randn(n, n, device=device).to(torch_dtype)
+        synchronize = _synchronizer(device)
+
+        def multiply() -> None:
+            torch.mm(a, b)
+            synchronize()
+
+        seconds = time_runs(multiply, repeats=repeats, warmup=2)
+        gflops = seconds.inverted(2 * n**3 / 1e9, "GFLOP/s")
+        if best is None or gflops.median > best.gflops.median:
+            best = MatmulPeak(dtype, str(device), n, gflops)
+    return best
+
+
+def _synchronizer(device: str):
+    """A function that waits for queued device work (a no-op on the CPU)."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def training_flops_per_image(model, input_size: int, in_channels: int = 3, batch: int = 2) -> float:
+    """FLOPs of one training image (forward + backward) counted by ``torch.utils.flop_counter``.
+
+    The counter sees the convolutions and matmuls of the backward pass as well, so this is
+    the ~3x-forward figure that training throughput is measured against (ANCHORS.md: 0.87
+    GFLOP per ResNet-18 training image at 64 px).
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.train()
+    x = torch.randn(batch, in_channels, input_size, input_size)
+    with FlopCounterMode(display=False) as counter:
+        out = model(x)
+        out = out[0] if isinstance(out, tuple) else out
+        out.sum().backward()
+    model.zero_grad(set_to_none=True)
+    model.train(was_training)
+    return counter.get_total_flops() / batch
+
+
+def utilisation(images_per_s: float, flops_per_image: float, peak_gflops: float) -> float:
+    """Model FLOP utilisation: achieved training FLOP/s over a measured peak (a fraction)."""
+    return images_per_s * flops_per_image / (peak_gflops * 1e9)

@@ -1,0 +1,219 @@
+"""Section ``train``: training images/s per model for cnnbench's fast paths against a plain loop.
+
+The plain baseline is what the reports and tutorials run: ``ImageFolder`` + PIL + per-image
+transforms + ``DataLoader(num_workers=2)``, fp32, NCHW, SGD — the same model, batch size and
+augmentation as cnnbench. cnnbench's variants add one change at a time on top of the cache
+loader and batch pipeline: fp32 -> bf16 autocast -> + channels_last -> + torch.compile.
+Utilisation is the achieved training FLOP/s (flop counter, forward + backward) over this
+machine's measured matmul peaks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from cnnbench.bench.peaks import training_flops_per_image, utilisation
+from cnnbench.bench.results import SectionResult, Target
+from cnnbench.bench.stats import Stats, ratio
+from cnnbench.bench.suite import BenchContext, register_section
+
+SPEEDUP_TARGET = 3.0  # issue 7: ResNet-18 at 64 px at least 3x the plain baseline
+MFU_TARGET = 30.0  # issue 7: at least 30% of the bf16 matmul peak (percent)
+HEAVY_GFLOP = 2.0  # training GFLOP per image above which a model gets fewer steps
+BASELINE_LABEL = "plain loop: ImageFolder + DataLoader(2), fp32, NCHW"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One way of running cnnbench's training step."""
+
+    bf16: bool
+    channels_last: bool
+    compile: bool
+    label: str
+
+
+VARIANTS = {
+    "fp32": Variant(bf16=False, channels_last=False, compile=False, label="cnnbench fp32"),
+    "bf16": Variant(bf16=True, channels_last=False, compile=False, label="cnnbench bf16"),
+    "bf16_cl": Variant(bf16=True, channels_last=True, compile=False, label="cnnbench bf16 + channels_last"),
+    "bf16_cl_compile": Variant(bf16=True, channels_last=True, compile=True,
+                               label="cnnbench bf16 + channels_last + compile"),
+}
+
+
+def plain_train_step(model):
+    """One optimiser step of the plain baseline loop: fp32, NCHW, SGD, cross-entropy.
+
+    This is the loop of the PyTorch tutorials the reports followed; cnnbench's side is its
+    own engine (``cnnbench.train.loop.train_one_epoch``), driven by ``engine_runs``.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    model.train()
+
+    def step(images, labels) -> None:
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+class PlainStepper:
+    """The plain loop, a given number of steps at a time (batches keep flowing between calls)."""
+
+    def __init__(self, step, loader, to_device=None, synchronize=lambda: None):
+        self.step, self.loader, self.to_device, self.synchronize = step, loader, to_device, synchronize
+        self.batches = self._endless()
+
+    def _endless(self):
+        while True:  # a DataLoader reshuffles on each new iterator, i.e. each epoch
+            for images, labels in self.loader:
+                yield (self.to_device(images, labels) if self.to_device else (images, labels))
+
+    def seconds(self, steps: int) -> float:
+        self.synchronize()
+        start = time.perf_counter()
+        for _ in range(steps):
+            self.step(*next(self.batches))
+        self.synchronize()  # queued GPU work belongs to these steps
+        return time.perf_counter() - start
+
+
+def interleaved_rates(steppers: dict[str, object], steps: int, repeats: int, warmup: dict[str, int],
+                      batch_size: int, log=lambda m: None) -> dict[str, Stats]:
+    """Images/s of each stepper: after its warm-up steps, ``repeats`` rounds in which every
+    stepper in turn times ``steps`` steps, so a burst of load from other users of the machine
+    hits all paths alike instead of one path's runs (bench_train.py does the same)."""
+    for label, stepper in steppers.items():
+        log(f"warm-up {label}")
+        stepper.seconds(warmup[label])
+    times = {label: [] for label in steppers}
+    for _ in range(repeats):
+        for label, stepper in steppers.items():
+            times[label].append(stepper.seconds(steps))
+    return {label: Stats.of(t, "s").inverted(steps * batch_size, "images/s") for label, t in times.items()}
+
+
+@dataclass
+class ThroughputSetup:
+    """Shared by every model of the section: the dataset, and the JPEG tree of the baseline."""
+
+    ds: object
+    train_dir: object
+
+
+def prepare_setup(ctx: BenchContext) -> ThroughputSetup:
+    """Load the cache and extract the JPEG tree once for all models and variants."""
+    from cnnbench.bench import reference_data
+
+    s = ctx.settings
+    ds = ctx.dataset(s.data_per_class)
+    train_dir = reference_data.extract_train_tree(reference_data.locate_archive(s.data), ctx.scratch(),
+                                                  per_class=s.data_per_class)
+    return ThroughputSetup(ds, train_dir)
+
+
+def baseline_stepper(ctx: BenchContext, setup: ThroughputSetup, model_name: str) -> PlainStepper:
+    """The plain loop: ImageFolder + PIL + DataLoader(2 workers), fp32, NCHW."""
+    from cnnbench.bench import reference_data
+
+    s = ctx.settings
+    model = create_seeded_model(model_name, setup.ds.num_classes, s.input_size, s.seed)
+    stats = setup.ds.stats
+    loader = reference_data.imagefolder_loader(setup.train_dir, s.batch_size, list(stats["channel_mean"]),
+                                               list(stats["channel_std"]), num_workers=s.data_workers, seed=s.seed)
+    return PlainStepper(plain_train_step(model), loader)
+
+
+def variant_stepper(ctx: BenchContext, model_name: str, variant: Variant, input_size: int | None = None):
+    """cnnbench's engine (cache loader + batch pipeline + ``variant``), built as ``cnnbench train`` does."""
+    from cnnbench.bench.engine_runs import EngineStepper, build_recipe_engine, throughput_recipe
+
+    s = ctx.settings
+    recipe = throughput_recipe(model_name, s.batch_size, input_size or s.input_size,
+                               "bf16" if variant.bf16 else "fp32", variant.channels_last, variant.compile,
+                               s.data, s.data_per_class, s.seed)
+    return EngineStepper(build_recipe_engine(recipe, ctx.dataset(s.data_per_class)))
+
+
+def measure_paths(ctx: BenchContext, setup: ThroughputSetup, model_name: str, variants: list[str],
+                  steps: int, repeats: int) -> dict[str, Stats]:
+    """Images/s of the plain baseline and of each cnnbench variant of ``model_name``, interleaved."""
+    s = ctx.settings
+    steppers = {BASELINE_LABEL: baseline_stepper(ctx, setup, model_name)}
+    warmup = {BASELINE_LABEL: s.warmup_steps}
+    for name in variants:
+        steppers[VARIANTS[name].label] = variant_stepper(ctx, model_name, VARIANTS[name])
+        # torch.compile compiles in the first steps (and again when the graph changes)
+        warmup[VARIANTS[name].label] = s.warmup_steps + (2 if VARIANTS[name].compile else 0)
+    return interleaved_rates(steppers, steps, repeats, warmup, s.batch_size,
+                             log=lambda m: ctx.log(f"train: {model_name}: {m}"))
+
+
+def create_seeded_model(model_name: str, num_classes: int, input_size: int, seed: int):
+    """``create_model`` after seeding torch, so every path starts from the same weights."""
+    import torch
+
+    from cnnbench.models import create_model
+
+    torch.manual_seed(seed)
+    return create_model(model_name, num_classes=num_classes, in_channels=3, input_size=input_size)
+
+
+def model_rows(ctx: BenchContext, setup: ThroughputSetup, model_name: str) -> list[dict]:
+    """The baseline row and one row per variant for ``model_name``, with ratios and utilisation."""
+    s = ctx.settings
+    flops = training_flops_per_image(create_seeded_model(model_name, setup.ds.num_classes, s.input_size, s.seed), s.input_size)
+    heavy = flops / 1e9 > HEAVY_GFLOP
+    steps = max(1, round(s.steps * s.heavy_step_fraction)) if heavy else s.steps
+    repeats = max(1, round(s.repeats * s.heavy_step_fraction)) if heavy else s.repeats
+    peaks = {dtype: ctx.measured_peak(dtype).gflops.median for dtype in ("fp32", "bf16")}
+
+    variants = [name for name in s.variants if not VARIANTS[name].compile or model_name in s.compile_models]
+    measured = list(measure_paths(ctx, setup, model_name, variants, steps, repeats).items())
+    baseline = measured[0][1]
+    return [{
+        "model": model_name, "path": label, "gflop_per_image": flops / 1e9, "images_per_s": rate,
+        "speedup": ratio(rate, baseline),
+        "mfu_bf16_pct": 100 * utilisation(rate.median, flops, peaks["bf16"]),
+        "mfu_fp32_pct": 100 * utilisation(rate.median, flops, peaks["fp32"]),
+    } for label, rate in measured]
+
+
+THROUGHPUT_COLUMNS = [("model", "model"), ("path", "path"), ("images_per_s", "images/s"),
+                      ("speedup", "x plain"), ("mfu_bf16_pct", "% bf16 peak"), ("mfu_fp32_pct", "% fp32 peak")]
+
+
+@register_section("train")
+def throughput_section(ctx: BenchContext) -> SectionResult:
+    """Training images/s for each model: the plain baseline and cnnbench's variants."""
+    s = ctx.settings
+    setup = prepare_setup(ctx)
+    rows = [row for model_name in s.models for row in model_rows(ctx, setup, model_name)]
+    targets = []
+    resnet = [r for r in rows if r["model"] == "resnet18" and r["path"] != BASELINE_LABEL]
+    if resnet:
+        best = max(resnet, key=lambda r: r["images_per_s"].median)
+        targets = [Target("ResNet-18 64 px training speed-up over the plain loop", SPEEDUP_TARGET, best["speedup"].value),
+                   Target("ResNet-18 64 px bf16 FLOP utilisation", MFU_TARGET, best["mfu_bf16_pct"], unit="%")]
+    return SectionResult(
+        title=f"Training throughput at {s.input_size} px, batch {s.batch_size} (images/s, median [min-max])",
+        rows=rows, columns=THROUGHPUT_COLUMNS,
+        notes=[f"{s.steps} timed steps x {s.repeats} rounds after {s.warmup_steps} warm-up steps, the paths taking turns "
+               "within each round (models above "
+               f"{HEAVY_GFLOP:g} GFLOP per training image: x{s.heavy_step_fraction:g}); data loading and "
+               "augmentation are inside the timed window; torch.compile's compilation is in the warm-up, not timed "
+               f"(compiled only for {', '.join(s.compile_models) or 'no model'}).",
+               "cnnbench rows run the engine of `cnnbench train` (train_one_epoch: cache loader, batch pipeline, "
+               "autocast, metrics) with the plain loop's optimiser (SGD 0.01, momentum 0.9) and augmentation "
+               "(pad-4 crop, flip).",
+               "Utilisation = images/s x training FLOP per image (torch.utils.flop_counter, forward + backward) "
+               "/ measured matmul peak (section peaks)."],
+        targets=targets,
+    )
