@@ -36,7 +36,7 @@ def register(subparsers) -> None:
                                  description="Coarse random search, then TPE around the best region, with "
                                              "median pruning on per-epoch val top-1; the best trial becomes a recipe file.")
     tune.add_argument("recipe", type=Path, help="the recipe to tune")
-    tune.add_argument("--space", type=Path, required=True, help="search space YAML (see docs/readme/studies.md)")
+    tune.add_argument("--space", type=Path, required=True, help="search space YAML (see the README, section 'Tuning')")
     tune.add_argument("--trials", type=int, required=True, help="number of trials in all")
     tune.add_argument("--storage", help="Optuna storage URL (default sqlite:///OUT/optuna.db)")
     tune.add_argument("--study-name", help="Optuna study name (default: the recipe's name); reuse it to continue")

@@ -8,7 +8,7 @@ Measured here (2-core Xeon with AMX, ResNet-18 at 64 px, batch 128): a model-onl
 side by side in one process, gave fp32 NCHW 49 img/s, fp32 channels_last 90, bf16 NCHW 99,
 bf16 channels_last 127 (2.6x plain fp32); benchmarks/bench_train.py, the whole loop on the
 uint8 cache, gave fp32 NCHW 126 img/s and bf16 + channels_last 197 (1.57x), i.e. 1.75x the
-plain ImageFolder + DataLoader baseline (docs/readme/train.md).
+plain ImageFolder + DataLoader baseline (README, "Training: speed and memory").
 """
 
 from __future__ import annotations
