@@ -68,13 +68,59 @@ def test_center_crop_resize_is_torchvision_crop_then_resize(batch):
     assert torch.equal(out, expected)
 
 
-def test_random_crop_padded_is_a_shifted_window_of_the_padded_image(batch):
-    g = torch.Generator().manual_seed(3)
-    out = A.random_crop_padded(batch, g, padding=2)
-    padded = torch.nn.functional.pad(batch, (2, 2, 2, 2), mode="reflect")
-    for i in range(6):  # every output is exactly one of the 25 windows
-        windows = [padded[i, :, dy:dy + 16, dx:dx + 16] for dy in range(5) for dx in range(5)]
-        assert any(torch.equal(out[i], w) for w in windows)
+def _moved_one_by_one(x, padding, dy, dx, hflip, vflip):
+    """The reference: torch's reflect pad, a slice, then torch's flips, image by image."""
+    h, w = x.shape[-2:]
+    out = []
+    for i in range(x.shape[0]):
+        im = x[i:i + 1].float()
+        im = torch.nn.functional.pad(im, (padding,) * 4, mode="reflect") if padding else im
+        im = im[..., int(dy[i]):int(dy[i]) + h, int(dx[i]):int(dx[i]) + w]
+        im = im.flip(-1) if hflip[i] else im
+        out.append((im.flip(-2) if vflip[i] else im)[0].to(x.dtype))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+@pytest.mark.parametrize("padding", [0, 1, 4])
+def test_pixel_moves_equal_pad_crop_flip_image_by_image(dtype, padding):
+    g = torch.Generator().manual_seed(padding)
+    x = (torch.rand(40, 3, 12, 10, generator=g) * 255).to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last) if dtype == torch.uint8 else x  # both layouts
+    dy, dx = (torch.randint(0, 2 * padding + 1, (40,), generator=g) for _ in range(2))
+    hflip, vflip = (torch.rand(40, generator=g) < 0.5 for _ in range(2))
+    expected = _moved_one_by_one(x, padding, dy, dx, hflip, vflip)
+    cpu = A.move_pixels_cpu(x, padding, dy, dx, hflip, vflip)
+    assert torch.equal(cpu, expected)
+    assert cpu.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(A.move_pixels_gather(x, padding, dy, dx, hflip, vflip), expected)
+
+
+def test_fused_uint8_moves_equal_the_ops_one_after_another_on_float():
+    """crop_padding + hflip + vflip run fused on uint8 in the pipeline; drawn and applied one
+    op at a time on the float batch they must give the same pixels and leave the generator in
+    the same state."""
+    from cnnbench.data import BatchPipeline
+
+    aug = create_augment(dict(crop_padding=3, hflip=0.5, vflip=0.3))
+    assert [name for name, _ in aug.ops] == ["crop_padding+hflip+vflip"] and aug.float_ops is None
+    images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
+    pipe = BatchPipeline(normalize="none", augment=aug)
+    fused_g, single_g = torch.Generator().manual_seed(9), torch.Generator().manual_seed(9)
+    fused = pipe(images, fused_g)
+    x = images.float() / 255
+    for op in (A.PixelMoves(padding=3), A.PixelMoves(hflip=0.5), A.PixelMoves(vflip=0.3)):
+        x = op(x, single_g)
+    torch.testing.assert_close(fused, x, atol=1e-6, rtol=0)
+    assert torch.equal(fused_g.get_state(), single_g.get_state())
+    with pytest.raises(ValueError, match="crop_padding=16: reflect padding must be smaller than the image"):
+        A.PixelMoves(padding=16)(images, fused_g)
+
+
+def test_moves_after_an_interpolating_crop_stay_separate_float_ops():
+    aug = create_augment(dict(crop_padding=2, random_resized_crop=[0.5, 1.0], hflip=0.5))
+    assert [name for name, _ in aug.ops] == ["crop_padding", "random_resized_crop", "hflip"]
+    assert aug.pixel_moves.padding == 2 and aug.float_ops.names == ["random_resized_crop", "hflip"]
 
 
 def test_ops_draw_per_sample_parameters():

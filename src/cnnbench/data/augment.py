@@ -164,16 +164,105 @@ def affine(x: torch.Tensor, angle: torch.Tensor | None = None, translate: torch.
     return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
-def random_crop_padded(x: torch.Tensor, g: torch.Generator, padding: int) -> torch.Tensor:
-    """CIFAR-style random crop: reflect-pad by ``padding``, then crop H x W at a per-sample offset.
+@dataclass
+class PixelMoves:
+    """Reflect-pad random crop, horizontal and vertical flips as one pass over the batch.
 
-    One slice per image and a stack: measured 23 ms per (256, 3, 64, 64) batch against 77 ms for
-    a single four-index gather (advanced indexing builds an index per element), same output."""
-    b, _, h, w = x.shape
-    padded = F.pad(x, (padding,) * 4, mode="reflect")
-    dy = torch.randint(0, 2 * padding + 1, (b,), generator=g, device=x.device).tolist()
-    dx = torch.randint(0, 2 * padding + 1, (b,), generator=g, device=x.device).tolist()
-    return torch.stack([padded[i, :, y:y + h, z:z + w] for i, (y, z) in enumerate(zip(dy, dx))])  # (B, C, H, W)
+    These ops only move pixels (no interpolation, no new values), so they commute with the
+    uint8 -> float conversion and the normalisation: ``BatchPipeline`` runs a leading
+    ``PixelMoves`` on the uint8 batch, a quarter of the bytes, before converting. The
+    parameters are drawn in the order the separate ops would draw them (crop rows, crop
+    columns, horizontal flips, vertical flips), one per sample, so fusing adjacent moves
+    changes nothing in the result or in the generator's state.
+
+    On the CPU the batch is flipped once per flip axis in use and each sample is a window
+    copied with numpy slicing (~1 us a call, against ~40 us for torch indexing). Measured on
+    this 2-core machine, one epoch of 16,000 64 x 64 images with pad-4 crop + flip through
+    ``BatchPipeline``: 0.41-0.50 s, against 1.62 s for the previous float path (pad, stack of
+    slices, then flip + where on float).
+    On other devices one gather with a computed source index does the whole batch.
+    """
+
+    padding: int = 0
+    hflip: float = 0.0
+    vflip: float = 0.0
+
+    def merged(self, other: "PixelMoves") -> "PixelMoves | None":
+        """self followed by other as one op, when the draw order allows it (crop before flips)."""
+        if other.padding or (self.hflip and other.hflip) or (self.vflip and other.vflip) or (self.vflip and other.hflip):
+            return None
+        return PixelMoves(self.padding, self.hflip or other.hflip, self.vflip or other.vflip)
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        b, dev, p = x.shape[0], x.device, self.padding
+        if p >= min(x.shape[-2:]):
+            raise ValueError(f"crop_padding={p}: reflect padding must be smaller than the image ({x.shape[-2]} x {x.shape[-1]})")
+        dy = torch.randint(0, 2 * p + 1, (b,), generator=g, device=dev) if p else torch.full((b,), 0, device=dev)
+        dx = torch.randint(0, 2 * p + 1, (b,), generator=g, device=dev) if p else torch.full((b,), 0, device=dev)
+        hflip = _chosen(g, b, self.hflip, dev) if self.hflip > 0 else torch.zeros(b, dtype=torch.bool, device=dev)
+        vflip = _chosen(g, b, self.vflip, dev) if self.vflip > 0 else torch.zeros(b, dtype=torch.bool, device=dev)
+        move = move_pixels_cpu if dev.type == "cpu" else move_pixels_gather
+        return move(x, p, dy, dx, hflip, vflip)
+
+
+def move_pixels_cpu(x: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor,
+                    hflip: torch.Tensor, vflip: torch.Tensor) -> torch.Tensor:
+    """Per sample i: window (dy[i], dx[i]) of the reflect-padded image, then the flips.
+
+    x (B, C, H, W) of any dtype -> (B, C, H, W) with channels_last strides. Written for the
+    CPU's costs: numpy slicing (~1.5 us a copy; a torch indexing call costs ~40 us), torch's flip
+    for whole batches (0.3 ms per uint8 batch; numpy's reversed 3-byte copies are 5x slower),
+    and no padded batch (its column borders are 73k scattered 3-byte pixels, 0.93 ms a batch).
+
+    A flip of a crop is the crop of the flipped image at the mirrored offset, so each sample's
+    in-image part is one forward copy from the plain or the flipped batch. Reflected columns
+    are columns of the horizontally flipped image in forward order, so they are a second
+    forward copy from the other source; reflected rows mirror rows already in the output and
+    are filled for the whole batch with one fancy-indexed copy per distance k."""
+    b, c, h, w = x.shape
+    p = padding
+    nhwc = x.permute(0, 2, 3, 1)  # (B, H, W, C)
+    hs, vs = hflip.tolist(), vflip.tolist()
+    # shift of each window's top-left corner from the image's, in its (maybe flipped) source
+    sy = np.where(vflip.numpy(), p - dy.numpy(), dy.numpy() - p)
+    sx = np.where(hflip.numpy(), p - dx.numpy(), dx.numpy() - p)
+    needed = set(zip(hs, vs)) | {(not fh, fv) for fh, fv, z in zip(hs, vs, sx.tolist()) if z}
+    sources = {key: (nhwc.flip([d for d, on in zip((2, 1), key) if on]) if any(key) else nhwc).numpy()
+               for key in needed}
+    r0, r1 = np.maximum(0, -sy), h - np.maximum(0, sy)  # out rows [r0, r1) lie inside the image
+    out = np.empty((b, h, w, c), dtype=sources[hs[0], vs[0]].dtype)
+    for i, (fh, fv, a0, a1, y, z) in enumerate(zip(hs, vs, r0.tolist(), r1.tolist(), sy.tolist(), sx.tolist())):
+        src = sources[fh, fv][i, a0 + y:a1 + y]
+        if z == 0:
+            out[i, a0:a1] = src
+        elif z > 0:  # out columns [w-z, w) are source columns w.. -> reflected: mirror columns 1..z
+            out[i, a0:a1, :w - z] = src[:, z:]
+            out[i, a0:a1, w - z:] = sources[not fh, fv][i, a0 + y:a1 + y, 1:z + 1]
+        else:  # out columns [0, -z) are source columns ..-1 -> reflected: mirror columns w-1+z..w-2
+            out[i, a0:a1, -z:] = src[:, :w + z]
+            out[i, a0:a1, :-z] = sources[not fh, fv][i, a0 + y:a1 + y, w - 1 + z:w - 1]
+    for k in range(1, p + 1):  # rows outside the image mirror rows inside, about its first / last row
+        top, bottom = np.flatnonzero(r0 >= k), np.flatnonzero(h - r1 >= k)
+        out[top, r0[top] - k] = out[top, r0[top] + k]
+        out[bottom, r1[bottom] - 1 + k] = out[bottom, r1[bottom] - 1 - k]
+    return torch.from_numpy(out).permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W) channels_last view
+
+
+def move_pixels_gather(x: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor,
+                       hflip: torch.Tensor, vflip: torch.Tensor) -> torch.Tensor:
+    """The same as ``move_pixels_cpu`` as one gather: no per-sample work (GPUs, any device)."""
+    b, c, h, w = x.shape
+
+    def source(n: int, offset: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        i = torch.arange(n, device=x.device)
+        i = torch.where(flip[:, None], n - 1 - i, i) + offset[:, None] - padding  # (B, n) in padded coords
+        i = i.abs()  # reflect at 0 ...
+        return torch.where(i > n - 1, 2 * (n - 1) - i, i)  # ... and at n-1
+
+    rows, cols = source(h, dy, vflip), source(w, dx, hflip)  # (B, H), (B, W)
+    pixel = (torch.arange(b, device=x.device)[:, None, None] * h + rows[:, :, None]) * w + cols[:, None, :]
+    nhwc = x.permute(0, 2, 3, 1).reshape(b * h * w, c)
+    return nhwc.index_select(0, pixel.reshape(-1)).view(b, h, w, c).permute(0, 3, 1, 2)
 
 
 def random_resized_crop(x: torch.Tensor, g: torch.Generator, scale: tuple[float, float],
@@ -301,9 +390,24 @@ class AutoAugmentBatch:
 # --------------------------------------------------------------------------- the pipeline
 @dataclass
 class BatchAugment:
-    """An ordered list of named per-sample ops; ``augment(x01, g) -> x01``."""
+    """An ordered list of named per-sample ops; ``augment(x01, g) -> x01``.
+
+    Adjacent ``PixelMoves`` are fused into one entry named ``"crop_padding+hflip"``; the
+    leading ``PixelMoves`` (``pixel_moves``) may run on the uint8 batch before the float ops
+    (``float_ops``), which is how ``BatchPipeline`` runs them."""
 
     ops: list[tuple[str, Op]]
+
+    def __post_init__(self):
+        fused: list[tuple[str, Op]] = []
+        for name, op in self.ops:
+            if fused and isinstance(op, PixelMoves) and isinstance(fused[-1][1], PixelMoves):
+                both = fused[-1][1].merged(op)
+                if both is not None:
+                    fused[-1] = (f"{fused[-1][0]}+{name}", both)
+                    continue
+            fused.append((name, op))
+        self.ops = fused
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         for _, op in self.ops:
@@ -311,14 +415,19 @@ class BatchAugment:
         return x
 
     @property
+    def pixel_moves(self) -> PixelMoves | None:
+        """The leading op when it only moves pixels (safe on uint8 before normalising)."""
+        return self.ops[0][1] if isinstance(self.ops[0][1], PixelMoves) else None
+
+    @property
+    def float_ops(self) -> "BatchAugment | None":
+        """The ops after ``pixel_moves`` (all of them when there is none), or None."""
+        rest = self.ops[1:] if self.pixel_moves is not None else self.ops
+        return BatchAugment(rest) if rest else None
+
+    @property
     def names(self) -> list[str]:
-        return [name for name, _ in self.ops]
-
-
-def _flip_op(p: float, dim: int) -> Op:
-    def op(x, g):
-        return _where(_chosen(g, x.shape[0], p, x.device), x.flip(dim), x)
-    return op
+        return [part for name, _ in self.ops for part in name.split("+")]
 
 
 def _affine_op(rotate: float, translate: float) -> Op:
@@ -362,14 +471,13 @@ def _brightness_op(b_range: float) -> Op:
 # erasing last (as in torchvision's references: RandomErasing after everything else).
 # Each entry: (settings key, is-active test, builder from the settings).
 _OP_TABLE: list[tuple[str, Callable[[Mapping], bool], Callable[[Mapping], Op]]] = [
-    ("crop_padding", lambda s: s["crop_padding"] > 0,
-     lambda s: lambda x, g: random_crop_padded(x, g, s["crop_padding"])),
+    ("crop_padding", lambda s: s["crop_padding"] > 0, lambda s: PixelMoves(padding=int(s["crop_padding"]))),
     ("random_resized_crop", lambda s: s["random_resized_crop"] is not None,
      lambda s: lambda x, g: random_resized_crop(x, g, tuple(s["random_resized_crop"]))),
     ("center_crop", lambda s: s["center_crop"] is not None,
      lambda s: lambda x, g: center_crop_resize(x, s["center_crop"])),
-    ("hflip", lambda s: s["hflip"] > 0, lambda s: _flip_op(s["hflip"], -1)),
-    ("vflip", lambda s: s["vflip"] > 0, lambda s: _flip_op(s["vflip"], -2)),
+    ("hflip", lambda s: s["hflip"] > 0, lambda s: PixelMoves(hflip=s["hflip"])),
+    ("vflip", lambda s: s["vflip"] > 0, lambda s: PixelMoves(vflip=s["vflip"])),
     ("rotate_translate", lambda s: s["rotate"] > 0 or s["translate"] > 0,
      lambda s: _affine_op(s["rotate"], s["translate"])),
     ("brightness", lambda s: s["brightness"] > 0, lambda s: _brightness_op(s["brightness"])),
