@@ -32,6 +32,7 @@ from cnnbench.train.config import Recipe
 from cnnbench.train.device import Precision, resolve_device, resolve_precision
 from cnnbench.train.distributed import (Ranks, StopRequest, all_reduce, gather_to_all, init_distributed,
                                         ranks_from_env, shutdown_distributed)
+from cnnbench.train.gemm_conv import AUTO_MAX_AREA, use_gemm_convs
 from cnnbench.train.loop import Engine, NonFiniteLoss, Progress, evaluate, improved, sums_to_metrics, train_one_epoch
 from cnnbench.train.optim import create_l2_penalty, create_optimizer
 from cnnbench.train.schedule import Horizon, create_schedule
@@ -94,6 +95,10 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
     model = model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if t.conv_impl == "auto" and device.type == "cpu":
+        cfg = model.cnnbench_cfg
+        example = torch.zeros(1, cfg["in_channels"], input_size, input_size, device=device)
+        use_gemm_convs(model, example, AUTO_MAX_AREA[precision.dtype])
     optimizer = create_optimizer(model, recipe.optim)
     horizon = Horizon(t.epochs, sum(len(loader) for loader in loaders))
     net = model

@@ -1,0 +1,123 @@
+"""Small convolutions as one matrix multiply on the CPU (im2col + matmul).
+
+At 64 px a ResNet's last stages work on 4x4 and 2x2 maps, and there oneDNN's convolution
+kernels are far from the machine's matmul speed. Measured on this 2-core AMX Xeon (torch
+2.15, batch 128, channels_last, forward + backward):
+
+    conv (in -> out channels, input map, stride)   oneDNN bf16   im2col+matmul bf16   fp32: oneDNN / matmul
+    512 -> 512, 2x2, s1                                128.6 ms              25.8 ms            127.2 / 58.3 ms
+    256 -> 512, 4x4, s2                                 77.8 ms              21.4 ms             71.0 / 37.3 ms
+    256 -> 512, 4x4, s2, 1x1 (shortcut)                 12.8 ms               2.5 ms              9.6 /  4.2 ms
+    256 -> 256, 4x4, s1                                 46.9 ms              29.4 ms             52.9 / 78.3 ms
+    128 -> 256, 8x8, s2                                 31.9 ms              22.7 ms             33.7 / 67.3 ms
+    128 -> 128, 8x8, s1                                 25.2 ms              47.8 ms                  -
+    64 -> 64, 16x16, s1                                 29.8 ms             102.6 ms                  -
+
+so ``auto`` uses the matmul for outputs of at most 16 pixels (4x4) in bf16 and 4 pixels
+(2x2) in fp32, and torch's convolution everywhere else (the bf16 column is with ``Im2col``
+below; whole ResNet-18 64 px training step, bf16 + channels_last: 127 -> 229 img/s).
+
+Why hand-written: torch's ``F.unfold`` wants NCHW (on channels_last input it is slower still:
+30-70 ms for the rows above), and the patch matrix built from k*k slices of the NHWC view is
+right, but autograd's backward of each slice allocates and zero-fills a whole input-sized
+gradient before summing them (9 per 3x3 conv); ``Im2col.backward`` adds the k*k taps into
+one buffer instead (512 -> 512 at 2x2: 31.4 -> 27.3 ms; 128 -> 256 at 8x8: 25.2 -> 16.7 ms).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# Largest output map (H_out * W_out) that runs as a matmul, per autocast dtype (None = fp32).
+AUTO_MAX_AREA = {torch.bfloat16: 16, None: 4}
+
+
+class Im2col(torch.autograd.Function):
+    """(B, H, W, C) -> patches (B, Ho, Wo, kh*kw*C) in (kh, kw, C) order, zero padding."""
+
+    @staticmethod
+    def forward(ctx, nhwc: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+                padding: tuple[int, int]) -> torch.Tensor:
+        b, h, w, c = nhwc.shape
+        (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
+        ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        padded = F.pad(nhwc, (0, 0, pw, pw, ph, ph)) if ph or pw else nhwc
+        taps = [padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] for i in range(kh) for j in range(kw)]
+        ctx.geometry = (nhwc.shape, kernel, stride, padding, ho, wo)
+        return torch.cat(taps, dim=3) if len(taps) > 1 else taps[0].contiguous()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (b, h, w, c), (kh, kw), (sh, sw), (ph, pw), ho, wo = ctx.geometry
+        grad_padded = grad.new_zeros((b, h + 2 * ph, w + 2 * pw, c))
+        taps = grad.view(b, ho, wo, kh * kw, c)
+        for t in range(kh * kw):  # each tap's gradient lands on the input pixels it read
+            i, j = divmod(t, kw)
+            grad_padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw].add_(taps[:, :, :, t])
+        return grad_padded[:, ph:ph + h, pw:pw + w], None, None, None
+
+
+def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+                stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+    """``F.conv2d`` (groups=1, dilation=1, zero padding) as im2col + one matmul.
+
+    x (B, C, H, W) -> (B, O, H_out, W_out) with channels_last strides. Under CPU autocast the
+    input and weight are cast first, so the patch matrix is built in the low-precision dtype.
+    """
+    if torch.is_autocast_enabled("cpu") and x.device.type == "cpu":
+        dtype = torch.get_autocast_dtype("cpu")
+        x, weight = x.to(dtype), weight.to(dtype)
+        bias = bias.to(dtype) if bias is not None else None
+    b, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    (sh, sw), (ph, pw) = stride, padding
+    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+    patches = Im2col.apply(x.permute(0, 2, 3, 1), (kh, kw), stride, padding)  # (B, Ho, Wo, kh*kw*C)
+    matrix = weight.permute(2, 3, 1, 0).reshape(kh * kw * c, o)  # (kh, kw, C, O) -> (kh*kw*C, O)
+    out = patches.reshape(b * ho * wo, kh * kw * c) @ matrix  # (B*Ho*Wo, O)
+    if bias is not None:
+        out = out + bias
+    return out.view(b, ho, wo, o).permute(0, 3, 1, 2)  # (B, Ho, Wo, O) -> (B, O, Ho, Wo), channels_last
+
+
+class GemmConv2d(nn.Conv2d):
+    """An ``nn.Conv2d`` computed by ``gemm_conv2d``: same parameters, same state_dict."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return gemm_conv2d(input, weight, bias, self.stride, self.padding)
+
+
+def _eligible(conv: nn.Module) -> bool:
+    return (type(conv) is nn.Conv2d and conv.groups == 1 and conv.dilation == (1, 1)
+            and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
+
+
+def output_areas(model: nn.Module, example: torch.Tensor) -> dict[nn.Conv2d, int]:
+    """H_out * W_out of every plain ``nn.Conv2d`` that runs on ``example`` (one eval forward)."""
+    areas: dict[nn.Conv2d, int] = {}
+    hooks = [m.register_forward_hook(lambda mod, _inp, out: areas.__setitem__(mod, out.shape[-2] * out.shape[-1]))
+             for m in model.modules() if _eligible(m)]
+    training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        model.train(training)
+        for hook in hooks:
+            hook.remove()
+    return areas
+
+
+def use_gemm_convs(model: nn.Module, example: torch.Tensor, max_area: int) -> int:
+    """Switch the convolutions whose output has at most ``max_area`` pixels to ``GemmConv2d``
+    (in place; parameters untouched). ``example`` is one input of the training size. Returns how
+    many were switched."""
+    switched = 0
+    for conv, area in output_areas(model, example).items():
+        if area <= max_area:
+            conv.__class__ = GemmConv2d
+            switched += 1
+    return switched

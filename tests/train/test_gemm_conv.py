@@ -1,0 +1,88 @@
+"""im2col + matmul convolutions: the same numbers as torch's conv, forward and backward."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnbench.models import create_model
+from cnnbench.train.gemm_conv import AUTO_MAX_AREA, GemmConv2d, gemm_conv2d, output_areas, use_gemm_convs
+
+
+@pytest.mark.parametrize("cin, cout, size, kernel, stride, padding, bias", [
+    (8, 16, (6, 6), 3, 1, 1, False),
+    (8, 16, (7, 5), 3, 2, 1, True),   # odd, rectangular map
+    (4, 6, (8, 8), 1, 2, 0, False),   # ResNet shortcut
+    (3, 5, (9, 9), 5, 2, 2, True),
+    (6, 4, (4, 4), 3, 1, 0, False),   # no padding
+])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_gemm_conv_matches_torch_forward_and_backward(cin, cout, size, kernel, stride, padding, bias, channels_last):
+    g = torch.Generator().manual_seed(0)
+    conv = nn.Conv2d(cin, cout, kernel, stride, padding, bias=bias)
+    x = torch.randn(3, cin, *size, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    expected = F.conv2d(x1, conv.weight, conv.bias, stride, padding)
+    ours = gemm_conv2d(x2, conv.weight, conv.bias, (stride, stride), (padding, padding))
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)
+    upstream = torch.randn(expected.shape, generator=g)
+    grads_expected = torch.autograd.grad(expected, [x1, conv.weight] + ([conv.bias] if bias else []), upstream)
+    grads_ours = torch.autograd.grad(ours, [x2, conv.weight] + ([conv.bias] if bias else []), upstream)
+    for a, b in zip(grads_ours, grads_expected):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+def test_gemm_conv_under_bf16_autocast_computes_in_bf16():
+    conv = nn.Conv2d(16, 32, 3, 1, 1)
+    x = torch.randn(4, 16, 4, 4).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = gemm_conv2d(x, conv.weight, conv.bias, (1, 1), (1, 1))
+        reference = conv(x)
+    assert ours.dtype == torch.bfloat16 and ours.is_contiguous(memory_format=torch.channels_last)
+    rel = (ours.float() - reference.float()).norm() / reference.float().norm()
+    assert rel < 1e-2  # bf16 rounding, not a different result
+
+
+def test_resnet18_at_64px_switches_the_small_maps_and_keeps_its_outputs_and_weights():
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=10, input_size=64)
+    reference = create_model("resnet18", num_classes=10, input_size=64)
+    reference.load_state_dict(model.state_dict())
+    example = torch.zeros(1, 3, 64, 64)
+    areas = output_areas(model, example)
+    assert sorted(set(areas.values())) == [4, 16, 64, 256, 1024]  # 64 px: stem 32x32, layer1 16x16 ... layer4 2x2
+    assert use_gemm_convs(model, example, AUTO_MAX_AREA[torch.bfloat16]) == 10  # layer3 and layer4 convs
+    switched = [name for name, m in model.named_modules() if type(m) is GemmConv2d]
+    assert all(name.startswith(("layer3", "layer4")) for name in switched), switched
+    assert model.state_dict().keys() == reference.state_dict().keys()
+    model.eval(), reference.eval()
+    x = torch.randn(2, 3, 64, 64)
+    torch.testing.assert_close(model(x), reference(x), atol=1e-4, rtol=1e-4)
+    fp32 = create_model("resnet18", num_classes=10, input_size=64)
+    assert use_gemm_convs(fp32, example, AUTO_MAX_AREA[None]) == 5  # layer4 only at 2x2
+
+
+def test_engine_uses_gemm_convs_on_cpu_unless_told_not_to(tiny_data):
+    from cnnbench.data import load_dataset
+    from cnnbench.train.config import load_recipe
+    from cnnbench.train.device import Precision
+    from cnnbench.train.distributed import Ranks
+    from cnnbench.train.run import build_engine, build_model, model_kwargs
+
+    from train_fixtures import tiny_recipe
+
+    ds = load_dataset("tiny-imagenet", data=str(tiny_data))
+    cpu = torch.device("cpu")
+    counts = {}
+    for impl in ("auto", "torch"):
+        values = tiny_recipe(tiny_data, model={"name": "resnet18"}, train={"conv_impl": impl})
+        values["data"]["input_size"] = 32
+        recipe = load_recipe(values=values)
+        engine = build_engine(recipe, ds, build_model(recipe, model_kwargs(recipe, ds)), cpu, Precision("fp32", cpu), Ranks())
+        counts[impl] = sum(type(m) is GemmConv2d for m in engine.model.modules())
+    # 32 px, fp32 (outputs of at most 2x2): layer3 (2x2) and layer4 (1x1), 5 convs each
+    assert counts == {"auto": 10, "torch": 0}
