@@ -14,7 +14,7 @@ from cnnbench.train.config import build_config
 
 TINY = {
     "repeats": 1, "steps": 1, "warmup_steps": 1, "batch_size": 8, "data_per_class": 4,
-    "models": ["logreg"], "variants": ["fp32", "bf16_cl"], "peak_sizes": [64],
+    "models": ["logreg"], "variants": ["fp32", "bf16_cl"], "peak_sizes": [64], "memory_steps": 1,
     "keras_images": 16, "keras_epochs": 2,
     "scaling_model": "logreg", "scaling_per_class": [2, 4], "scaling_sizes": [32, 64],
     "scaling_sizes_per_class": 4, "scaling_repeats": 1,
@@ -35,7 +35,7 @@ def document(tiny_zip, tmp_path_factory):
 
 def test_document_schema(document):
     assert document["schema"] == SCHEMA
-    assert list(document["sections"]) == list_sections() == ["peaks", "data", "train", "keras", "scaling", "tta"]
+    assert list(document["sections"]) == list_sections() == ["peaks", "data", "memory", "train", "keras", "scaling", "tta"]
     assert len(document["load_before"]) == 3 and len(document["load_after"]) == 3
     assert document["machine"]["cores"] >= 1 and document["machine"]["torch"]
     for section in document["sections"].values():
@@ -114,5 +114,5 @@ def test_bench_command_writes_json(tiny_zip, tmp_path, capsys):
 
 def test_bench_command_rejects_unknown_section(capsys):
     assert main(["bench", "--only", "nope"]) == 2
-    assert "unknown section(s) nope; valid: peaks, data, train, keras, scaling, tta" in capsys.readouterr().err
+    assert "unknown section(s) nope; valid: peaks, data, memory, train, keras, scaling, tta" in capsys.readouterr().err
 

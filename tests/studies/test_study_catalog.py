@@ -151,7 +151,8 @@ def test_modern_recipes_use_the_modern_techniques():
     for name in STUDIES:
         r = load_study(name).recipe("modern")
         assert r.train.label_smoothing > 0 and r.train.tta == "flip" and r.train.precision == "bf16"
-        assert r.schedule.name == "cosine" and (r.augment.mixup > 0 or r.augment.cutmix > 0 or r.augment.randaugment)
+        assert r.schedule.name == "cosine" and r.optim.nesterov and r.train.channels_last
+        assert r.augment.hflip > 0 and (r.augment.crop_padding or r.augment.random_resized_crop)
 
 
 def test_bad_published_file_names_the_line(tmp_path):

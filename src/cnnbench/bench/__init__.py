@@ -8,6 +8,7 @@ are public so that ``benchmarks/*.py`` scripts call them instead of copying them
 - ``plain_train_step``, ``PlainStepper``, ``interleaved_rates``, ``measure_paths``  (throughput.py)
 - ``EngineStepper``, ``throughput_recipe``, ``build_recipe_engine``, ``train_within_budget``  (engine_runs.py)
 - ``cnnbench_epoch``, ``reference_epoch``, ``decode_epoch``  (datapath.py)
+- ``prepare_probe``, ``train_probe``: peak RSS of a child process  (memory.py)
 - ``Stats``, ``ratio``, ``fit_linearity``  (stats.py)
 """
 

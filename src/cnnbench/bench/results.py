@@ -9,7 +9,7 @@ JSON schema ``cnnbench.bench/1``::
     {"schema": "cnnbench.bench/1", "created": ISO time, "command": str, "quick": bool,
      "settings": {...}, "machine": {...}, "load_before": [1, 5, 15 min], "load_after": [...],
      "sections": {NAME: {"title": str, "seconds": float, "rows": [ {...} ], "notes": [str],
-                         "targets": [ {"name", "goal", "measured", "met"} ]}},
+                         "targets": [ {"name", "goal", "measured", "unit", "met"[, "lower_is_better"]} ]}},
      "targets": [ every section's targets ]}
 """
 
@@ -30,18 +30,25 @@ class Target:
     name: str
     """What is compared (e.g. "data path (a) vs (b)")."""
     goal: float
-    """The threshold the measurement must reach."""
+    """The threshold the measurement must reach (at least, or at most with ``lower_is_better``)."""
     measured: float | None
     """The measured value (median); None when it could not be measured."""
     unit: str = "x"
     """Unit of goal and measured (x for ratios, % for utilisation, points for top-1)."""
+    lower_is_better: bool = False
+    """Met when measured <= goal (seconds, megabytes) instead of >= goal."""
 
     @property
     def met(self) -> bool | None:
-        return None if self.measured is None else self.measured >= self.goal
+        if self.measured is None:
+            return None
+        return self.measured <= self.goal if self.lower_is_better else self.measured >= self.goal
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "met": self.met}
+        d = {**asdict(self), "met": self.met}
+        if not self.lower_is_better:  # >= targets keep the shape documents had before the flag
+            del d["lower_is_better"]
+        return d
 
 
 @dataclass
@@ -133,6 +140,7 @@ def markdown_table(section: SectionResult) -> str:
     for target in section.targets:
         verdict = {True: "met", False: "NOT met", None: "not measured"}[target.met]
         measured = "-" if target.measured is None else _number(target.measured)
-        lines.append(f"- target {target.name}: >= {_number(target.goal)}{target.unit}, "
+        relation = "<=" if target.lower_is_better else ">="
+        lines.append(f"- target {target.name}: {relation} {_number(target.goal)}{target.unit}, "
                      f"measured {measured}{target.unit}: {verdict}")
     return "\n".join(lines).rstrip() + "\n"

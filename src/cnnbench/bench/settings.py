@@ -53,6 +53,8 @@ class BenchSettings:
     """Keras epochs timed (the first is warm-up and not counted)."""
     peak_sizes: list[int] = field(default_factory=lambda: [1024, 2048, 4096])
     """Square matmul sizes tried for the fp32 and bf16 peaks."""
+    memory_steps: int = 6
+    """Optimiser steps the memory section's training child runs (warm-up included) before it reads its peak RSS."""
     scaling_per_class: list[int] = field(default_factory=lambda: [20, 40, 80])
     """Train-set sizes (images per class) of the scaling sweep, at 64 px."""
     scaling_sizes: list[int] = field(default_factory=lambda: [32, 64, 128])
@@ -66,9 +68,9 @@ class BenchSettings:
     linearity_tolerance: float = 0.15
     """A log-log slope within 1 +- this is called linear."""
     tta_recipes: list[str] = field(default_factory=lambda: [
-        "modern_cpu=modern_cpu", "modern=skoltech22_cnns/modern", "reports_best=skoltech22_cnns/resnet18_lr1e-3"])
-    """Recipes raced in the time-to-accuracy section, ours first and the reference last: label=REF with REF a recipe YAML path, STUDY/EXPERIMENT, or a name in cnnbench/bench/recipes/."""
-    tta_fit_epochs: list[str] = field(default_factory=lambda: ["modern_cpu", "modern"])
+        "modern=skoltech22_cnns/modern", "reports_best=skoltech22_cnns/resnet18_lr1e-3"])
+    """Recipes raced in the time-to-accuracy section, ours first and the reference last: label=REF with REF a recipe YAML path, or STUDY/EXPERIMENT (a study's recipe)."""
+    tta_fit_epochs: list[str] = field(default_factory=lambda: ["modern"])
     """Labels whose epoch count is planned to end with each budget (the others run as published)."""
     tta_budgets: list[float] = field(default_factory=lambda: [10.0, 30.0])
     """Training budgets in CPU-minutes (process CPU time, all threads summed; evaluation excluded)."""
@@ -84,7 +86,8 @@ class BenchSettings:
     counts as CPU time without training anything."""
 
     def __post_init__(self) -> None:
-        for name in ("repeats", "batch_size", "steps", "keras_images", "keras_epochs", "scaling_repeats", "input_size"):
+        for name in ("repeats", "batch_size", "steps", "keras_images", "keras_epochs", "scaling_repeats", "input_size",
+                     "memory_steps"):
             if getattr(self, name) < 1:
                 raise CnnbenchError(f"bench.{name}: expected a positive integer, got {getattr(self, name)!r}")
         unknown = [v for v in self.variants if v not in VARIANTS]
@@ -118,11 +121,12 @@ QUICK = {
     "keras_images": 256,
     "keras_epochs": 2,
     "peak_sizes": [1024, 2048],
+    "memory_steps": 2,
     "scaling_per_class": [2, 4],
     "scaling_sizes": [32, 64],
     "scaling_sizes_per_class": 2,
     "scaling_repeats": 1,
-    "tta_recipes": ["modern_cpu=modern_cpu", "reports_best=skoltech22_cnns/resnet18_lr1e-3"],
+    "tta_recipes": ["modern=skoltech22_cnns/modern", "reports_best=skoltech22_cnns/resnet18_lr1e-3"],
     "tta_budgets": [0.2],
     "tta_overrides": ["data.train_per_class=10", "train.batch_size=64"],
     "tta_val_limit": 500,

@@ -41,6 +41,7 @@ def register_section(name: str) -> Callable[[SectionFn], SectionFn]:
 SECTION_MODULES = {
     "peaks": "cnnbench.bench.peaks_section",
     "data": "cnnbench.bench.datapath",
+    "memory": "cnnbench.bench.memory",
     "train": "cnnbench.bench.throughput",
     "keras": "cnnbench.bench.keras_vgg",
     "scaling": "cnnbench.bench.scaling",

@@ -89,7 +89,7 @@ def interleaved_rates(steppers: dict[str, object], steps: int, repeats: int, war
                       batch_size: int, log=lambda m: None) -> dict[str, Stats]:
     """Images/s of each stepper: after its warm-up steps, ``repeats`` rounds in which every
     stepper in turn times ``steps`` steps, so a burst of load from other users of the machine
-    hits all paths alike instead of one path's runs (bench_train.py does the same)."""
+    hits all paths alike instead of one path's runs."""
     for label, stepper in steppers.items():
         log(f"warm-up {label}")
         stepper.seconds(warmup[label])

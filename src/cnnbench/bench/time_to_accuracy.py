@@ -1,7 +1,8 @@
 """Section ``tta``: val top-1 reached within fixed CPU-time budgets, and the time to a fixed top-1.
 
-Recipes race on the same data: cnnbench's modern recipes (``modern_cpu``, sized for CPU
-budgets, and the studies' ``modern``) against the reports' best from-scratch recipe (report
+Recipes race on the same data: cnnbench's ``modern`` recipe (the studies' own, e.g.
+``skoltech22_cnns/modern``: ImageNet-stem ResNet-18, SGD-Nesterov, cosine, label smoothing,
+bf16) against the reports' best from-scratch recipe (report
 003's ResNet-18, RAdam 1e-3, step decay, 45% published on the full data). All are trained by
 cnnbench's engine — the comparison is of recipes, not of engines.
 
@@ -28,7 +29,6 @@ from cnnbench.bench.suite import BenchContext, register_section
 from cnnbench.errors import CnnbenchError
 
 TOP1_MARGIN_TARGET = 10.0  # issue 7: modern beats the reports' best by 10 top-1 points at equal time
-RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 
 
 @dataclass(frozen=True)
@@ -40,19 +40,18 @@ class RaceEntry:
 
 
 def resolve_recipe_ref(ref: str) -> RaceEntry:
-    """``label=REF`` where REF is a YAML path, ``STUDY/EXPERIMENT`` (a study's recipe) or a
-    name in ``cnnbench/bench/recipes/``."""
+    """``label=REF`` where REF is a YAML path or ``STUDY/EXPERIMENT`` (a study's recipe)."""
     from cnnbench.studies.catalog import STUDIES_DIR
 
     label, sep, target = ref.partition("=")
     if not sep:
         label, target = Path(ref).stem, ref
-    candidates = [Path(target), STUDIES_DIR / f"{target}.yaml", RECIPES_DIR / f"{target}.yaml"]
+    candidates = [Path(target), STUDIES_DIR / f"{target}.yaml"]
     for path in candidates:
         if path.suffix == ".yaml" and path.is_file():
             return RaceEntry(label, path)
     raise CnnbenchError(f"tta_recipes: {target!r} is not a recipe file, a study experiment (STUDY/NAME) "
-                        f"or one of {', '.join(p.stem for p in sorted(RECIPES_DIR.glob('*.yaml')))}")
+                        "(see `cnnbench study list`)")
 
 
 def budget_cpu_seconds(minutes: float) -> float:

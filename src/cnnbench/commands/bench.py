@@ -11,8 +11,8 @@ def register(subparsers) -> None:
         "bench",
         help="measure data-path speed, training throughput, FLOP utilisation, scaling and time to accuracy",
         description="Run the benchmark sections side by side in one process and print one table per section "
-                    "(medians of several runs with their spread). Sections: peaks, data, train, keras, scaling, "
-                    "tta. The machine's load average is recorded before and after.",
+                    "(medians of several runs with their spread). Sections: peaks, data, memory, train, keras, "
+                    "scaling, tta. The machine's load average is recorded before and after.",
     )
     parser.add_argument("--quick", action="store_true",
                         help="small sizes and few repeats: every section in under 3 minutes on a 2-core CPU")

@@ -24,7 +24,7 @@ def decode_jpeg_batch(blobs: list[bytes], names: list[str], size: tuple[int, int
     tensors = [torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in blobs]
     try:
         # One call for the whole list: 1.13x-1.36x faster than a Python loop of calls on 4,000
-        # Tiny ImageNet files (benchmarks/bench_data.py).
+        # Tiny ImageNet files (measured with the old benchmarks/bench_data.py).
         decoded = decode_jpeg(tensors, mode=ImageReadMode.UNCHANGED)
     except RuntimeError:
         decoded = [None] * len(tensors)  # decode one by one below, to name the bad file(s)

@@ -4,11 +4,10 @@
 is an error (no silent fallback). ``resolve_precision("auto", device)`` picks bf16 where the
 hardware runs it fast — CUDA GPUs with bf16 support, and CPUs with AMX — and fp32 elsewhere.
 
-Measured here (2-core Xeon with AMX, ResNet-18 at 64 px, batch 128): a model-only probe,
-side by side in one process, gave fp32 NCHW 49 img/s, fp32 channels_last 90, bf16 NCHW 99,
-bf16 channels_last 127 (2.6x plain fp32); benchmarks/bench_train.py, the whole loop on the
-uint8 cache, gave fp32 NCHW 126 img/s and bf16 + channels_last 197 (1.57x), i.e. 1.75x the
-plain ImageFolder + DataLoader baseline (README, "Training: speed and memory").
+Measured here (2-core Xeon with AMX, ResNet-18 at 64 px, batch 128, idle machine): a
+model-only training step gave fp32 NCHW 104-110 img/s, bf16 NCHW 113, bf16 channels_last 125
+and, with the small convolutions as matmuls (``cnnbench.train.gemm_conv``), 255. The whole
+loop on the uint8 cache: ``cnnbench bench --only peaks train`` (README, "Performance").
 """
 
 from __future__ import annotations
