@@ -4,7 +4,9 @@
     with batch augmentation; (b) ``ImageFolder`` + PIL + transforms + ``DataLoader(2 workers)``;
 (c) ``torchvision.io`` JPEG decoding every epoch, then the same batch augmentation as (a).
 Each path produces the same thing a training step consumes: float (B, 3, 64, 64) normalised
-batches, augmented with reflect-pad-4 crops and horizontal flips. No model runs here.
+batches, augmented with reflect-pad-4 crops and horizontal flips. (a) and (b) also run without
+augmentation: the data issue's own comparison, "one epoch of the train cache as normalised
+float batches". No model runs here.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from cnnbench.bench.results import SectionResult, Target
 from cnnbench.bench.stats import Stats, speedup_from_times
 from cnnbench.bench.suite import BenchContext, register_section
 
-DATA_PATH_TARGET = 20.0  # issue 7: (a) at least 20x faster than (b)
+DATA_PATH_TARGET = 20.0  # issues 2 and 7: (a) at least 20x faster than (b), without and with augmentation
 
 
 def standard_augment():
@@ -79,45 +81,53 @@ def data_path_section(ctx: BenchContext) -> SectionResult:
     generator = torch.Generator().manual_seed(s.seed)
     pipeline = BatchPipeline(normalize="standardize", stats=ds.stats, input_size=64,
                              augment=standard_augment(), channels_last=True)
+    plain_pipeline = BatchPipeline(normalize="standardize", stats=ds.stats, input_size=64, channels_last=True)
     loader = BatchLoader(split, batch_size=s.batch_size, shuffle=True, seed=s.seed, drop_last=True)
     epoch = itertools.count()
 
-    def run_a() -> int:
-        loader.set_epoch(next(epoch))
-        return cnnbench_epoch(loader, pipeline, generator)
+    def cache_path(pipe):
+        def run() -> int:
+            loader.set_epoch(next(epoch))
+            return cnnbench_epoch(loader, pipe, generator)
+        return run
 
     ctx.log("data: extracting the JPEG tree for the reference paths (once)")
     train_dir = reference_data.extract_train_tree(reference_data.locate_archive(s.data), ctx.scratch(),
                                                   per_class=s.data_per_class)
-    folder_loader = reference_data.imagefolder_loader(train_dir, s.batch_size, list(mean), list(std),
-                                                      num_workers=s.data_workers, seed=s.seed)
+    folder_loaders = {aug: reference_data.imagefolder_loader(train_dir, s.batch_size, list(mean), list(std),
+                                                             num_workers=s.data_workers, seed=s.seed, augment=aug)
+                      for aug in (True, False)}
     files, _ = reference_data.list_jpegs(train_dir)
 
-    paths = {
-        "(a) cnnbench cache + batch augment": run_a,
-        f"(b) ImageFolder + PIL + DataLoader({s.data_workers} workers)": lambda: reference_epoch(folder_loader),
+    paths = {  # the first of each group is what the group's ratios divide by
+        "(a) cnnbench cache + batch augment": cache_path(pipeline),
+        f"(b) ImageFolder + PIL + DataLoader({s.data_workers} workers)": lambda: reference_epoch(folder_loaders[True]),
         "(c) torchvision.io decode every epoch + batch augment":
             lambda: decode_epoch(files, s.batch_size, pipeline, generator, s.seed),
+        "(a) without augmentation": cache_path(plain_pipeline),
+        "(b) without augmentation": lambda: reference_epoch(folder_loaders[False]),
     }
     timings = {}
     for name, run in paths.items():
         ctx.log(f"data: {name}")
         timings[name] = _time_epochs(run, s.repeats)
 
-    first = next(iter(timings.values()))[0]
     rows = []
     for name, (seconds, images) in timings.items():
+        base = timings["(a) without augmentation" if "without" in name else "(a) cnnbench cache + batch augment"][0]
         rows.append({"path": name, "images": images, "epoch_s": seconds,
                      "images_per_s": seconds.inverted(images, "images/s"),
-                     "slower_than_a": speedup_from_times(first, seconds)})
-    b_ratio = rows[1]["slower_than_a"]
+                     "slower_than_a": speedup_from_times(base, seconds)})
     return SectionResult(
         title=f"Data path: one epoch of {rows[0]['images']:,} Tiny ImageNet train images at 64 px, batch {s.batch_size}",
         rows=rows,
         columns=[("path", "path"), ("epoch_s", "epoch s"), ("images_per_s", "images/s"),
                  ("slower_than_a", "time / (a)")],
         notes=[f"median [min-max] of {s.repeats} epochs after one warm-up epoch; every path yields float "
-               "normalised (B, 3, 64, 64) batches with pad-4 crops and flips; the cache is prepared beforehand "
+               "normalised (B, 3, 64, 64) batches, with pad-4 crops and flips unless marked 'without "
+               "augmentation' (those divide by (a) without augmentation); the cache is prepared beforehand "
                "(a one-off decode, not timed)."],
-        targets=[Target("data path (b) time / (a) time", DATA_PATH_TARGET, b_ratio.value)],
+        targets=[Target("data path (b) time / (a) time, with augmentation", DATA_PATH_TARGET, rows[1]["slower_than_a"].value),
+                 Target("data path (b) time / (a) time, without augmentation", DATA_PATH_TARGET,
+                        rows[4]["slower_than_a"].value)],
     )

@@ -105,20 +105,20 @@ def _first_per_class(members: list[tuple[str, str]], per_class: int | None) -> l
     return kept
 
 
-def imagefolder_loader(train_dir: Path, batch_size: int, mean, std, num_workers: int = 2, seed: int = 0):
+def imagefolder_loader(train_dir: Path, batch_size: int, mean, std, num_workers: int = 2, seed: int = 0,
+                       augment: bool = True):
     """(b): ``ImageFolder`` + PIL + per-image transforms + ``DataLoader(num_workers)`` at 64 px.
 
     The augmentation matches ``standard_augment()`` (reflect-pad 4 and crop, horizontal flip)
-    so both paths do the same work; images are converted to RGB because ~2% of Tiny ImageNet
-    is grayscale. Workers are persistent (started once, not per epoch): the kindest setting
+    so both paths do the same work (``augment=False``: ToTensor + Normalize only); images are
+    converted to RGB because ~2% of Tiny ImageNet is grayscale. Workers are persistent (started once, not per epoch): the kindest setting
     for this path, so its ratio to cnnbench is not inflated by start-up costs.
     """
     import torch
     from torchvision import datasets, transforms
 
-    transform = transforms.Compose([
-        transforms.RandomCrop(64, padding=4, padding_mode="reflect"),
-        transforms.RandomHorizontalFlip(),
+    flip_crop = [transforms.RandomCrop(64, padding=4, padding_mode="reflect"), transforms.RandomHorizontalFlip()]
+    transform = transforms.Compose((flip_crop if augment else []) + [
         transforms.ToTensor(),
         transforms.Normalize(mean, std),
     ])
