@@ -50,6 +50,10 @@ class BatchPipeline:
             raise CnnbenchError(f"normalize={normalize}: needs the training statistics (pass stats=ds.stats)")
         self.normalize, self.stats, self.input_size = normalize, stats, input_size
         self.augment, self.channels_last = augment, channels_last
+        # A leading crop/flip runs on the uint8 batch (4x fewer bytes to move than after
+        # converting); the rest of the augmentation on the float batch.
+        self._moves = getattr(augment, "pixel_moves", None)
+        self._float_augment = augment.float_ops if self._moves is not None else augment
         self._patterns: dict = {}
 
     def resize(self, x: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
@@ -100,15 +104,12 @@ class BatchPipeline:
 
         if images.dtype != torch.uint8:
             raise TypeError(f"BatchPipeline expects uint8 batches from BatchLoader, got {images.dtype}")
-        augment = self.augment
-        moves = getattr(augment, "pixel_moves", None)
-        if moves is not None:  # crops/flips on uint8: 4x fewer bytes to move than after converting
-            images = moves(images, generator)
-            augment = augment.float_ops
+        if self._moves is not None:
+            images = self._moves(images, generator)
         x = images.to(torch.float32)  # (B, C, H, W) in 0..255, the loader's channels_last layout kept
         unit = 1.0 / 255.0
-        if augment is not None:
-            x = augment(x.mul_(unit), generator)  # augment sees [0, 1]
+        if self._float_augment is not None:
+            x = self._float_augment(x.mul_(unit), generator)  # augment sees [0, 1]
             unit = 1.0
         x = self.resize(x)  # linear, so the 1/255 can wait for the fused normalisation
         return self._normalize(x, unit)
