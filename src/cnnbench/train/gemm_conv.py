@@ -70,11 +70,10 @@ def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         dtype = torch.get_autocast_dtype("cpu")
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
-    b, c, h, w = x.shape
+    b, c = x.shape[:2]
     o, _, kh, kw = weight.shape
-    (sh, sw), (ph, pw) = stride, padding
-    ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     patches = Im2col.apply(x.permute(0, 2, 3, 1), (kh, kw), stride, padding)  # (B, Ho, Wo, kh*kw*C)
+    ho, wo = patches.shape[1:3]
     matrix = weight.permute(2, 3, 1, 0).reshape(kh * kw * c, o)  # (kh, kw, C, O) -> (kh*kw*C, O)
     out = patches.reshape(b * ho * wo, kh * kw * c) @ matrix  # (B*Ho*Wo, O)
     if bias is not None:
