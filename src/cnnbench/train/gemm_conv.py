@@ -1,27 +1,30 @@
 """Small convolutions as one matrix multiply on the CPU (im2col + matmul).
 
 At 64 px a ResNet's last stages work on 4x4 and 2x2 maps, and there oneDNN's convolution
-kernels are far from the machine's matmul speed. Measured on this 2-core AMX Xeon (torch
-2.15, batch 128, channels_last, forward + backward):
+kernels are far from the machine's matmul speed. Measured on this 2-core AMX Xeon with
+``python benchmarks/probe_convs.py`` (torch 2.15, batch 128, channels_last, ms forward +
+backward, input gradient included; median of 5):
 
-    conv (in -> out channels, input map, stride)   oneDNN bf16   im2col+matmul bf16   fp32: oneDNN / matmul
-    512 -> 512, 2x2, s1                                128.6 ms              25.8 ms            127.2 / 58.3 ms
-    256 -> 512, 4x4, s2                                 77.8 ms              21.4 ms             71.0 / 37.3 ms
-    256 -> 512, 4x4, s2, 1x1 (shortcut)                 12.8 ms               2.5 ms              9.6 /  4.2 ms
-    256 -> 256, 4x4, s1                                 46.9 ms              29.4 ms             52.9 / 78.3 ms
-    128 -> 256, 8x8, s2                                 31.9 ms              22.7 ms             33.7 / 67.3 ms
-    128 -> 128, 8x8, s1                                 25.2 ms              47.8 ms                  -
-    64 -> 64, 16x16, s1                                 29.8 ms             102.6 ms                  -
+    conv (in -> out, input map, kernel, stride)   oneDNN bf16   matmul bf16   oneDNN fp32   matmul fp32
+    64 -> 64, 16x16, 3x3, s1                            27.4         108.1          50.0         166.3
+    64 -> 128, 16x16, 3x3, s2                           23.5          26.6          29.1          44.3
+    128 -> 128, 8x8, 3x3, s1                            27.2          35.6          44.7         100.5
+    128 -> 256, 8x8, 3x3, s2  (4x4 out)                 34.6          16.2          33.4          34.5
+    256 -> 256, 4x4, 3x3, s1                            47.3          25.5          50.5          59.8
+    256 -> 512, 4x4, 3x3, s2  (2x2 out)                 85.9          15.8          71.6          29.5
+    512 -> 512, 2x2, 3x3, s1                           128.3          26.0         124.9          56.3
+    256 -> 512, 4x4, 1x1, s2  (shortcut)                13.0           3.3           9.0           4.8
 
 so ``auto`` uses the matmul for outputs of at most 16 pixels (4x4) in bf16 and 4 pixels
-(2x2) in fp32, and torch's convolution everywhere else (the bf16 column is with ``Im2col``
-below; whole ResNet-18 64 px training step, bf16 + channels_last: 127 -> 229 img/s).
+(2x2) in fp32, and torch's convolution everywhere else. The same script's whole ResNet-18
+64 px training step, bf16 + channels_last: 131 img/s with torch's convolutions, 257 with these.
 
-Why hand-written: torch's ``F.unfold`` wants NCHW (on channels_last input it is slower still:
-30-70 ms for the rows above), and the patch matrix built from k*k slices of the NHWC view is
-right, but autograd's backward of each slice allocates and zero-fills a whole input-sized
-gradient before summing them (9 per 3x3 conv); ``Im2col.backward`` adds the k*k taps into
-one buffer instead (512 -> 512 at 2x2: 31.4 -> 27.3 ms; 128 -> 256 at 8x8: 25.2 -> 16.7 ms).
+Why hand-written: torch's ``F.unfold`` wants NCHW (on channels_last input it was slower still,
+30-70 ms for the 4x4 and 2x2 rows, in a one-off scratch measurement this session), and the
+patch matrix built from k*k slices of the NHWC view is right, but autograd's backward of each
+slice allocates and zero-fills a whole input-sized gradient before summing them (9 per 3x3
+conv); ``Im2col.backward`` adds the k*k taps into one buffer instead (same scratch
+measurement: 512 -> 512 at 2x2, 31.4 -> 27.3 ms; 128 -> 256 at 8x8, 25.2 -> 16.7 ms).
 """
 
 from __future__ import annotations
