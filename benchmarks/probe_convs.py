@@ -9,7 +9,11 @@ Model-only (random inputs, no data loading), side by side in one process, median
    autocast and fp32, channels_last, input gradient included — the table behind
    ``gemm_conv.AUTO_MAX_AREA``;
 2. one SGD training step of the whole model, bf16 autocast + channels_last, with every
-   convolution in torch (``train.conv_impl: torch``) and with ``use_gemm_convs`` (``auto``).
+   convolution in torch (``train.conv_impl: torch``) and with ``use_gemm_convs`` (``auto``);
+3. where the ``auto`` step's time goes: torch.profiler's self time per kind of operation
+   beside torch's FLOP counter, against this machine's measured bf16 matmul peak, and the FLOP
+   utilisation the step would reach if everything but its convolutions and matmuls took no
+   time — the ceiling that faster elementwise code alone could reach.
 
 The whole training loop with data loading is ``cnnbench bench --only train``.
 """
@@ -17,6 +21,7 @@ The whole training loop with data loading is ``cnnbench bench --only train``.
 from __future__ import annotations
 
 import argparse
+import collections
 import statistics
 import time
 
@@ -24,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnbench.bench.peaks import measure_matmul_peak
 from cnnbench.models import create_model
 from cnnbench.train.gemm_conv import AUTO_MAX_AREA, gemm_conv2d, use_gemm_convs
 
@@ -68,10 +74,59 @@ def model_step(batch: int, gemm: bool):
     return step
 
 
+# torch.profiler op name -> kind of work (checked in order; the first match wins)
+KINDS = [("convolution (oneDNN)", ("convolution",)), ("matmul (incl. im2col convolutions)", ("aten::mm", "aten::addmm", "aten::bmm")),
+         ("batch norm", ("batch_norm",)), ("pooling", ("pool",)), ("optimizer", ("_foreach", "Optimizer")),
+         ("copies, elementwise, im2col", ("add", "relu", "clamp", "threshold", "copy", "cat", "fill", "mul", "zero", "Im2col",
+                                          "slice", "to_copy", "empty", "view", "as_strided", "permute", "reshape"))]
+FLOP_KINDS = {"convolution": "convolution (oneDNN)", "convolution_backward": "convolution (oneDNN)",
+              "mm": "matmul (incl. im2col convolutions)", "addmm": "matmul (incl. im2col convolutions)",
+              "bmm": "matmul (incl. im2col convolutions)"}
+COMPUTE_KINDS = ("convolution (oneDNN)", "matmul (incl. im2col convolutions)")
+
+
+def kind_of(op: str) -> str:
+    return next((kind for kind, keys in KINDS if any(k in op for k in keys)), "other")
+
+
+def breakdown(step, batch: int, repeats: int, peak_gflops: float) -> None:
+    """Print self time and FLOPs per kind of work for ``step`` (already warmed up)."""
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = collections.Counter()
+    for op, n in counter.get_flop_counts()["Global"].items():
+        flops[FLOP_KINDS.get(str(op).split(".")[-1], "other")] += n
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(repeats):
+            step()
+    ms = collections.Counter()
+    for event in prof.key_averages():
+        ms[kind_of(event.key)] += event.self_cpu_time_total / 1000 / repeats
+    total_ms, total_gflop = sum(ms.values()), sum(flops.values()) / 1e9
+    print(f"\nwhere the auto step's time goes (torch.profiler self time, {repeats} steps; bf16 matmul peak "
+          f"{peak_gflops:.0f} GFLOP/s measured now):")
+    print(f"{'kind of work':38} {'ms/step':>8} {'share':>6} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7}")
+    for kind, t in ms.most_common():
+        gflop = flops[kind] / 1e9
+        rate = f"{gflop / t * 1000:8.0f} {100 * gflop / t * 1000 / peak_gflops:6.1f}%" if gflop else ""
+        print(f"{kind:38} {t:8.1f} {100 * t / total_ms:5.1f}% {gflop:7.1f} {rate}")
+    print(f"{'whole step (profiled)':38} {total_ms:8.1f} {100.0:5.1f}% {total_gflop:7.1f} "
+          f"{total_gflop / total_ms * 1000:8.0f} {100 * total_gflop / total_ms * 1000 / peak_gflops:6.1f}%")
+    compute_ms = sum(ms[k] for k in COMPUTE_KINDS)
+    print(f"utilisation ceiling with the convolutions and matmuls as they are and everything else free: "
+          f"{100 * total_gflop / compute_ms * 1000 / peak_gflops:.1f}% of the bf16 peak "
+          f"({batch / compute_ms * 1000:.0f} img/s)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--peak-sizes", type=int, nargs="+", default=[2048, 4096],
+                        help="square matmul sizes for the bf16 peak (the best median wins)")
     args = parser.parse_args()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}; ms forward + backward")
     print(f"{'conv (in -> out, map, kernel, stride)':40} {'oneDNN bf16':>12} {'matmul bf16':>12} "
@@ -93,6 +148,8 @@ def main() -> None:
     for name, r in rates.items():
         print(f"ResNet-18 64 px training step, bf16 + channels_last, {name}: {statistics.median(r):.0f} img/s "
               f"[{min(r):.0f}-{max(r):.0f}]")
+    peak = measure_matmul_peak("bf16", sizes=tuple(args.peak_sizes), repeats=args.repeats).gflops.median
+    breakdown(steps["conv_impl auto"], args.batch, max(args.repeats, 2), peak)
 
 
 if __name__ == "__main__":

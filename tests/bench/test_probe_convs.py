@@ -1,4 +1,5 @@
-"""benchmarks/probe_convs.py: the model-only probe behind gemm_conv's table runs and prints every row."""
+"""benchmarks/probe_convs.py: the model-only probe behind gemm_conv's table runs and prints every row,
+and its breakdown of the step's time adds up."""
 
 from __future__ import annotations
 
@@ -6,12 +7,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "probe_convs.py"
 
 
 def test_probe_convs_prints_every_shape_and_both_model_steps():
-    done = subprocess.run([sys.executable, str(SCRIPT), "--repeats", "1", "--batch", "2"],
+    done = subprocess.run([sys.executable, str(SCRIPT), "--repeats", "1", "--batch", "2", "--peak-sizes", "128"],
                           capture_output=True, text=True, check=True)
     lines = done.stdout.splitlines()
     rows = [line for line in lines if " -> " in line and not line.startswith("conv (")]
@@ -20,3 +23,22 @@ def test_probe_convs_prints_every_shape_and_both_model_steps():
     steps = [line for line in lines if line.startswith("ResNet-18 64 px training step")]
     assert [s.split(",")[2].split(":")[0].strip() for s in steps] == ["conv_impl torch", "conv_impl auto"]
     assert all(float(s.split(": ")[1].split(" img/s")[0]) > 0 for s in steps)
+
+    # breakdown: one row per kind of work, the shares add up to the whole step, and the two
+    # compute kinds carry the FLOPs (the ceiling divides them by their time alone)
+    start = next(i for i, line in enumerate(lines) if line.startswith("where the auto step's time goes"))
+    table = lines[start + 2:]
+    kinds = {}
+    for line in table:
+        if line.startswith(("whole step", "utilisation ceiling")):
+            break
+        name, numbers = line[:38].strip(), line[38:].split()
+        kinds[name] = [float(v.rstrip("%")) for v in numbers]
+    assert {"convolution (oneDNN)", "matmul (incl. im2col convolutions)", "batch norm"} <= kinds.keys()
+    assert sum(v[1] for v in kinds.values()) == pytest.approx(100.0, abs=0.5)
+    whole = next(line for line in table if line.startswith("whole step")).split()
+    assert float(whole[3]) == pytest.approx(sum(v[0] for v in kinds.values()), rel=0.01)  # ms/step
+    assert kinds["convolution (oneDNN)"][2] + kinds["matmul (incl. im2col convolutions)"][2] == pytest.approx(
+        float(whole[5]), abs=0.15)  # GFLOP: every counted FLOP is a convolution's or a matmul's
+    ceiling = next(line for line in table if line.startswith("utilisation ceiling"))
+    assert float(ceiling.split(": ")[1].split("%")[0]) > 0

@@ -5,7 +5,7 @@ and returns one JSON-able document; ``cnnbench bench`` is the command. The measu
 are public so that ``benchmarks/*.py`` scripts call them instead of copying them:
 
 - ``measure_matmul_peak``, ``training_flops_per_image``, ``utilisation``  (peaks.py)
-- ``plain_train_step``, ``PlainStepper``, ``interleaved_rates``, ``measure_paths``  (throughput.py)
+- ``plain_train_step``, ``PlainStepper``, ``interleaved_rounds``, ``interleaved_rates``, ``measure_paths``  (throughput.py)
 - ``EngineStepper``, ``throughput_recipe``, ``build_recipe_engine``, ``train_within_budget``  (engine_runs.py)
 - ``cnnbench_epoch``, ``reference_epoch``, ``decode_epoch``  (datapath.py)
 - ``prepare_probe``, ``train_probe``: peak RSS of a child process  (memory.py)

@@ -98,7 +98,7 @@ def cnnbench_rates(ctx: BenchContext, setup) -> dict[str, Stats]:
     if rows:
         return {row["path"]: row["images_per_s"] for row in rows if row["path"] in wanted}
     s = ctx.settings
-    return measure_paths(ctx, setup, MODEL, list(COMPARED_VARIANTS), s.steps, s.repeats)
+    return measure_paths(ctx, setup, MODEL, list(COMPARED_VARIANTS), s.steps, s.repeats)[0]
 
 
 @register_section("keras")

@@ -54,6 +54,32 @@ def measure_matmul_peak(dtype: str, device: str = "cpu", sizes: tuple[int, ...] 
     return best
 
 
+def matmul_probe(peaks: dict[str, MatmulPeak], repeats: int = 3):
+    """A function returning {dtype: GFLOP/s now} for each of ``peaks`` at its best size.
+
+    A shared VM's matmul rate moves by 2x and more within minutes (scratch runs here: the bf16
+    peak at n=2048 read 1,244 then 579-656 GFLOP/s a minute later, the machine otherwise idle),
+    so a utilisation figure divides a training rate by a peak measured beside it, in the same
+    round of turns, not by one taken minutes earlier."""
+    import torch
+
+    operands = {}
+    for dtype, peak in peaks.items():
+        torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+        n = peak.size
+        operands[dtype] = (n, *(torch.randn(n, n, device=peak.device).to(torch_dtype) for _ in range(2)))
+
+    def probe() -> dict[str, float]:
+        rates = {}
+        for dtype, (n, a, b) in operands.items():
+            synchronize = _synchronizer(peaks[dtype].device)
+            seconds = time_runs(lambda: (torch.mm(a, b), synchronize()), repeats=repeats, warmup=1)
+            rates[dtype] = seconds.inverted(2 * n**3 / 1e9, "GFLOP/s").median
+        return rates
+
+    return probe
+
+
 def _synchronizer(device: str):
     """A function that waits for queued device work (a no-op on the CPU)."""
     import torch
