@@ -5,9 +5,9 @@
 Model-only (random inputs, no data loading), side by side in one process, medians:
 
 1. per convolution shape of ResNet-18 at 64 px: forward + backward of torch's convolution
-   (oneDNN) against ``cnnbench.train.gemm_conv.gemm_conv2d`` (im2col + matmul), in bf16
-   autocast and fp32, channels_last, input gradient included — the table behind
-   ``gemm_conv.AUTO_MAX_AREA``;
+   (oneDNN) against ``cnnbench.train.gemm_conv.gemm_conv2d`` (im2col + matmul; on the 2x2 map
+   its one-matmul ``CoveringConv``, with im2col forced on the line below), in bf16 autocast and
+   fp32, channels_last, input gradient included — the table behind ``gemm_conv.AUTO_MAX_AREA``;
 2. one SGD training step of the whole model, bf16 autocast + channels_last, with every
    convolution in torch (``train.conv_impl: torch``) and with ``use_gemm_convs`` (``auto``);
 3. where the ``auto`` step's time goes: torch.profiler's self time per kind of operation
@@ -29,9 +29,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cnnbench.bench.peaks import measure_matmul_peak
+from cnnbench.bench.peaks import measure_matmul_peak, training_flops_per_image
 from cnnbench.models import create_model
-from cnnbench.train.gemm_conv import AUTO_MAX_AREA, gemm_conv2d, use_gemm_convs
+from cnnbench.train.gemm_conv import AUTO_MAX_AREA, covering_pairs, gemm_conv2d, use_gemm_convs
 
 # (in, out, input map, kernel, stride, padding): every convolution shape of ResNet-18 at 64 px
 SHAPES = [(64, 64, 16, 3, 1, 1), (64, 128, 16, 3, 2, 1), (128, 128, 8, 3, 1, 1), (128, 256, 8, 3, 2, 1),
@@ -48,10 +48,10 @@ def median_ms(fn, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def conv_step(conv: nn.Conv2d, x: torch.Tensor, bf16: bool, gemm: bool):
+def conv_step(conv: nn.Conv2d, x: torch.Tensor, bf16: bool, gemm: bool, covering: bool = True):
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            y = gemm_conv2d(x, conv.weight, None, conv.stride, conv.padding) if gemm else conv(x)
+            y = gemm_conv2d(x, conv.weight, None, conv.stride, conv.padding, covering) if gemm else conv(x)
         y.float().sum().backward()
     return step
 
@@ -89,8 +89,11 @@ def kind_of(op: str) -> str:
     return next((kind for kind, keys in KINDS if any(k in op for k in keys)), "other")
 
 
-def breakdown(step, batch: int, repeats: int, peak_gflops: float) -> None:
-    """Print self time and FLOPs per kind of work for ``step`` (already warmed up)."""
+def breakdown(step, batch: int, repeats: int, peak_gflops: float, model_gflop: float) -> None:
+    """Print self time and FLOPs per kind of work for ``step`` (already warmed up).
+
+    Rows count the FLOPs the kernels execute (``CoveringConv`` skips the products with padding);
+    the whole-step line and the ceiling count the model's FLOPs, as every utilisation figure does."""
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -105,7 +108,7 @@ def breakdown(step, batch: int, repeats: int, peak_gflops: float) -> None:
     ms = collections.Counter()
     for event in prof.key_averages():
         ms[kind_of(event.key)] += event.self_cpu_time_total / 1000 / repeats
-    total_ms, total_gflop = sum(ms.values()), sum(flops.values()) / 1e9
+    total_ms, total_gflop = sum(ms.values()), model_gflop
     print(f"\nwhere the auto step's time goes (torch.profiler self time, {repeats} steps; bf16 matmul peak "
           f"{peak_gflops:.0f} GFLOP/s measured now):")
     print(f"{'kind of work':38} {'ms/step':>8} {'share':>6} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7}")
@@ -113,7 +116,7 @@ def breakdown(step, batch: int, repeats: int, peak_gflops: float) -> None:
         gflop = flops[kind] / 1e9
         rate = f"{gflop / t * 1000:8.0f} {100 * gflop / t * 1000 / peak_gflops:6.1f}%" if gflop else ""
         print(f"{kind:38} {t:8.1f} {100 * t / total_ms:5.1f}% {gflop:7.1f} {rate}")
-    print(f"{'whole step (profiled)':38} {total_ms:8.1f} {100.0:5.1f}% {total_gflop:7.1f} "
+    print(f"{'whole step (profiled; model FLOPs)':38} {total_ms:8.1f} {100.0:5.1f}% {total_gflop:7.1f} "
           f"{total_gflop / total_ms * 1000:8.0f} {100 * total_gflop / total_ms * 1000 / peak_gflops:6.1f}%")
     compute_ms = sum(ms[k] for k in COMPUTE_KINDS)
     print(f"utilisation ceiling with the convolutions and matmuls as they are and everything else free: "
@@ -136,6 +139,9 @@ def main() -> None:
         x = torch.randn(args.batch, cin, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
         cells = [median_ms(conv_step(conv, x, bf16, gemm), args.repeats) for bf16 in (True, False) for gemm in (False, True)]
         print(f"{f'{cin} -> {cout}, {size}x{size}, {k}x{k}, s{s}':40} " + " ".join(f"{c:12.1f}" for c in cells))
+        if covering_pairs(size, size, (k, k), (p, p)) is not None and s == 1:  # matmul column ran CoveringConv
+            forced = [median_ms(conv_step(conv, x, bf16, True, covering=False), args.repeats) for bf16 in (True, False)]
+            print(f"{'  (the same as im2col + matmul)':40} {'':12} {forced[0]:12.1f} {'':12} {forced[1]:12.1f}")
     steps = {"conv_impl torch": model_step(args.batch, False), "conv_impl auto": model_step(args.batch, True)}
     for step in steps.values():
         step(), step()  # warm-up
@@ -149,7 +155,8 @@ def main() -> None:
         print(f"ResNet-18 64 px training step, bf16 + channels_last, {name}: {statistics.median(r):.0f} img/s "
               f"[{min(r):.0f}-{max(r):.0f}]")
     peak = measure_matmul_peak("bf16", sizes=tuple(args.peak_sizes), repeats=args.repeats).gflops.median
-    breakdown(steps["conv_impl auto"], args.batch, max(args.repeats, 2), peak)
+    model_gflop = training_flops_per_image(create_model("resnet18", num_classes=200, input_size=64), 64) * args.batch / 1e9
+    breakdown(steps["conv_impl auto"], args.batch, max(args.repeats, 2), peak, model_gflop)
 
 
 if __name__ == "__main__":

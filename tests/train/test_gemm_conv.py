@@ -17,6 +17,9 @@ from cnnbench.train.gemm_conv import AUTO_MAX_AREA, GemmConv2d, gemm_conv2d, out
     (4, 6, (8, 8), 1, 2, 0, False),   # ResNet shortcut
     (3, 5, (9, 9), 5, 2, 2, True),
     (6, 4, (4, 4), 3, 1, 0, False),   # no padding
+    (8, 6, (2, 2), 3, 1, 1, True),    # 2x2 map, every window covers it: the one-matmul CoveringConv
+    (8, 6, (1, 1), 3, 1, 1, False),   # 1x1 map: only the centre tap touches a pixel
+    (5, 4, (3, 2), 5, 1, 2, False),   # rectangular, 5x5 kernel covering a 3x2 map
 ])
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_gemm_conv_matches_torch_forward_and_backward(cin, cout, size, kernel, stride, padding, bias, channels_last):
@@ -34,6 +37,33 @@ def test_gemm_conv_matches_torch_forward_and_backward(cin, cout, size, kernel, s
     grads_ours = torch.autograd.grad(ours, [x2, conv.weight] + ([conv.bias] if bias else []), upstream)
     for a, b in zip(grads_ours, grads_expected):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("size, kernel, padding, covering", [
+    ((2, 2), 3, 1, True), ((1, 1), 3, 1, True), ((3, 3), 5, 2, True), ((1, 1), 1, 0, True),
+    ((3, 3), 3, 1, False),  # the corner windows miss the far corner: im2col
+    ((4, 4), 3, 1, False), ((3, 3), 3, 0, False),  # no padding: the output is smaller than the map
+])
+def test_covering_conv_is_chosen_exactly_when_every_window_covers_the_map(size, kernel, padding, covering, monkeypatch):
+    from cnnbench.train import gemm_conv
+
+    calls = []
+    original = gemm_conv.CoveringConv.apply
+    monkeypatch.setattr(gemm_conv.CoveringConv, "apply", lambda *a: calls.append(a) or original(*a))
+    x = torch.randn(2, 3, *size)
+    weight = torch.randn(4, 3, kernel, kernel)
+    out = gemm_conv2d(x, weight, None, (1, 1), (padding, padding))
+    torch.testing.assert_close(out, F.conv2d(x, weight, None, 1, padding), atol=1e-5, rtol=1e-5)
+    assert bool(calls) is covering
+
+
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_covering_conv_weight_gradient_has_the_weights_layout(fmt):
+    # so that accumulating it into .grad is a plain add, not a strided copy
+    x = torch.randn(4, 16, 2, 2).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(8, 16, 3, 3).contiguous(memory_format=fmt).requires_grad_()
+    gemm_conv2d(x, weight, None, (1, 1), (1, 1)).sum().backward()
+    assert weight.grad.is_contiguous(memory_format=fmt) and weight.grad.stride() == weight.stride()
 
 
 def test_gemm_conv_under_bf16_autocast_computes_in_bf16():

@@ -62,22 +62,88 @@ class Im2col(torch.autograd.Function):
         return grad_padded[:, ph:ph + h, pw:pw + w], None, None, None
 
 
+def covering_pairs(h: int, w: int, kernel: tuple[int, int], padding: tuple[int, int]) -> list | None:
+    """For a stride-1 convolution whose output is its input's size: if every output pixel's window
+    covers every input pixel, the (input pixel q, output pixel p, tap i, tap j) pairs; else None."""
+    (kh, kw), (ph, pw) = kernel, padding
+    if h + 2 * ph - kh + 1 != h or w + 2 * pw - kw + 1 != w or h - 1 > min(ph, kh - 1 - ph) or w - 1 > min(pw, kw - 1 - pw):
+        return None
+    pixels = [(y, x) for y in range(h) for x in range(w)]
+    return [(q, p, qy - py + ph, qx - px + pw) for q, (qy, qx) in enumerate(pixels) for p, (py, px) in enumerate(pixels)]
+
+
+class CoveringConv(torch.autograd.Function):
+    """A stride-1 convolution on a map so small that every window covers all of it (2x2 maps
+    under a 3x3 kernel with padding 1, 1x1 maps): one (B, H*W*C) @ (H*W*C, H*W*O) matmul, the
+    matrix assembled from the kernel's taps. Its multiply-adds are only the ones that touch a
+    pixel (16 of a 2x2 map's 36 im2col taps), and no patch matrix is built."""
+
+    @staticmethod
+    def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, pairs: list, hw: int) -> torch.Tensor:
+        o, c = weight.shape[:2]
+        taps = weight.permute(2, 3, 1, 0).contiguous()  # (kh, kw, C, O)
+        matrix = weight.new_empty((hw, c, hw, o))
+        for q, p, i, j in pairs:
+            matrix[q, :, p] = taps[i, j]
+        matrix = matrix.view(hw * c, hw * o)
+        ctx.save_for_backward(x2d, matrix)
+        ctx.geometry = (pairs, hw, taps.shape, weight.is_contiguous(memory_format=torch.channels_last))
+        return x2d @ matrix  # (B, H*W*O): channels-last pixels
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        x2d, matrix = ctx.saved_tensors
+        pairs, hw, tap_shape, weight_cl = ctx.geometry
+        grad_x = grad @ matrix.t() if ctx.needs_input_grad[0] else None
+        grad_taps = None
+        if ctx.needs_input_grad[1]:
+            kh, kw, c, o = tap_shape
+            b = x2d.shape[0]
+            x3, g3 = x2d.view(b, hw, c), grad.view(b, hw, o)
+            by_tap: dict[tuple[int, int], list[tuple[int, int]]] = {}
+            for q, p, i, j in pairs:
+                by_tap.setdefault((i, j), []).append((q, p))
+            # taps that join no pixel pair (all but the centre on a 1x1 map) get no gradient
+            grad_taps = (grad.new_empty if len(by_tap) == kh * kw else grad.new_zeros)((kh, kw, o, c))
+            for (i, j), qp in by_tap.items():  # a tap's gradient sums x_q^T grad_p over the pixel pairs it joins:
+                qs, ps = zip(*qp)              # one matmul over the stacked pairs (no block-by-block adds)
+                xs = x3[:, list(qs)].reshape(b * len(qs), c)
+                gs = g3[:, list(ps)].reshape(b * len(ps), o)
+                torch.mm(gs.t(), xs, out=grad_taps[i, j])
+            # (kh, kw, O, C) -> (O, C, kh, kw) in the weight's own memory format (a channels_last
+            # model's weights are channels_last), so accumulating it into .grad is a plain add
+            fmt = torch.channels_last if weight_cl else torch.contiguous_format
+            grad_taps = grad_taps.permute(2, 3, 0, 1).contiguous(memory_format=fmt)
+        return grad_x, grad_taps, None, None
+
+
 def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                stride: tuple[int, int], padding: tuple[int, int]) -> torch.Tensor:
+                stride: tuple[int, int], padding: tuple[int, int], covering: bool = True) -> torch.Tensor:
     """``F.conv2d`` (groups=1, dilation=1, zero padding) as im2col + one matmul.
 
     x (B, C, H, W) -> (B, O, H_out, W_out) with channels_last strides. Under CPU autocast the
     input and weight are cast first, so the patch matrix is built in the low-precision dtype.
+    A stride-1 convolution whose every window covers the whole map runs as ``CoveringConv``
+    instead (``covering=False`` forces im2col, for comparisons).
     """
     if torch.is_autocast_enabled("cpu") and x.device.type == "cpu":
         dtype = torch.get_autocast_dtype("cpu")
         x, weight = x.to(dtype), weight.to(dtype)
         bias = bias.to(dtype) if bias is not None else None
-    b, c = x.shape[:2]
+    b, c, h, w = x.shape
     o, _, kh, kw = weight.shape
+    pairs = covering_pairs(h, w, (kh, kw), padding) if covering and tuple(stride) == (1, 1) else None
+    if pairs is not None:
+        out = CoveringConv.apply(x.permute(0, 2, 3, 1).reshape(b, h * w * c), weight, pairs, h * w)
+        out = out.view(b, h, w, o)
+        if bias is not None:
+            out = out + bias
+        return out.permute(0, 3, 1, 2)
     patches = Im2col.apply(x.permute(0, 2, 3, 1), (kh, kw), stride, padding)  # (B, Ho, Wo, kh*kw*C)
     ho, wo = patches.shape[1:3]
-    matrix = weight.permute(2, 3, 1, 0).reshape(kh * kw * c, o)  # (kh, kw, C, O) -> (kh*kw*C, O)
+    # (O, kh, kw, C) -> (O, kh*kw*C), transposed: a view of a channels_last weight (which a
+    # channels_last model has), so no copy forward and a gradient in the weight's own layout back
+    matrix = weight.permute(0, 2, 3, 1).reshape(o, kh * kw * c).t()
     out = patches.reshape(b * ho * wo, kh * kw * c) @ matrix  # (B*Ho*Wo, O)
     if bias is not None:
         out = out + bias
