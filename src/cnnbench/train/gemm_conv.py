@@ -3,21 +3,34 @@
 At 64 px a ResNet's last stages work on 4x4 and 2x2 maps, and there oneDNN's convolution
 kernels are far from the machine's matmul speed. Measured on this 2-core AMX Xeon with
 ``python benchmarks/probe_convs.py`` (torch 2.15, batch 128, channels_last, ms forward +
-backward, input gradient included; median of 5):
+backward, input gradient included; median of 5; the shared VM's speed drifts by up to 2x
+between minutes, so compare within one run):
 
     conv (in -> out, input map, kernel, stride)   oneDNN bf16   matmul bf16   oneDNN fp32   matmul fp32
-    64 -> 64, 16x16, 3x3, s1                            27.4         108.1          50.0         166.3
-    64 -> 128, 16x16, 3x3, s2                           23.5          26.6          29.1          44.3
-    128 -> 128, 8x8, 3x3, s1                            27.2          35.6          44.7         100.5
-    128 -> 256, 8x8, 3x3, s2  (4x4 out)                 34.6          16.2          33.4          34.5
-    256 -> 256, 4x4, 3x3, s1                            47.3          25.5          50.5          59.8
-    256 -> 512, 4x4, 3x3, s2  (2x2 out)                 85.9          15.8          71.6          29.5
-    512 -> 512, 2x2, 3x3, s1                           128.3          26.0         124.9          56.3
-    256 -> 512, 4x4, 1x1, s2  (shortcut)                13.0           3.3           9.0           4.8
+    64 -> 64, 16x16, 3x3, s1                            19.1          91.5          48.1         114.3
+    64 -> 128, 16x16, 3x3, s2                           10.5          18.8          20.6          30.6
+    128 -> 128, 8x8, 3x3, s1                            10.3          19.8          31.7          67.9
+    128 -> 256, 8x8, 3x3, s2  (4x4 out)                 12.0           9.3          22.9          24.8
+    256 -> 256, 4x4, 3x3, s1                            18.4          13.8          37.1          40.8
+    256 -> 512, 4x4, 3x3, s2  (2x2 out)                 33.8           8.1          50.0          21.3
+    512 -> 512, 2x2, 3x3, s1  (CoveringConv)            69.0          12.1          96.0          37.3
+      the same as im2col + matmul                                     13.2                        45.9
+    256 -> 512, 4x4, 1x1, s2  (shortcut)                 6.0           1.8           6.0           3.1
 
 so ``auto`` uses the matmul for outputs of at most 16 pixels (4x4) in bf16 and 4 pixels
-(2x2) in fp32, and torch's convolution everywhere else. The same script's whole ResNet-18
-64 px training step, bf16 + channels_last: 131 img/s with torch's convolutions, 257 with these.
+(2x2) in fp32, and torch's convolution everywhere else. The same run's whole ResNet-18 64 px
+training step, bf16 + channels_last: 159 img/s with torch's convolutions, 335 with these.
+
+On a 2x2 map every 3x3 window (padding 1) covers the whole map, so the convolution is one
+(B, 4C) @ (4C, 4O) matmul whose matrix holds the kernel's taps per pair of pixels
+(``CoveringConv``): 16 of the 36 im2col taps touch a pixel, and no patch matrix is built. A
+scratch run at batch 128 (bf16 autocast, 512 -> 512) measured 26-34 ms for it against 38-68 ms
+for im2col, alternating in one process; the probe's line above, after the channels_last weight
+view below also sped up im2col, shows the smaller remaining gap.
+
+The matmul's weight matrix is a view of the weight in its (O, kh, kw, C) channels_last memory
+order, transposed, so the forward copies nothing and the gradient comes back in the weight's
+own layout (a permuted (kh, kw, C, O) copy cost a strided copy of the gradient on every step).
 
 Why hand-written: torch's ``F.unfold`` wants NCHW (on channels_last input it was slower still,
 30-70 ms for the 4x4 and 2x2 rows, in a one-off scratch measurement this session), and the
