@@ -146,18 +146,16 @@ def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     b, c, h, w = x.shape
     o, _, kh, kw = weight.shape
     pairs = covering_pairs(h, w, (kh, kw), padding) if covering and tuple(stride) == (1, 1) else None
-    if pairs is not None:
-        out = CoveringConv.apply(x.permute(0, 2, 3, 1).reshape(b, h * w * c), weight, pairs, h * w)
-        out = out.view(b, h, w, o)
-        if bias is not None:
-            out = out + bias
-        return out.permute(0, 3, 1, 2)
-    patches = Im2col.apply(x.permute(0, 2, 3, 1), (kh, kw), stride, padding)  # (B, Ho, Wo, kh*kw*C)
-    ho, wo = patches.shape[1:3]
-    # (O, kh, kw, C) -> (O, kh*kw*C), transposed: a view of a channels_last weight (which a
-    # channels_last model has), so no copy forward and a gradient in the weight's own layout back
-    matrix = weight.permute(0, 2, 3, 1).reshape(o, kh * kw * c).t()
-    out = patches.reshape(b * ho * wo, kh * kw * c) @ matrix  # (B*Ho*Wo, O)
+    if pairs is not None:  # (B, H*W*C) @ (H*W*C, H*W*O): the output pixels come out channels-last
+        ho, wo = h, w
+        out = CoveringConv.apply(x.permute(0, 2, 3, 1).reshape(b, h * w * c), weight, pairs, h * w).view(b * h * w, o)
+    else:
+        patches = Im2col.apply(x.permute(0, 2, 3, 1), (kh, kw), stride, padding)  # (B, Ho, Wo, kh*kw*C)
+        ho, wo = patches.shape[1:3]
+        # (O, kh, kw, C) -> (O, kh*kw*C), transposed: a view of a channels_last weight (which a
+        # channels_last model has), so no copy forward and a gradient in the weight's own layout back
+        matrix = weight.permute(0, 2, 3, 1).reshape(o, kh * kw * c).t()
+        out = patches.reshape(b * ho * wo, kh * kw * c) @ matrix  # (B*Ho*Wo, O)
     if bias is not None:
         out = out + bias
     return out.view(b, ho, wo, o).permute(0, 3, 1, 2)  # (B, Ho, Wo, O) -> (B, O, Ho, Wo), channels_last
