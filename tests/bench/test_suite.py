@@ -78,7 +78,8 @@ def test_train_section_speedups_and_utilisation(document):
             assert len(round_peaks) == len(row["images_per_s"].runs) and all(p > 0 for p in round_peaks)
             expected = [100 * r * row["gflop_per_image"] / p for r, p in zip(row["images_per_s"].runs, round_peaks)]
             assert row[f"mfu_{dtype}_pct"].runs == pytest.approx(expected)
-        best = max(best_section_peak, row["round_peaks_gflops"]["bf16"].high)
+        best = row["best_bf16_peak_gflops"]  # this run's best, or an earlier run's on this machine
+        assert best >= max(best_section_peak, row["round_peaks_gflops"]["bf16"].high)
         flops = row["images_per_s"].median * row["gflop_per_image"]
         assert row["mfu_bf16_best_peak_pct"] == pytest.approx(100 * flops / best)
         assert row["mfu_bf16_best_peak_pct"] <= row["mfu_bf16_pct"].high + 1e-9

@@ -81,6 +81,29 @@ class BenchContext:
                                                     repeats=self.settings.repeats)
         return self.peaks[dtype]
 
+    def best_known_peak(self, dtype: str, measured: float) -> float:
+        """The best ``dtype`` matmul rate ever read on this machine: ``measured`` (this run's best),
+        or higher if an earlier run here read more (kept in ``scratch()/peaks.json`` per CPU,
+        core count and torch build). A shared VM's AMX rate swings ~3x between minutes, and a
+        short run that only saw slow minutes would otherwise divide by a peak the machine beats."""
+        import json
+
+        import torch
+
+        path = self.scratch() / "peaks.json"
+        key = f"{_cpu_name()} | {os.cpu_count()} cores | torch {torch.__version__}"
+        try:
+            record = json.loads(path.read_text())
+        except (OSError, ValueError):
+            record = {}
+        best = max(measured, float(record.get(key, {}).get(dtype, 0.0)))
+        record.setdefault(key, {})[dtype] = best
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # temp + rename: never a half-written record
+        tmp.write_text(json.dumps(record, indent=1))
+        os.replace(tmp, path)
+        return best
+
     def dataset(self, per_class: int | None = None):
         """The Tiny ImageNet cache (``train_per_class=per_class``), loaded once per suite."""
         key = ("tiny-imagenet", per_class)
