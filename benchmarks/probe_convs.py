@@ -139,7 +139,7 @@ def main() -> None:
         x = torch.randn(args.batch, cin, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
         cells = [median_ms(conv_step(conv, x, bf16, gemm), args.repeats) for bf16 in (True, False) for gemm in (False, True)]
         print(f"{f'{cin} -> {cout}, {size}x{size}, {k}x{k}, s{s}':40} " + " ".join(f"{c:12.1f}" for c in cells))
-        if covering_pairs(size, size, (k, k), (p, p)) is not None and s == 1:  # matmul column ran CoveringConv
+        if covering_pairs(size, size, (k, k), (s, s), (p, p)) is not None:  # matmul column ran CoveringConv
             forced = [median_ms(conv_step(conv, x, bf16, True, covering=False), args.repeats) for bf16 in (True, False)]
             print(f"{'  (the same as im2col + matmul)':40} {'':12} {forced[0]:12.1f} {'':12} {forced[1]:12.1f}")
     steps = {"conv_impl torch": model_step(args.batch, False), "conv_impl auto": model_step(args.batch, True)}

@@ -75,11 +75,13 @@ class Im2col(torch.autograd.Function):
         return grad_padded[:, ph:ph + h, pw:pw + w], None, None, None
 
 
-def covering_pairs(h: int, w: int, kernel: tuple[int, int], padding: tuple[int, int]) -> list | None:
+def covering_pairs(h: int, w: int, kernel: tuple[int, int], stride: tuple[int, int],
+                   padding: tuple[int, int]) -> list | None:
     """For a stride-1 convolution whose output is its input's size: if every output pixel's window
-    covers every input pixel, the (input pixel q, output pixel p, tap i, tap j) pairs; else None."""
+    covers every input pixel, the (input pixel q, output pixel p, tap i, tap j) pairs; else None
+    (``gemm_conv2d`` then uses im2col)."""
     (kh, kw), (ph, pw) = kernel, padding
-    if h + 2 * ph - kh + 1 != h or w + 2 * pw - kw + 1 != w or h - 1 > min(ph, kh - 1 - ph) or w - 1 > min(pw, kw - 1 - pw):
+    if tuple(stride) != (1, 1) or h + 2 * ph - kh + 1 != h or w + 2 * pw - kw + 1 != w or h - 1 > min(ph, kh - 1 - ph) or w - 1 > min(pw, kw - 1 - pw):
         return None
     pixels = [(y, x) for y in range(h) for x in range(w)]
     return [(q, p, qy - py + ph, qx - px + pw) for q, (qy, qx) in enumerate(pixels) for p, (py, px) in enumerate(pixels)]
@@ -145,7 +147,7 @@ def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         bias = bias.to(dtype) if bias is not None else None
     b, c, h, w = x.shape
     o, _, kh, kw = weight.shape
-    pairs = covering_pairs(h, w, (kh, kw), padding) if covering and tuple(stride) == (1, 1) else None
+    pairs = covering_pairs(h, w, (kh, kw), stride, padding) if covering else None
     if pairs is not None:  # (B, H*W*C) @ (H*W*C, H*W*O): the output pixels come out channels-last
         ho, wo = h, w
         out = CoveringConv.apply(x.permute(0, 2, 3, 1).reshape(b, h * w * c), weight, pairs, h * w).view(b * h * w, o)
