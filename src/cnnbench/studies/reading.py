@@ -130,14 +130,21 @@ def _bound_sentences(rows: list[ExperimentResult]) -> list[str]:
     return out
 
 
+def _fewer_images(dataset: str, conditions: StudyConditions) -> tuple[float, int] | None:
+    """(ours, the report's) training images per class when we trained on clearly fewer, else None."""
+    ours = conditions.train_per_class.get(dataset, math.nan)
+    theirs = OFFICIAL_TRAIN_PER_CLASS.get(dataset)
+    return (ours, theirs) if theirs and not math.isnan(ours) and ours < 0.95 * theirs else None
+
+
 def _condition_sentence(rows: list[ExperimentResult], conditions: StudyConditions) -> str | None:
     parts = []
     if conditions.scale < 1.0:
         parts.append(f"every run trained {conditions.scale:g} of its epochs (--scale {conditions.scale:g})")
     for dataset in sorted({r.dataset for r in rows}):
-        ours = conditions.train_per_class.get(dataset, math.nan)
-        theirs = OFFICIAL_TRAIN_PER_CLASS.get(dataset)
-        if theirs and not math.isnan(ours) and ours < 0.95 * theirs:
+        fewer = _fewer_images(dataset, conditions)
+        if fewer:
+            ours, theirs = fewer
             parts.append(f"on {dataset} we trained on {ours:.0f} images per class against the report's {theirs} "
                          f"({ours / theirs:.0%} of the data)")
         classes = {s.num_classes for r in rows if r.dataset == dataset for s in r.runs}
@@ -184,7 +191,13 @@ def _seed_sentence(rows: list[ExperimentResult]) -> str | None:
             f"{typical_gap:.1f} points.")
 
 
-def _modern_sentences(results: list[ExperimentResult]) -> list[str]:
+def _data_gap(dataset: str, conditions: StudyConditions) -> str:
+    """' (the report trained on 500 images per class, ours on 80)' when our training set was smaller, else ''."""
+    fewer = _fewer_images(dataset, conditions)
+    return f" (the report trained on {fewer[1]} images per class, ours on {fewer[0]:.0f})" if fewer else ""
+
+
+def _modern_sentences(results: list[ExperimentResult], conditions: StudyConditions) -> list[str]:
     out = []
     for ours in (r for r in results if r.ours and r.runs):
         same_data = [r for r in results if not r.ours and r.dataset == ours.dataset]
@@ -197,12 +210,12 @@ def _modern_sentences(results: list[ExperimentResult]) -> list[str]:
             top = max(published, key=lambda r: r.published.values["val_top1"])
             gap = _points(value.mean - top.published.values["val_top1"])
             parts.append(f"{abs(gap):.1f} points {'above' if gap >= 0 else 'below'} the best published row "
-                         f"({top.label}, {_published_text(top)})")
+                         f"({top.label}, {_published_text(top)}){_data_gap(ours.dataset, conditions)}")
         if reproduced:
             top = max(reproduced, key=lambda r: r.stat("val_top1").mean)
             gap = _points(value.mean - top.stat("val_top1").mean)
             parts.append(f"{abs(gap):.1f} points {'above' if gap >= 0 else 'below'} our best reproduction under the "
-                         f"same conditions ({top.label}, {_pct(top.stat('val_top1').mean)})")
+                         f"same conditions ({top.label}, {_ours_text(top)})")
         out.append(", ".join(parts) + ".")
     return out
 
@@ -222,7 +235,7 @@ def write_reading(results: list[ExperimentResult], conditions: StudyConditions) 
     else:
         sentences.append("No published row with a top-1 value has a finished run yet, so nothing is compared.")
     sentences += _bound_sentences([r for r in rows if r.published.relation == "<"])
-    sentences += _modern_sentences(results)
+    sentences += _modern_sentences(results, conditions)
     if missing:
         sentences.append(f"Not run or not finished: {', '.join(missing)}.")
     return " ".join(sentences)
