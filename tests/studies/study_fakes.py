@@ -36,11 +36,13 @@ def epoch_row(recipe: Recipe, epoch: int) -> dict[str, float]:
 
 
 class FakeEngine:
-    """Callable like ``runner.Trainer``; records calls; ``stop_after`` stops a named run part-way."""
+    """Callable like ``runner.Trainer``; records calls; ``stop_after`` stops a named run part-way;
+    ``early_stop`` finishes a named run after that many epochs (as early stopping does)."""
 
-    def __init__(self, stop_after: dict[str, int] | None = None):
+    def __init__(self, stop_after: dict[str, int] | None = None, early_stop: dict[str, int] | None = None):
         self.calls: list[tuple[str, int, bool]] = []
         self.stop_after = dict(stop_after or {})
+        self.early_stop = dict(early_stop or {})
 
     def __call__(self, recipe: Recipe, run_dir: Path, resume: bool) -> None:
         self.calls.append((recipe.name, recipe.seed, resume))
@@ -49,12 +51,13 @@ class FakeEngine:
             (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
             (run_dir / "classes.json").write_text(json.dumps([{"id": f"n{i:08d}", "name": f"class {i}"} for i in range(200)]))
         done = read_rows(run_dir) if resume else []
-        last = self.stop_after.pop(recipe.name, recipe.train.epochs)
+        epochs = self.early_stop.get(recipe.name, recipe.train.epochs)
+        last = self.stop_after.pop(recipe.name, epochs)
         rows = done + [epoch_row(recipe, e) for e in range(len(done) + 1, last + 1)]
         write_rows(run_dir, rows)
         (run_dir / "checkpoints").mkdir(exist_ok=True)
         (run_dir / "checkpoints" / "last.pt").write_bytes(b"fake")
-        if last < recipe.train.epochs:
+        if last < epochs:
             raise KeyboardInterrupt  # as if Ctrl-C: checkpoint written, no summary
         best = max(rows, key=lambda r: r["val_top1"])
         final = rows[-1]

@@ -136,6 +136,31 @@ def test_a_folder_with_another_recipe_is_never_overwritten(tmp_path):
         run_study(study, StudyOptions(scale=0.2, out=tmp_path, only=only), trainer=FakeEngine(), log=quiet, sizer=size80)
 
 
+def test_the_report_leaves_out_folders_trained_with_another_recipe(tmp_path):
+    """The README's `--only modern --out <existing dir>`: an earlier --scale 0.1 folder is not reported as scale 1."""
+    study = load_study("cambridge18_baselines")
+    run_study(study, StudyOptions(scale=0.1, out=tmp_path, only=("vgg_like",)), trainer=FakeEngine(), log=quiet, sizer=size80)
+    run_study(study, StudyOptions(out=tmp_path, only=("modern",)), trainer=FakeEngine(), log=quiet, sizer=size80)
+    report = tmp_path / "report"
+    rows = {r["experiment"]: r for r in json.loads((report / "results.json").read_text())["rows"]}
+    stale = tmp_path / "runs" / "vgg_like" / "seed0"
+    assert rows["vgg_like"]["seeds"] == 0 and rows["vgg_like"]["ours_val_top1"] == ""
+    assert rows["vgg_like"]["left_out"] == f"left out: {stale} holds another recipe (train.epochs differs)"
+    assert rows["modern"]["seeds"] == 1 and rows["modern"]["left_out"] == ""
+    markdown = (report / "report.md").read_text()
+    assert "Run folders left out" in markdown and f"VGG-like: left out: {stale} holds another recipe" in markdown
+    assert [r["experiment"] for r in json.loads((report / "results.json").read_text())["runs"]] == ["modern"]
+
+
+def test_epochs_come_from_the_runs_own_summary(tmp_path):
+    study = load_study("cambridge18_baselines")
+    engine = FakeEngine(early_stop={"vgg_like": 3})  # early stopping ended it after 3 of its 40 epochs
+    result = run_study(study, StudyOptions(out=tmp_path, only=("vgg_like",)), trainer=engine, log=quiet, sizer=size80)
+    rows = {r["experiment"]: r for r in json.loads((result.out / "report" / "results.json").read_text())["rows"]}
+    assert rows["vgg_like"]["epochs"] == "3/40"
+    assert "it ran 3 of the report's 40 epochs" in json.loads((result.out / "report" / "results.json").read_text())["reading"]
+
+
 def test_a_failing_run_is_reported_and_the_rest_go_on(tmp_path):
     class Failing(FakeEngine):
         def __call__(self, recipe, run_dir, resume):

@@ -3,6 +3,10 @@
 Our number for a row is taken the way the report took its own: ``final`` rows use the run's
 final values (``summary.json``: the last epoch, with test-time augmentation when the recipe asks
 for it), ``best`` rows (peaks read off a curve) use ``metrics.csv`` at the run's best epoch.
+
+Only folders whose ``recipe.yaml`` is the planned recipe count: the report re-plans every
+experiment of the study folder with the current options, and a folder finished earlier with
+other ones (another ``--scale``, say) is left out of the numbers and named in the report.
 """
 
 from __future__ import annotations
@@ -15,8 +19,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cnnbench.evaluate.diagnostics import Diagnosis, diagnose
-from cnnbench.evaluate.runs import read_classes, read_metrics, read_summary
+from cnnbench.evaluate.runs import read_classes, read_metrics, read_recipe, read_summary
 from cnnbench.studies.catalog import PUBLISHED_METRICS, PublishedRow, Study
+from cnnbench.studies.runner import recipe_differences
 
 if TYPE_CHECKING:
     from cnnbench.studies.runner import PlannedRun
@@ -71,13 +76,16 @@ class ExperimentResult:
     dataset: str
     model: str
     epochs: int
-    """Epochs we trained (after --scale)."""
+    """Epochs we trained: the longest finished seed's ``summary.json`` (early stopping may end a run
+    before the recipe's count), else the plan's (after --scale)."""
     full_epochs: int
     """Epochs of the recipe as the report ran it."""
     compare: str
     published: PublishedRow | None
     runs: list[SeedRun] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    left_out: list[str] = field(default_factory=list)
+    """Finished run folders not counted, with why ('left out: <folder> holds another recipe (<key> differs)')."""
 
     @property
     def ours(self) -> bool:
@@ -139,8 +147,15 @@ def collect_results(study: Study, plan: list[PlannedRun], failures: dict[tuple[s
             model=run.recipe.model.name, epochs=run.recipe.train.epochs, full_epochs=full.train.epochs,
             compare=compare, published=published))
         seed_run = load_seed_run(run.run_dir, run.seed, compare)
-        if seed_run is not None:
+        differing = recipe_differences(run.recipe.to_dict(), read_recipe(run.run_dir)) if seed_run else []
+        if differing:
+            result.left_out.append(f"left out: {run.run_dir} holds another recipe ({differing[0]} differs)")
+        elif seed_run is not None:
             result.runs.append(seed_run)
         elif (run.experiment, run.seed) in failures:
             result.failures.append(f"seed {run.seed}: {failures[(run.experiment, run.seed)]}")
+    for result in results.values():
+        trained = [int(s.summary["epochs"]) for s in result.runs if s.summary.get("epochs") is not None]
+        if trained:
+            result.epochs = max(trained)
     return list(results.values())

@@ -176,17 +176,21 @@ def plan_study(study: Study, options: StudyOptions, out: Path) -> list[PlannedRu
     return plan
 
 
-def _differences(planned: Any, stored: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between the planned and a stored recipe mapping."""
+def recipe_differences(planned: Any, stored: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between the planned and a stored recipe mapping.
+
+    ``run_state`` refuses to train into a folder that differs; the study report leaves such a
+    folder out of its numbers (``results.collect_results``).
+    """
     if isinstance(planned, dict) and isinstance(stored, dict):
         out = []
         for key in sorted(set(planned) | set(stored)):
             if key in IGNORED_KEYS and not prefix:
                 continue
-            out += _differences(planned.get(key), stored.get(key), f"{prefix}{key}.")
+            out += recipe_differences(planned.get(key), stored.get(key), f"{prefix}{key}.")
         return out
     if isinstance(planned, (list, tuple)) and isinstance(stored, (list, tuple)):
-        same = len(planned) == len(stored) and not any(_differences(a, b) for a, b in zip(planned, stored))
+        same = len(planned) == len(stored) and not any(recipe_differences(a, b) for a, b in zip(planned, stored))
         return [] if same else [prefix.rstrip(".")]
     return [] if planned == stored else [prefix.rstrip(".")]
 
@@ -200,7 +204,7 @@ def run_state(run: PlannedRun) -> str:
     if not stored:
         raise CnnbenchError(f"{folder}: not empty but holds no recipe.yaml, so it is not a run folder; "
                             f"choose another --out or remove it")
-    differing = _differences(run.recipe.to_dict(), stored)
+    differing = recipe_differences(run.recipe.to_dict(), stored)
     if differing:
         raise CnnbenchError(
             f"{folder}: holds a run of a different recipe ({differing[0]} differs); "

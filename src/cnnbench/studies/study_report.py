@@ -78,6 +78,7 @@ def table_row(r: ExperimentResult, scale: float) -> dict[str, Any]:
     row["s_per_epoch"] = (float(np.mean([s / e for s, e in zip(seconds, epochs) if s and e]))
                           if any(s and e for s, e in zip(seconds, epochs)) else None)
     row["failures"] = " | ".join(r.failures)
+    row["left_out"] = " | ".join(r.left_out)
     return row
 
 
@@ -165,7 +166,7 @@ def _add_figures(page: Page, results: list[ExperimentResult], note: str) -> None
 
 
 def build_study_page(run: StudyRun, results: list[ExperimentResult], rows: list[dict[str, Any]], reading: str) -> Page:
-    """The study page: banner, the report, published vs ours, the reading, failures, figures."""
+    """The study page: banner, the report, published vs ours, the reading, failures, folders left out, figures."""
     options = run.options
     note = scale_note(options.scale, options.train_per_class, options.overrides)
     page = Page(f"{run.study.title} — published vs cnnbench" + (f" — scale {options.scale:g}" if options.scale != 1 else ""))
@@ -183,6 +184,10 @@ def build_study_page(run: StudyRun, results: list[ExperimentResult], rows: list[
     if failures:
         page.heading("Runs that failed")
         page.bullets(failures, css_class="flag")
+    left_out = [f"{r.label}: {why}" for r in results for why in r.left_out]
+    if left_out:
+        page.heading("Run folders left out (trained with other options)")
+        page.bullets(left_out, css_class="flag")
     page.heading("Figures")
     _add_figures(page, results, note)
     return page
