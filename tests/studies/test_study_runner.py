@@ -51,6 +51,29 @@ def test_plan_applies_options_and_names_folders(tmp_path):
         StudyOptions(scale=2.0)
 
 
+def test_set_seed_with_several_seeds_plans_distinct_runs(tmp_path):
+    study = load_study("cambridge18_baselines")
+    options = StudyOptions(scale=0.1, seeds=3, out=tmp_path, only=("vgg_like",), overrides=("seed=5",))
+    plan = plan_study(study, options, tmp_path)
+    assert [(p.seed, p.run_dir.name) for p in plan] == [(5, "seed5"), (6, "seed6"), (7, "seed7")]
+    engine = FakeEngine()
+    result = run_study(study, options, trainer=engine, log=quiet, sizer=size80)
+    assert engine.calls == [("vgg_like", 5, False), ("vgg_like", 6, False), ("vgg_like", 7, False)]
+    row = next(r for r in json.loads((result.out / "report" / "results.json").read_text())["rows"]
+               if r["experiment"] == "vgg_like")
+    assert row["seeds"] == 3 and row["ours_val_top1_std"] > 0
+
+
+def test_a_plan_never_puts_two_runs_in_one_folder(tmp_path, monkeypatch):
+    import cnnbench.studies.runner as runner
+
+    study = load_study("cambridge18_baselines")
+    same = runner.experiment_recipe(study, "vgg_like", StudyOptions())
+    monkeypatch.setattr(runner, "experiment_recipe", lambda *args, **kwargs: same)
+    with pytest.raises(CnnbenchError, match=r"the plan puts 2 runs into .*vgg_like/seed0"):
+        plan_study(study, StudyOptions(seeds=2, only=("vgg_like",)), tmp_path)
+
+
 @pytest.fixture(scope="module")
 def finished_study(tmp_path_factory):
     """deepl18_vgg at scale 0.1 with 2 seeds, every run written by the stand-in engine."""

@@ -43,7 +43,7 @@ class StudyOptions:
     train_per_class: int | None = None
     """Keep only the first N training images per class."""
     seeds: int = 1
-    """Runs per experiment, with seeds recipe.seed, recipe.seed + 1, ..."""
+    """Runs per experiment, with seeds recipe.seed, recipe.seed + 1, ... (recipe.seed after --set)."""
     out: Path | None = None
     """Study folder; default runs/studies/<name>[-scale<s>][-tpc<n>]."""
     only: tuple[str, ...] = ()
@@ -152,9 +152,10 @@ def experiment_recipe(study: Study, experiment: str, options: StudyOptions, seed
         data["path"] = str(options.data)
     if options.train_per_class is not None:
         data["train_per_class"] = options.train_per_class
-    values["seed"] = values.get("seed", 0) + seed_offset
     values["name"] = experiment
     apply_overrides(values, list(options.overrides))
+    # After --set: with --set seed=5 --seeds 3 the runs are seeds 5, 6, 7, not three runs of seed 5.
+    values["seed"] = values.get("seed", 0) + seed_offset
     try:
         return build_config(Recipe, values)
     except CnnbenchError as exc:
@@ -173,6 +174,10 @@ def plan_study(study: Study, options: StudyOptions, out: Path) -> list[PlannedRu
         for k in range(options.seeds):
             recipe = experiment_recipe(study, experiment, options, seed_offset=k)
             plan.append(PlannedRun(experiment, recipe.seed, recipe, out / RUNS_DIR / experiment / f"seed{recipe.seed}"))
+    folders = [run.run_dir for run in plan]
+    repeated = next((f for f in folders if folders.count(f) > 1), None)
+    if repeated is not None:  # one folder would train once and be counted as several seeds
+        raise CnnbenchError(f"the plan puts {folders.count(repeated)} runs into {repeated}; each run needs its own folder")
     return plan
 
 
