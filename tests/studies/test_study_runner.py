@@ -33,6 +33,10 @@ def test_scale_epochs_shrinks_every_epoch_length():
     assert values["train"]["epochs"] == 20  # the input is not modified
     assert scale_epochs(values, 1.0) == values
     assert scale_epochs({"train": {"epochs": 100}}, 0.25)["train"]["epochs"] == 25
+    # lengths left at their defaults are scaled where the schedule reads them (step_epochs 7, patience 3)
+    assert scale_epochs({"schedule": {"name": "step"}}, 0.1)["schedule"] == {"name": "step", "step_epochs": 1}
+    assert scale_epochs({"schedule": {"name": "plateau"}}, 0.5)["schedule"] == {"name": "plateau", "patience": 2}
+    assert scale_epochs({"schedule": {"name": "cosine"}}, 0.1)["schedule"] == {"name": "cosine"}
 
 
 def test_plan_applies_options_and_names_folders(tmp_path):

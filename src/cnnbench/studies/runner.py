@@ -30,6 +30,8 @@ LAST_CHECKPOINT = Path("checkpoints") / "last.pt"
 # Recipe keys that may differ between a finished run folder and the plan without making it a
 # different experiment: free text only.
 IGNORED_KEYS = ("notes",)
+# The epoch-measured length each schedule reads (scaled by --scale even when left at its default).
+SCHEDULE_LENGTHS = {"step": "step_epochs", "plateau": "patience"}
 
 
 @dataclass(frozen=True)
@@ -120,7 +122,10 @@ def scale_epochs(values: dict[str, Any], scale: float) -> dict[str, Any]:
     """A copy of a recipe mapping with every epoch-measured length multiplied by ``scale``.
 
     Counts are rounded and kept at 1 or more, so a 20-epoch run at scale 0.1 trains 2 epochs and
-    a divide-by-10-every-7-epochs schedule divides every epoch; warm-up stays a fraction.
+    a divide-by-10-every-7-epochs schedule divides every epoch; warm-up stays a fraction. The
+    length the schedule uses is scaled also when the recipe leaves it at its default (a ``step``
+    schedule's ``step_epochs``, a ``plateau`` schedule's ``patience``); a default the schedule
+    does not read stays as it is (scaling it would change nothing but the stored recipe).
     """
     values = copy.deepcopy(values)
     if scale == 1.0:
@@ -129,10 +134,14 @@ def scale_epochs(values: dict[str, Any], scale: float) -> dict[str, Any]:
     def shrink(count: int) -> int:
         return max(1, int(math.floor(count * scale + 0.5)))
 
+    defaults = Recipe()
     train = values.setdefault("train", {})
     schedule = values.setdefault("schedule", {})
-    full_epochs = train.get("epochs", Recipe().train.epochs)
+    full_epochs = train.get("epochs", defaults.train.epochs)
     train["epochs"] = shrink(full_epochs)
+    used = SCHEDULE_LENGTHS.get(schedule.get("name", defaults.schedule.name))
+    if used is not None and schedule.get(used) is None:
+        schedule[used] = getattr(defaults.schedule, used)
     for section, key in (("schedule", "step_epochs"), ("schedule", "patience"), ("train", "early_stopping")):
         node = values[section]
         if node.get(key) is not None:
