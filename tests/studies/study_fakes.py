@@ -37,9 +37,9 @@ def epoch_row(recipe: Recipe, epoch: int) -> dict[str, float]:
 
 class FakeEngine:
     """Callable like ``runner.Trainer``; records calls; ``stop_after`` stops a named run part-way;
-    ``early_stop`` finishes a named run after that many epochs (as early stopping does)."""
+    ``early_stop`` finishes a named run (or a (name, seed) run) after that many epochs, as early stopping does."""
 
-    def __init__(self, stop_after: dict[str, int] | None = None, early_stop: dict[str, int] | None = None):
+    def __init__(self, stop_after: dict[str, int] | None = None, early_stop: dict[str | tuple[str, int], int] | None = None):
         self.calls: list[tuple[str, int, bool]] = []
         self.stop_after = dict(stop_after or {})
         self.early_stop = dict(early_stop or {})
@@ -51,7 +51,7 @@ class FakeEngine:
             (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
             (run_dir / "classes.json").write_text(json.dumps([{"id": f"n{i:08d}", "name": f"class {i}"} for i in range(200)]))
         done = read_rows(run_dir) if resume else []
-        epochs = self.early_stop.get(recipe.name, recipe.train.epochs)
+        epochs = self.early_stop.get((recipe.name, recipe.seed), self.early_stop.get(recipe.name, recipe.train.epochs))
         last = self.stop_after.pop(recipe.name, epochs)
         rows = done + [epoch_row(recipe, e) for e in range(len(done) + 1, last + 1)]
         write_rows(run_dir, rows)

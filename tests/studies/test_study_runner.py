@@ -188,6 +188,23 @@ def test_epochs_come_from_the_runs_own_summary(tmp_path):
     assert "it ran 3 of the report's 40 epochs" in json.loads((result.out / "report" / "results.json").read_text())["reading"]
 
 
+def test_curves_of_seeds_that_ran_different_lengths_average_the_common_epochs(tmp_path):
+    from cnnbench.studies.study_report import _mean_curves
+
+    study = load_study("cambridge18_baselines")
+    options = StudyOptions(scale=0.1, seeds=2, out=tmp_path, only=("vgg_like",))
+    engine = FakeEngine(early_stop={("vgg_like", 1): 3})  # seed 1 stopped early: 3 of its 4 epochs
+    result = run_study(study, options, trainer=engine, log=quiet, sizer=size80)
+    vgg = next(r for r in collect_results(study, plan_study(study, options, tmp_path), {}) if r.experiment == "vgg_like")
+    curves = _mean_curves(vgg)
+    recipes = [o.planned.recipe for o in result.outcomes]
+    assert curves["epoch"].tolist() == [1, 2, 3]
+    assert curves["val_top1"] == pytest.approx([np.mean([epoch_row(r, e)["val_top1"] for r in recipes]) for e in (1, 2, 3)])
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert ("VGG-like: train and val curves, mean over 2 seeds for epochs 1-3, the epochs every seed ran "
+            "(the longest ran 4)") in markdown
+
+
 def test_a_failing_run_is_reported_and_the_rest_go_on(tmp_path):
     class Failing(FakeEngine):
         def __call__(self, recipe, run_dir, resume):

@@ -83,21 +83,35 @@ def table_row(r: ExperimentResult, scale: float) -> dict[str, Any]:
 
 
 def _mean_curves(r: ExperimentResult) -> dict[str, np.ndarray]:
-    """Per-epoch metrics averaged over seeds (runs of one experiment share their epoch count).
+    """Per-epoch metrics averaged over seeds, over the epochs every seed reached (early stopping
+    can end one seed sooner; ``_curves_caption`` says so).
 
     Epochs without a val pass (``train.eval_every`` > 1) are NaN in every seed and stay NaN.
     """
-    lengths = {len(s.metrics["epoch"]) for s in r.runs}
-    if len(lengths) != 1:
-        return r.runs[0].metrics
+    length = min(len(s.metrics["epoch"]) for s in r.runs)
     keys = [k for k in r.runs[0].metrics if all(k in s.metrics for s in r.runs)]
     out = {}
     for key in keys:
-        stacked = np.stack([s.metrics[key] for s in r.runs])
+        stacked = np.stack([s.metrics[key][:length] for s in r.runs])
         counted = (~np.isnan(stacked)).sum(axis=0)
         total = np.nansum(stacked, axis=0)
         out[key] = np.divide(total, counted, out=np.full(total.shape, np.nan), where=counted > 0)
     return out
+
+
+def _curves_caption(r: ExperimentResult) -> str:
+    """'mean over 3 seeds', and which epochs when the seeds ran for different lengths."""
+    lengths = [len(s.metrics["epoch"]) for s in r.runs]
+    text = f"mean over {len(r.runs)} seed{'s' if len(r.runs) != 1 else ''}"
+    if len(set(lengths)) > 1:
+        text += f" for epochs 1-{min(lengths)}, the epochs every seed ran (the longest ran {max(lengths)})"
+    return text
+
+
+def _shared_best_epoch(r: ExperimentResult) -> int | None:
+    """The best epoch when every seed had the same one (a line for one seed's best would mislabel the mean)."""
+    best = {s.summary.get("best_epoch") for s in r.runs}
+    return best.pop() if len(best) == 1 else None
 
 
 def plot_published_vs_ours(rows: list[ExperimentResult]) -> Figure:
@@ -160,9 +174,8 @@ def _add_figures(page: Page, results: list[ExperimentResult], note: str) -> None
         page.figure(f"curves_{dataset}", plot_val_overlay([(r.experiment, _mean_curves(r)) for r in done]),
                     f"{dataset}: val top-1 and loss per epoch, mean over seeds{suffix}")
     for r in (r for r in results if r.runs):
-        best = r.runs[0].summary.get("best_epoch")
-        page.figure(f"curves_{r.experiment}", plot_curves(_mean_curves(r), title=r.label, best_epoch=best),
-                    f"{r.label}: train and val curves, mean over {len(r.runs)} seed(s){suffix}")
+        page.figure(f"curves_{r.experiment}", plot_curves(_mean_curves(r), title=r.label, best_epoch=_shared_best_epoch(r)),
+                    f"{r.label}: train and val curves, {_curves_caption(r)}{suffix}")
 
 
 def build_study_page(run: StudyRun, results: list[ExperimentResult], rows: list[dict[str, Any]], reading: str) -> Page:
