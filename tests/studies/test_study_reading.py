@@ -1,0 +1,25 @@
+"""The study reading's rank correlation: tied epochs share their average rank."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from cnnbench.studies.reading import _epochs_sentence, _spearman
+
+
+def test_spearman_gives_tied_values_their_average_rank():
+    # The reviewer's case: five rows at 20 epochs in listing order 5..1 points, one at 8 with 3.
+    assert _spearman(np.array([20, 20, 20, 20, 20, 8]), np.array([5, 4, 3, 2, 1, 3])) == pytest.approx(0.0)
+    assert _spearman(np.array([20] * 6 + [8]), np.array([6, 5, 4, 3, 2, 1, 3.5])) == pytest.approx(0.0)
+    assert _spearman(np.array([1, 2, 3, 4]), np.array([10, 20, 30, 40])) == pytest.approx(1.0)
+    # ranks x [0, 1.5, 1.5, 3] and y [0.5, 0.5, 2, 3]: Pearson's r of the ranks
+    assert _spearman(np.array([1, 2, 2, 5]), np.array([3, 3, 4, 9])) == pytest.approx(
+        np.corrcoef([0, 1.5, 1.5, 3], [0.5, 0.5, 2, 3])[0, 1])
+
+
+def test_tied_epochs_do_not_invent_a_trend():
+    rows = [SimpleNamespace(epochs=e, difference=lambda d=d: d / 100) for e, d in zip([20, 20, 20, 20, 20, 8], [5, 4, 3, 2, 1, 3])]
+    assert _epochs_sentence(rows) is None
