@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 from study_fakes import FakeEpochEngine
 
 from cnnbench.errors import CnnbenchError
 from cnnbench.evaluate.runs import read_metrics, read_summary
-from cnnbench.studies.tune import ParamRange, TuneOptions, load_space, narrow_space, trial_dir, tune_recipe
+from cnnbench.studies.tune import (
+    ParamRange, TuneOptions, load_space, median_pruner, narrow_space, trial_dir, tune_recipe,
+)
 from cnnbench.train.config import load_recipe
 
 optuna = pytest.importorskip("optuna")
@@ -56,11 +59,13 @@ def test_coarse_then_fine_search_prunes_and_writes_the_best_recipe(files):
     assert tuned.optim.lr == pytest.approx(best.params["optim.lr"])
     assert tuned.train.batch_size == best.params["train.batch_size"]
     assert result.best_recipe.read_text().startswith(f"# cnnbench tune: trial {best.number} of study 'tiny_tune'")
-    # Pruned trials were stopped early: they reported fewer epochs than the complete ones.
+    # Complete trials reported every epoch; pruned ones stopped early, but not within the warm-up epoch.
     for t in trials:
-        assert len(t.intermediate_values) == (6 if t.state.name == "COMPLETE" else len(t.intermediate_values))
-        if t.state.name == "PRUNED":
-            assert len(t.intermediate_values) < 6
+        reported = sorted(t.intermediate_values)
+        if t.state.name == "COMPLETE":
+            assert reported == [1, 2, 3, 4, 5, 6]
+        elif t.state.name == "PRUNED":
+            assert reported == list(range(1, len(reported) + 1)) and options.prune_warmup_epochs < len(reported) < 6
 
 
 def test_a_second_call_continues_the_same_search(files):
@@ -81,6 +86,35 @@ def test_narrow_space_keeps_to_the_best_region():
     assert lr.low == pytest.approx(math.exp(math.log(1e-3) - 0.25 * span))
     assert lr.high == pytest.approx(math.exp(math.log(1e-2) + 0.25 * span))
     assert (epochs.low, epochs.high) == (7, 23) and batch == space[2]
+
+
+def test_narrow_space_keeps_stepped_ranges_inside_the_users_range():
+    dropout = ParamRange("model.dropout", "float", 0.0, 0.45, step=0.1)
+    (narrowed,) = narrow_space([dropout], [{"model.dropout": 0.4}, {"model.dropout": 0.4}])
+    assert (narrowed.low, narrowed.high) == (0.3, 0.4)  # not 0.5: above the user's 0.45
+    batch = ParamRange("train.batch_size", "int", 16, 250, step=16)
+    (narrowed,) = narrow_space([batch], [{"train.batch_size": 240}, {"train.batch_size": 240}])
+    assert (narrowed.low, narrowed.high) == (224, 240)  # not 256
+    # float error does not move a grid point: (0.3 - 0) / 0.1 is 2.9999999999999996
+    (narrowed,) = narrow_space([replace(dropout, high=0.3)], [{"model.dropout": 0.1}, {"model.dropout": 0.2}])
+    assert (narrowed.low, narrowed.high) == (0.0, 0.3)
+
+
+def test_the_pruning_warm_up_protects_its_epochs():
+    """Two finished trials read 0.5 and 0.6 at epochs 1-2; a third at 0.1 after epoch 1 is within the warm-up."""
+    for warmup, pruned_after_epoch_1 in ((1, False), (0, True)):
+        options = TuneOptions(trials=3, prune_warmup_epochs=warmup)
+        study = optuna.create_study(direction="maximize", pruner=median_pruner(optuna, options))
+        for value in (0.5, 0.6):
+            trial = study.ask()
+            trial.report(value, 1)
+            trial.report(value, 2)
+            study.tell(trial, value)
+        trial = study.ask()
+        trial.report(0.1, 1)
+        assert bool(trial.should_prune()) is pruned_after_epoch_1
+        trial.report(0.1, 2)
+        assert trial.should_prune()  # after the warm-up it is judged as before
 
 
 def test_bad_spaces_are_refused(files):

@@ -144,11 +144,19 @@ def narrow_space(space: list[ParamRange], best: list[dict[str, Any]], margin: fl
         low, high = max(p.low, back(lo - pad)), min(p.high, back(hi + pad))
         if p.kind == "int":
             low, high = math.floor(low), math.ceil(high)
-        if p.step is not None:  # keep the grid low + k * step (rounded: 0.1 * 6 is 0.6000000000000001)
-            low = round(p.low + math.floor((low - p.low) / p.step) * p.step, 12)
-            high = round(p.low + math.ceil((high - p.low) / p.step) * p.step, 12)
+        if p.step is not None:  # keep the grid low + k * step, and high at or below the user's high
+            low = _grid_point(p, low, math.floor)
+            high = min(_grid_point(p, high, math.ceil), _grid_point(p, p.high, math.floor))
         out.append(replace(p, low=low, high=high) if low < high else p)
     return out
+
+
+def _grid_point(p: ParamRange, value: float, snap: Callable[[float], int]) -> float:
+    """``p.low + k * p.step`` with k = snap((value - p.low) / step), tolerant of float error and rounded
+    (0.3 / 0.1 is 2.9999999999999996, and 0.1 * 6 is 0.6000000000000001)."""
+    steps = (value - p.low) / p.step
+    k = round(steps) if abs(steps - round(steps)) < 1e-9 else snap(steps)
+    return round(p.low + k * p.step, 12)
 
 
 @dataclass(frozen=True)
@@ -271,6 +279,16 @@ def _best_trials(study, fraction: float) -> list[dict[str, Any]]:
     return [t.params for t in done[:keep]]
 
 
+def median_pruner(optuna, options: TuneOptions):
+    """Optuna's ``MedianPruner`` with the warm-up counted in epochs.
+
+    Trials report 1-based epochs as steps, and Optuna prunes from ``step == n_warmup_steps`` on,
+    so the first ``prune_warmup_epochs`` epochs are protected by a warm-up of one step more.
+    """
+    return optuna.pruners.MedianPruner(n_startup_trials=options.prune_startup_trials,
+                                       n_warmup_steps=options.prune_warmup_epochs + 1)
+
+
 def write_best_recipe(base: dict[str, Any], options: TuneOptions, params: dict[str, Any], header: str, path: Path) -> Path:
     """The tuned recipe (base + --set + best params) as a YAML file with where it came from on top."""
     recipe = build_recipe(base, list(options.overrides), where=str(path), params=params)
@@ -295,8 +313,7 @@ def tune_recipe(recipe_path: Path, space_path: Path, options: TuneOptions,
     out = Path(options.out) if options.out is not None else DEFAULT_ROOT / name
     out.mkdir(parents=True, exist_ok=True)
     storage = options.storage or f"sqlite:///{(out / 'optuna.db').resolve()}"
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=options.prune_startup_trials,
-                                         n_warmup_steps=options.prune_warmup_epochs)
+    pruner = median_pruner(optuna, options)
     coarse = max(1, round(options.trials * options.coarse_fraction))
     trainer = trainer or engine_epoch_trainer(options.quiet)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
