@@ -1,0 +1,42 @@
+"""Section ``train``: '% best bf16 peak' divides every model by one peak, the best read in the whole run."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import pytest
+
+from cnnbench.bench import throughput
+from cnnbench.bench.peaks import MatmulPeak
+from cnnbench.bench.settings import BenchSettings
+from cnnbench.bench.stats import Stats
+from cnnbench.bench.suite import BenchContext
+from cnnbench.train.config import build_config
+
+GFLOP = {"resnet18": 0.87, "vgg_like": 0.59}
+RATES = {"resnet18": [300.0, 340.0, 320.0], "vgg_like": [500.0, 560.0, 540.0]}
+ROUND_BF16 = {"resnet18": [600.0, 700.0, 650.0], "vgg_like": [900.0, 1900.0, 800.0]}  # a later, faster minute
+
+
+def fake_measure_paths(ctx, setup, model_name, variants, steps, repeats, probe=None):
+    rates = {label: Stats.of(RATES[model_name], "images/s")
+             for label in [throughput.BASELINE_LABEL] + [throughput.VARIANTS[v].label for v in variants]}
+    return rates, [{"fp32": 200.0, "bf16": bf16} for bf16 in ROUND_BF16[model_name]]
+
+
+def test_every_model_divides_by_the_best_peak_of_the_whole_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(throughput, "prepare_setup", lambda ctx: throughput.ThroughputSetup(SimpleNamespace(num_classes=4), None))
+    monkeypatch.setattr(throughput, "create_seeded_model", lambda name, *args: name)
+    monkeypatch.setattr(throughput, "training_flops_per_image", lambda name, size: GFLOP[name] * 1e9)
+    monkeypatch.setattr(throughput, "matmul_probe", lambda peaks: None)
+    monkeypatch.setattr(throughput, "measure_paths", fake_measure_paths)
+    settings = build_config(BenchSettings, {"models": ["resnet18", "vgg_like"], "variants": ["bf16_cl"]}, "bench")
+    ctx = BenchContext(settings, log=lambda m: None, work_dir=tmp_path)
+    ctx.peaks = {dtype: MatmulPeak(dtype, "cpu", 64, Stats.of([rate], "GFLOP/s")) for dtype, rate in (("fp32", 190.0), ("bf16", 566.0))}
+    section = throughput.throughput_section(ctx)
+    assert {r["model"] for r in section.rows} == {"resnet18", "vgg_like"}
+    for row in section.rows:  # ResNet-18 ran first, but is divided by vgg_like's 1,900 too
+        assert row["best_bf16_peak_gflops"] == 1900.0
+        assert row["mfu_bf16_best_peak_pct"] == pytest.approx(100 * row["images_per_s"].median * GFLOP[row["model"]] / 1900.0)
+    target = next(t for t in section.targets if "utilisation" in t.name)
+    assert target.measured == pytest.approx(100 * 320.0 * 0.87 / 1900.0)
