@@ -45,11 +45,14 @@ class Scores:
 
 
 def top_k_indices(log_probs: np.ndarray, k: int) -> np.ndarray:
-    """(N, K) -> (N, k) class indices sorted by decreasing probability (ties: lower index first)."""
+    """(N, K) -> (N, k) class indices sorted by decreasing probability (ties: lower index first).
+
+    A stable sort of the whole row: bf16 logits tie often, and ``argpartition`` picks among
+    values tied at the k-th place arbitrarily. Training counts its top-k hits by the same rule
+    (``cnnbench.train.loop.topk_hits``), so ``evaluate`` and metrics.csv agree.
+    """
     k = min(k, log_probs.shape[1])
-    part = np.argpartition(-log_probs, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(log_probs, part, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(part, order, axis=1)
+    return np.argsort(-log_probs, axis=1, kind="stable")[:, :k]
 
 
 def top_k_accuracy(topk: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

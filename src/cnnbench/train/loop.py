@@ -73,9 +73,10 @@ class Progress:
 
 
 def topk_hits(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
-    """Number of samples whose label is among the top-k logits, for each k (k capped at C)."""
+    """Number of samples whose label is among the top-k logits, for each k (k capped at C); ties
+    rank the lower class index first, as ``cnnbench evaluate`` does (``evaluate.metrics.top_k_indices``)."""
     kmax = min(max(ks), logits.shape[1])
-    top = logits.topk(kmax, dim=1).indices  # (B, kmax)
+    top = logits.sort(dim=1, descending=True, stable=True).indices[:, :kmax]  # (B, kmax)
     hit = top == labels[:, None]
     return [hit[:, :min(k, kmax)].any(1).sum() for k in ks]
 
