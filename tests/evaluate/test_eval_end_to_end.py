@@ -58,6 +58,25 @@ def test_evaluate_agrees_with_the_training_engine(trained, capsys):
     assert snap["checkpoint"] == "snapshot-1+snapshot-2" and len(snap["snapshot_top1"].split()) == 2
 
 
+def test_evaluate_reproduces_the_training_evaluation_with_flip_tta(tmp_path, capsys):
+    """train.tta: flip: `cnnbench evaluate RUN` (no --tta) gives the last epoch's metrics.csv numbers."""
+    data = write_tiny_folder(tmp_path / "data", train=10, val=3, confusing=True)
+    recipe = tmp_path / "flip.yaml"
+    recipe.write_text(yaml.safe_dump({
+        "name": "flip", "data": {"name": "tiny-imagenet", "path": str(data)}, "model": {"name": "logreg"},
+        "optim": {"name": "sgd", "lr": 0.0001}, "train": {"epochs": 2, "batch_size": 8, "precision": "fp32", "tta": "flip"}}))
+    run = tmp_path / "flip-run"
+    assert main(["train", str(recipe), "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--checkpoint", "last", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    last = list(csv.DictReader(open(run / "metrics.csv")))[-1]
+    assert (row["tta"], row["tag"]) == ("flip", "val")
+    assert row["top1"] == pytest.approx(float(last["val_top1"])) and row["top5"] == pytest.approx(float(last["val_top5"]))
+    assert row["loss"] == pytest.approx(float(last["val_loss"]), rel=1e-5)
+    assert 0.1 < row["loss"] and 0 < row["top1"] < 1  # a model still unsure: averaging logits would differ
+
+
 def test_compare_and_report_pages_render_in_chromium(trained, capsys):
     root, runs = trained
     for run in runs:

@@ -47,6 +47,17 @@ def test_flip_tta_averages_the_softmax_of_both_views(run, tiny_data):
     assert row["top1"] == pytest.approx(np.mean(mean.argmax(1) == labels))
 
 
+def test_tta_defaults_to_the_runs_own_and_the_tag_names_only_another(run, tiny_data, tmp_path):
+    flip_run = write_checkpointed_run(tmp_path / "flip-s0", tiny_data, tta="flip")  # same weights as `run`
+    row = evaluate_run(flip_run)
+    assert (row["tag"], row["tta"]) == ("val", "flip")
+    assert row["loss"] == pytest.approx(evaluate_run(run, EvalOptions(tta="flip"))["loss"])
+    assert (evaluate_run(flip_run, EvalOptions(tta="none"))["tag"], evaluate_run(run)["tta"]) == ("val-none", "none")
+    with pytest.raises(CnnbenchError, match=r"--tta: the runs were trained with different train.tta \(flip, none\)"):
+        evaluate_ensemble([run, flip_run], tmp_path / "ens")
+    assert evaluate_ensemble([run, flip_run], tmp_path / "ens", EvalOptions(tta="flip"))["tag"] == "val-flip"
+
+
 def test_other_dataset_with_the_same_classes_is_evaluated_and_other_classes_refused(run, tmp_path):
     other = write_tiny_folder(tmp_path / "other", val=5, seed=7)
     row = evaluate_run(run, EvalOptions(data=str(other)))

@@ -26,13 +26,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ev.add_argument("runs", nargs="+", metavar="RUN_DIR", type=Path)
     ev.add_argument("--split", default="val", help="split to evaluate (val, test, train; default val)")
     ev.add_argument("--data", metavar="PATH", help="evaluate on another dataset location with the same classes")
-    ev.add_argument("--tta", default="none", choices=["none", "flip"], help="test-time augmentation")
+    ev.add_argument("--tta", choices=["none", "flip"],
+                    help="test-time augmentation: flip averages the softmax of the image and its mirror "
+                         "(default: the run's train.tta, the evaluation its metrics.csv holds)")
     ev.add_argument("--ensemble", action="store_true", help="average the softmax outputs of the runs")
     ev.add_argument("--snapshots", action="store_true",
                     help="evaluate the per-cycle snapshots of a cyclic_cosine run as an ensemble")
     ev.add_argument("--out", type=Path, metavar="DIR",
                     help="ensemble folder (default: ensemble-<first>-<n> beside the first run)")
-    ev.add_argument("--tag", help="name of the output files (default: split[-flip][-<data hash>])")
+    ev.add_argument("--tag", help="name of the output files (default: split[-<tta> when not the run's own][-<data hash>])")
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--json", action="store_true", help="print the rows as JSON lines")
     _add_common(ev)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -38,22 +38,40 @@ class EvalOptions:
     split: str = "val"
     data: str | None = None
     """Another dataset location (same classes) instead of the one the recipe trained on."""
-    tta: str = "none"
+    tta: str | None = None
+    """none or flip; None: the run's own ``train.tta``, so the numbers are those of its metrics.csv."""
     checkpoint: str = "best"
     batch_size: int = 256
     device: str = "auto"
     tag: str | None = None
-    """Name of the output files (default: split, -flip with TTA, -<data hash> with --data)."""
+    """Name of the output files (default: split, -<tta> when it is not the run's own, -<data hash> with --data)."""
 
 
-def default_tag(options: EvalOptions, dataset: Dataset) -> str:
-    """``val``, ``val-flip``, ``test-<hash8>`` (another dataset), ... unless ``options.tag`` is set."""
+def resolve_tta(options: EvalOptions, scorers: list[Scorer]) -> tuple[EvalOptions, str | None]:
+    """``options`` with ``tta`` set (``--tta``, else the runs' ``train.tta``) and the runs' own mode
+    (None when ensemble members were trained with different ones)."""
+    modes = sorted({scorer.recipe.train.tta for scorer in scorers})
+    own = modes[0] if len(modes) == 1 else None
+    if options.tta is not None:
+        return options, own
+    if own is None:
+        raise CnnbenchError(f"--tta: the runs were trained with different train.tta ({', '.join(modes)}); "
+                            f"give --tta none or --tta flip")
+    return replace(options, tta=own), own
+
+
+def default_tag(options: EvalOptions, dataset: Dataset, own_tta: str | None = "none") -> str:
+    """``val``, ``val-flip``, ``test-<hash8>`` (another dataset), ... unless ``options.tag`` is set.
+
+    The TTA is named only when it is not the runs' own ``train.tta``: ``val`` is the split as the
+    run evaluates it (what ``compare`` reads by default), ``val-flip`` or ``val-none`` the other mode.
+    """
     if options.tag:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", options.tag):
             raise CnnbenchError(f"--tag {options.tag!r}: expected letters, digits, '.', '_' or '-'")
         return options.tag
     tag = options.split
-    if options.tta != "none":
+    if options.tta != own_tta:
         tag += f"-{options.tta}"
     if options.data is not None:
         tag += f"-{dataset.manifest_hash[:8]}"
@@ -102,6 +120,7 @@ def evaluate_run(run_dir: Path, options: EvalOptions | None = None) -> dict[str,
     """Evaluate one checkpoint of a run; writes ``RUN/evaluate/<tag>.*`` and returns the row."""
     options = options or EvalOptions()
     scorer = load_scorer(run_dir, options.checkpoint)
+    options, own_tta = resolve_tta(options, [scorer])
     views = DatasetViews()
     dataset = views.load(scorer.recipe, options.data)
     check_same_classes(dataset, scorer.classes, str(options.data or dataset.name))
@@ -109,8 +128,8 @@ def evaluate_run(run_dir: Path, options: EvalOptions | None = None) -> dict[str,
     base = {"run": str(run_dir), **_summary_facts(run_dir), "tta": options.tta, "checkpoint": options.checkpoint,
             "data": str(options.data) if options.data else ""}
     base["model"] = base["model"] or scorer.recipe.model.name
-    return _write(Path(run_dir), default_tag(options, dataset), base, log_probs, dataset, options.split, seconds,
-                  scorer.classes)
+    return _write(Path(run_dir), default_tag(options, dataset, own_tta), base, log_probs, dataset, options.split,
+                  seconds, scorer.classes)
 
 
 def check_ensemble_classes(run_dirs: list[Path]) -> list:
@@ -132,6 +151,7 @@ def evaluate_ensemble(run_dirs: list[Path], out: Path, options: EvalOptions | No
         raise CnnbenchError("--ensemble: give two or more run folders")
     classes = check_ensemble_classes(run_dirs)
     scorers = [load_scorer(r, options.checkpoint) for r in run_dirs]
+    options, own_tta = resolve_tta(options, scorers)
     views = DatasetViews()
     dataset = views.load(scorers[0].recipe, options.data)
     check_same_classes(dataset, classes, str(options.data or dataset.name))
@@ -143,7 +163,8 @@ def evaluate_ensemble(run_dirs: list[Path], out: Path, options: EvalOptions | No
             "data": str(options.data) if options.data else "",
             "params": _sum_or_none(f["params"] for f in facts), "mflops": _sum_or_none(f["mflops"] for f in facts)}
     write_json(Path(out) / "classes.json", [{"id": c.id, "name": c.name} for c in classes])
-    return _write(Path(out), default_tag(options, dataset), base, log_probs, dataset, options.split, seconds, classes)
+    return _write(Path(out), default_tag(options, dataset, own_tta), base, log_probs, dataset, options.split, seconds,
+                  classes)
 
 
 def _sum_or_none(values) -> float | None:
@@ -173,6 +194,7 @@ def evaluate_snapshots(run_dir: Path, options: EvalOptions | None = None) -> dic
     options = options or EvalOptions()
     names = snapshot_names(run_dir)
     scorers = [load_scorer(run_dir, name) for name in names]
+    options, own_tta = resolve_tta(options, scorers)
     views = DatasetViews()
     dataset = views.load(scorers[0].recipe, options.data)
     check_same_classes(dataset, scorers[0].classes, str(options.data or dataset.name))
@@ -187,5 +209,5 @@ def evaluate_snapshots(run_dir: Path, options: EvalOptions | None = None) -> dic
             "data": str(options.data) if options.data else "",
             "snapshot_top1": " ".join(f"{score_predictions(lp, split.labels).top1:.6f}" for lp in singles)}
     base["model"] = base["model"] or scorers[0].recipe.model.name
-    return _write(Path(run_dir), default_tag(options, dataset) + "-snapshots", base, average_probabilities(singles),
+    return _write(Path(run_dir), default_tag(options, dataset, own_tta) + "-snapshots", base, average_probabilities(singles),
                   dataset, options.split, seconds, scorers[0].classes)

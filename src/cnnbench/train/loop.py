@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from cnnbench.errors import CnnbenchError
+from cnnbench.evaluate.inference import batch_log_probs
 from cnnbench.train.distributed import StopRequest, all_reduce
 
 # Inception-V3's auxiliary classifier: "the auxiliary loss is weighted by 0.4" (torchvision's
@@ -189,20 +190,16 @@ def train_one_epoch(engine: Engine, progress: Progress, stop: StopRequest | None
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, pipe, precision, tta: str = "none") -> dict[str, float]:
-    """Loss, top-1 and top-5 over a whole split (summed over ranks). ``tta="flip"`` averages the
-    logits of each image and its mirror image."""
+    """Loss, top-1 and top-5 over a whole split (summed over ranks), from the log-probabilities
+    ``cnnbench evaluate`` computes (``batch_log_probs``: ``tta="flip"`` mirrors the uint8 image
+    before normalising and averages the two softmaxes; the loss is the NLL of that average)."""
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)
     for images, labels in loader:
-        x = pipe(images)
-        with precision.autocast():
-            logits = model(x)
-            if tta == "flip":
-                logits = (logits + model(x.flip(-1))) / 2
-        logits = logits.float()
-        top1, top5 = topk_hits(logits, labels)
+        log_probs = batch_log_probs(model, pipe, images, precision, tta)
+        top1, top5 = topk_hits(log_probs, labels)
         n = labels.shape[0]
-        sums += torch.tensor([F.cross_entropy(logits, labels, reduction="sum").item(), top1.item(), top5.item(), n],
+        sums += torch.tensor([F.nll_loss(log_probs, labels, reduction="sum").item(), top1.item(), top5.item(), n],
                              dtype=torch.float64)
     return sums_to_metrics(all_reduce(sums), "val")
 
