@@ -10,6 +10,7 @@ from cnnbench.cli import main
 from cnnbench.errors import CnnbenchError
 from cnnbench.evaluate.evaluation import EvalOptions, evaluate_ensemble, evaluate_run, evaluate_snapshots
 from cnnbench.evaluate.results import read_examples, read_predictions
+from cnnbench.evaluate.runs import read_evaluations
 
 from eval_fixtures import WNIDS, reference_log_probs, write_checkpointed_run, write_tiny_folder
 
@@ -100,6 +101,21 @@ def test_snapshot_ensemble_reports_each_snapshot_and_their_average(tmp_path, tin
     assert row["loss"] == pytest.approx(-np.log(mean[np.arange(12), labels]).mean(), abs=1e-5)
     with pytest.raises(CnnbenchError, match="no snapshot-<k>.pt files"):
         evaluate_snapshots(write_checkpointed_run(tmp_path / "plain", tiny_data))
+
+
+def test_a_failed_re_evaluation_leaves_no_old_row_beside_new_arrays(run, monkeypatch):
+    import cnnbench.evaluate.results as results
+
+    evaluate_run(run)
+    assert "val" in read_evaluations(run)
+
+    def full_disk(scores):  # fails after per_class, confusion and predictions were replaced
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(results, "select_examples", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        evaluate_run(run)
+    assert not (run / "evaluate" / "val.json").exists() and "val" not in read_evaluations(run)
 
 
 def test_cli_json_row_and_unlabelled_split(run, capsys):

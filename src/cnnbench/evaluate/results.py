@@ -105,9 +105,15 @@ def write_evaluation(folder: Path, tag: str, row: dict[str, Any], scores: Scores
     """Write the row and its files under ``folder/evaluate/``; returns the paths written.
 
     ``images`` is the split's uint8 (N, H, W, C) array (memory-mapped is fine) used to keep the
-    example images; None keeps no examples.
+    example images; None keeps no examples. An earlier row of the same tag is removed first, so
+    a row is only ever beside the files of its own evaluation.
     """
     out = Path(folder) / EVALUATE_DIR
+    # The row marks a complete set: an older row must not outlive a re-evaluation that fails below
+    # (its numbers beside new arrays would mix two evaluations in `compare`).
+    (out / f"{tag}.json").unlink(missing_ok=True)
+    if images is None:
+        (out / f"{tag}_examples.npz").unlink(missing_ok=True)
     paths = {
         "per_class": write_csv(out / f"{tag}_per_class.csv", per_class_rows(scores, classes)),
         "confusion": write_arrays(out / f"{tag}_confusion.npy", scores.confusion),
