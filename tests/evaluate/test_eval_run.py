@@ -89,6 +89,22 @@ def test_ensemble_averages_softmax_and_refuses_different_class_lists(run, tiny_d
     assert not (tmp_path / "bad").exists()
 
 
+def test_ensemble_members_run_in_their_own_precision(run, tiny_data, tmp_path, monkeypatch):
+    import cnnbench.evaluate.evaluation as evaluation
+
+    used = []
+    score = evaluation.split_log_probs
+
+    def recording(scorer, pipeline, split, device, precision, *args):
+        used.append((scorer.run_dir.name, precision.name))
+        return score(scorer, pipeline, split, device, precision, *args)
+
+    monkeypatch.setattr(evaluation, "split_log_probs", recording)
+    bf16 = write_checkpointed_run(tmp_path / "bf16-s0", tiny_data, precision="bf16")
+    evaluate_ensemble([bf16, run], tmp_path / "ens", EvalOptions(device="cpu"))
+    assert used == [("bf16-s0", "bf16"), ("cnn-s0", "fp32")]
+
+
 def test_snapshot_ensemble_reports_each_snapshot_and_their_average(tmp_path, tiny_data):
     cyclic = write_checkpointed_run(tmp_path / "cyclic", tiny_data, snapshots=3)
     row = evaluate_snapshots(cyclic)

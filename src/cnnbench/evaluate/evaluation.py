@@ -94,10 +94,10 @@ def _score_split(scorers: list[Scorer], dataset: Dataset, options: EvalOptions,
     if (split.labels < 0).any():
         raise CnnbenchError(f"split {options.split!r} of {dataset.name} has no labels (use `cnnbench predict "
                             f"--submission` for unlabelled test images)")
-    device, precision = resolve_runtime(options.device, scorers[0].recipe)
     start = time.perf_counter()
     outputs = []
-    for scorer in scorers:
+    for scorer in scorers:  # each member in its own recipe's precision (an fp32 run stays fp32 in a bf16 ensemble)
+        device, precision = resolve_runtime(options.device, scorer.recipe)
         scorer.model.to(device)
         pipeline = eval_pipeline(scorer, views.load(scorer.recipe).stats)
         outputs.append(split_log_probs(scorer, pipeline, split, device, precision, options.tta, options.batch_size))
