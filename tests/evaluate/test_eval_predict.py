@@ -1,5 +1,6 @@
 """predict (image files, submission), export (ONNX) and the refused inputs."""
 
+import base64
 import json
 import re
 import shutil
@@ -77,6 +78,32 @@ def test_onnx_export_matches_pytorch(tmp_path, tiny_data):
     got = session.run(None, {"images": x.numpy()})[0]
     assert got.shape == (5, 4) and np.abs(got - expected).max() < 1e-4
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+
+
+def test_onnx_metadata_is_enough_to_prepare_pixel_mean_inputs(tmp_path, tiny_data):
+    """normalize: pixel_mean (recipes/keras-vgg-l2.yaml): a caller rebuilds the input from the metadata alone."""
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from cnnbench.data import load_dataset
+    from cnnbench.evaluate.inference import eval_pipeline, load_scorer
+
+    run = write_checkpointed_run(tmp_path / "pm", tiny_data, model="simple_cnn", normalize="pixel_mean")
+    out = tmp_path / "pm.onnx"
+    assert main(["export", str(run), "--onnx", str(out)]) == 0
+    session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    meta = session.get_modelmeta().custom_metadata_map
+    assert meta["cnnbench.normalize"] == "pixel_mean"
+    shape = json.loads(meta["cnnbench.pixel_mean_shape"])
+    pixel_mean = np.frombuffer(base64.b64decode(meta["cnnbench.pixel_mean"]), "<f4").reshape(shape)
+    images = np.array(load_dataset("tiny-imagenet", data=tiny_data).split("val").images[:5])  # uint8 (B, H, W, C)
+    x = (images.transpose(0, 3, 1, 2) / 255.0 - pixel_mean).astype(np.float32)  # as the docstring says
+    scorer = load_scorer(run)
+    ds = load_dataset("tiny-imagenet", data=tiny_data)
+    with torch.no_grad():
+        expected = eval_pipeline(scorer, ds.stats)(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
+        logits = scorer.model(expected).numpy()
+    assert shape == [3, 64, 64] and np.abs(x - expected.contiguous().numpy()).max() < 1e-5
+    assert np.abs(session.run(None, {"images": x})[0] - logits).max() < 1e-4
 
 
 def test_run_folder_without_checkpoint_is_refused(run, capsys):

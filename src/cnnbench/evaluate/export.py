@@ -1,13 +1,24 @@
 """``cnnbench export RUN --onnx FILE``: ONNX export checked against PyTorch with onnxruntime.
 
 The graph takes normalised float32 images (B, C, S, S) with a dynamic batch axis and returns
-logits (B, K). What a caller needs to prepare inputs (input size, normalisation and its
-statistics, class ids) is stored in the model's metadata. The file appears only after
-onnxruntime's outputs matched PyTorch's on two batches of different sizes.
+logits (B, K). What a caller needs to prepare inputs is stored in the model's metadata
+(``cnnbench.*`` keys): ``input_size`` S, ``classes`` (ids in output order), ``normalize`` and
+its statistics. With ``x01`` the image resized to S x S (bilinear) and divided by 255, the input is
+
+- ``none``: ``x01``
+- ``channel_mean``: ``x01 - channel_mean[c]``
+- ``standardize`` and ``imagenet``: ``(x01 - channel_mean[c]) / channel_std[c]``
+- ``pixel_mean``: ``x01 - pixel_mean[c, y, x]``, the training set's per-pixel mean already
+  resized to S x S, stored as base64 of little-endian float32 with its shape in
+  ``pixel_mean_shape`` ((C, S, S); ``np.frombuffer(base64.b64decode(v), "<f4").reshape(shape)``)
+
+``channel_mean``/``channel_std`` are JSON lists. The file appears only after onnxruntime's
+outputs matched PyTorch's on two batches of different sizes.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +27,8 @@ import numpy as np
 import torch
 
 from cnnbench.errors import CnnbenchError
-from cnnbench.evaluate.inference import DatasetViews, load_scorer
+from cnnbench.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
+from cnnbench.evaluate.inference import DatasetViews, eval_pipeline, load_scorer
 from cnnbench.evaluate.runs import write_atomic
 
 # fp32 CPU kernels of PyTorch and onnxruntime sum in different orders; differences of ~1e-5 on
@@ -84,13 +96,26 @@ def export_onnx(run_dir: Path, out_file: Path, checkpoint: str = "best", batches
 
 
 def _metadata(scorer) -> dict[str, str]:
-    """Preprocessing facts a caller needs (the graph starts after normalisation)."""
+    """Preprocessing facts a caller needs (the graph starts after normalisation; see the module docstring)."""
     recipe = scorer.recipe
+    normalize = recipe.data.normalize
     meta = {"cnnbench.model": recipe.model.name, "cnnbench.input_size": str(scorer.input_size),
-            "cnnbench.normalize": recipe.data.normalize,
-            "cnnbench.classes": json.dumps([c.id for c in scorer.classes])}
-    if recipe.data.normalize in ("channel_mean", "standardize"):
+            "cnnbench.normalize": normalize, "cnnbench.classes": json.dumps([c.id for c in scorer.classes])}
+    if normalize == "none":
+        return meta
+    if normalize == "imagenet":
+        mean, std = IMAGENET_MEAN, IMAGENET_STD
+    else:
         stats = DatasetViews().load(recipe).stats
-        meta["cnnbench.channel_mean"] = json.dumps([float(v) for v in stats["channel_mean"]])
-        meta["cnnbench.channel_std"] = json.dumps([float(v) for v in stats["channel_std"]])
+        mean, std = stats["channel_mean"], stats["channel_std"]
+    if normalize == "pixel_mean":
+        # What the pipeline subtracts at the model's input size: it maps a black image to -mean.
+        height, width, channels = stats["pixel_mean"].shape
+        black = torch.zeros(1, channels, height, width, dtype=torch.uint8)
+        pixel_mean = -eval_pipeline(scorer, stats)(black)[0].contiguous().numpy().astype("<f4")
+        meta["cnnbench.pixel_mean"] = base64.b64encode(pixel_mean.tobytes()).decode("ascii")
+        meta["cnnbench.pixel_mean_shape"] = json.dumps(list(pixel_mean.shape))
+        return meta
+    meta["cnnbench.channel_mean"] = json.dumps([float(v) for v in mean])
+    meta["cnnbench.channel_std"] = json.dumps([float(v) for v in std])  # unused by channel_mean, kept for reference
     return meta
