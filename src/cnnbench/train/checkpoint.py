@@ -13,7 +13,6 @@ metrics rows so far), bad_epochs (early-stopping counter), and complete (False m
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import numpy as np
 import torch
 
 from cnnbench.errors import CnnbenchError
+from cnnbench.evaluate.runs import write_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 WHICH = ("best", "last")
@@ -67,19 +67,11 @@ def restore_rng_state(state: dict[str, Any], augment_generator: torch.Generator 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, os.replace.
     A crash mid-write leaves the previous checkpoint untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return write_atomic(Path(path), write)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

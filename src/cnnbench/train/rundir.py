@@ -2,8 +2,9 @@
 
     recipe.yaml  env.json  classes.json  metrics.csv  tb/  checkpoints/{last,best}.pt  summary.json
 
-Every file is written to a temporary name in the same folder and moved into place with
-``os.replace``, so a crash never leaves a half-written file that looks complete. A folder that
+Every file is written to a temporary name in the same folder, fsynced and moved into place with
+``os.replace`` (``cnnbench.evaluate.runs.write_atomic``), so a crash never leaves a half-written
+file that looks complete, nor a stray temporary file. A folder that
 already holds a run is never reused silently: ``--resume`` continues it, ``--overwrite``
 replaces it, anything else is an error.
 """
@@ -12,8 +13,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
 import platform
 import shutil
 import subprocess
@@ -24,6 +23,9 @@ from typing import Any
 import yaml
 
 from cnnbench.errors import CnnbenchError
+# The project's one atomic writer (temp file, fsync, os.replace, temp removed on failure).
+from cnnbench.evaluate.runs import write_json as write_json_atomic
+from cnnbench.evaluate.runs import write_text as write_text_atomic
 
 METRICS_COLUMNS = ("epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
                    "lr", "epoch_seconds", "images_per_s")
@@ -31,17 +33,6 @@ SUMMARY_COLUMNS = ("run", "name", "model", "dataset", "seed", "params", "mflops"
                    "best_val_top1", "val_top1", "val_top5", "val_loss", "train_top1", "train_loss", "seconds",
                    "images_per_s", "recipe_hash", "status")
 RUN_MARKER = "recipe.yaml"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    write_text_atomic(path, json.dumps(value, indent=2) + "\n")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path:
