@@ -13,14 +13,27 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from torch.distributed.distributed_c10d import BackendConfig
 
 from cnnbench.train.checkpoint import load_checkpoint
 from cnnbench.train.config import load_recipe
+from cnnbench.train.distributed import process_group_backend
 from cnnbench.train.run import train_run
 
 from train_fixtures import TRAIN_PER_CLASS, VAL_PER_CLASS, tiny_recipe
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
+
+
+@pytest.mark.parametrize("device, backend", [("cuda:1", "cpu:gloo,cuda:nccl"), ("cpu", "gloo")])
+def test_the_process_group_carries_cpu_tensors_on_every_device(device, backend):
+    # Step flags, metric sums and RNG-state gathers are CPU tensors even when training on GPUs;
+    # plain "nccl" maps only cuda, and the first step would fail (no GPU here to show it live).
+    chosen = process_group_backend(torch.device(device))
+    assert chosen == backend
+    devices = BackendConfig(chosen).get_device_backend_map()
+    assert devices["cpu"] == "gloo"
+    assert devices["cuda"] == ("nccl" if device.startswith("cuda") else "gloo")
 
 
 @pytest.mark.slow
