@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from cnnbench.cli import main
+from cnnbench.train import run as run_module
 from cnnbench.errors import CnnbenchError
 from cnnbench.train.checkpoint import load_checkpoint, load_run
 from cnnbench.train.config import load_recipe
@@ -177,9 +178,16 @@ def test_bf16_channels_last_sets_and_early_stopping(tiny_data, tmp_path):
     assert all(torch.equal(v, best["model"][k]) for k, v in model.state_dict().items())
 
 
-def test_cyclic_cosine_saves_a_snapshot_per_cycle(tiny_data, tmp_path):
+def test_cyclic_cosine_saves_a_snapshot_per_cycle_and_last_pt_after_them(tiny_data, tmp_path, monkeypatch):
+    saved, save = [], run_module.save_checkpoint
+    monkeypatch.setattr(run_module, "save_checkpoint",
+                        lambda state, path: (saved.append((state["epoch"], path.name)), save(state, path))[1])
     values = tiny_recipe(tiny_data, schedule={"name": "cyclic_cosine", "cycles": 2}, train={"epochs": 2})
     train_run(load_recipe(values=values), tmp_path / "run", quiet=True)
+    # last.pt records the epoch as done and as best: it must never be ahead of best.pt or a snapshot.
+    for epoch in (1, 2):
+        names = [name for e, name in saved if e == epoch]
+        assert names[-1] == "last.pt" and f"snapshot-{epoch}.pt" in names, saved
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == ["best.pt", "last.pt", "snapshot-1.pt", "snapshot-2.pt"]
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "snapshot-1.pt")["epoch"] == 1

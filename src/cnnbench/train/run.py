@@ -239,12 +239,14 @@ def fit(engine: Engine, progress: Progress, recipe: Recipe, files: RunFiles | No
             progress.epoch + 1, torch.zeros(4, dtype=torch.float64), 0.0, None
         augment_ranks = gather_to_all(engine.generator.get_state())
         if files:
-            files.save(engine, progress, "last", augment_ranks=augment_ranks)
+            # last.pt goes last: it records this epoch as done (and as best), so a crash between
+            # the saves must leave it behind best.pt and the snapshot, never ahead of them.
             if is_best:
                 files.save(engine, progress, "best", augment_ranks=augment_ranks)
             if snapshot:
                 cycle = engine.schedule.snapshot_epochs.index(progress.epoch - 1) + 1
                 files.save(engine, progress, f"snapshot-{cycle}", augment_ranks=augment_ranks)
+            files.save(engine, progress, "last", augment_ranks=augment_ranks)
             rundir.write_metrics(files.run_dir, progress.history)
             files.log_epoch(row)
         if not show and engine.is_main:
