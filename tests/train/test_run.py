@@ -7,19 +7,21 @@ import csv
 import json
 import os
 import signal
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
 from cnnbench.cli import main
+from cnnbench.commands.train import describe_best
 from cnnbench.train import run as run_module
 from cnnbench.errors import CnnbenchError
 from cnnbench.train.checkpoint import load_checkpoint, load_run
 from cnnbench.train.config import load_recipe
-from cnnbench.train.loop import classification_loss
+from cnnbench.train.loop import Progress, classification_loss
 from cnnbench.train.rundir import METRICS_COLUMNS, SUMMARY_COLUMNS
-from cnnbench.train.run import train_run
+from cnnbench.train.run import build_summary, train_run
 
 from train_fixtures import NAMES, TRAIN_PER_CLASS, WNIDS, tiny_recipe
 
@@ -52,7 +54,10 @@ def test_cli_writes_the_run_folder(tiny_data, tmp_path, capsys):
     assert summary["status"] == "finished" and summary["epochs"] == 2 and summary["model"] == "simple_cnn"
     assert summary["val_top1"] == pytest.approx(float(rows[-1]["val_top1"]), abs=1e-6)
     assert summary["params"] == 539_556  # simple_cnn at 12 px, 4 classes
-    assert summary["best_val_top1"] == max(float(r["val_top1"]) for r in rows)
+    assert summary["best_val_top1"] == max(float(r["val_top1"]) for r in rows)  # monitor val_top1
+    best_row = rows[summary["best_epoch"] - 1]
+    assert summary["monitor"] == "val_top1" and summary["best_val_loss"] == pytest.approx(float(best_row["val_loss"]), rel=1e-5)
+    assert f"best.pt: epoch {summary['best_epoch']} by val_top1 (val_top1 " in out
     assert json.loads((run / "classes.json").read_text()) == [{"id": w, "name": n} for w, n in zip(WNIDS, NAMES)]
     assert load_recipe(run / "recipe.yaml").train.epochs == 2
     env = json.loads((run / "env.json").read_text())
@@ -191,6 +196,23 @@ def test_cyclic_cosine_saves_a_snapshot_per_cycle_and_last_pt_after_them(tiny_da
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == ["best.pt", "last.pt", "snapshot-1.pt", "snapshot-2.pt"]
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "snapshot-1.pt")["epoch"] == 1
+
+
+def test_summary_and_cli_describe_best_pt_by_the_monitored_metric(tmp_path):
+    # val_loss is lowest at epoch 2 but top-1 is highest at epoch 3: best.pt holds epoch 2, and
+    # every best_* value must be epoch 2's, not the maximum top-1 of another epoch.
+    rows = [{"epoch": 1, "val_loss": 1.0, "val_top1": 0.5, "val_top5": 0.9},
+            {"epoch": 2, "val_loss": 0.8, "val_top1": 0.4, "val_top5": 0.95},
+            {"epoch": 3, "val_loss": 0.9, "val_top1": 0.6, "val_top5": 1.0}]
+    progress = Progress(epoch=3, best=0.8, best_epoch=2, history=rows, seconds=3.0)
+    recipe = load_recipe(values={"train": {"monitor": "val_loss"}})
+    summary = build_summary(tmp_path, recipe, SimpleNamespace(name="tiny-imagenet"), torch.nn.Linear(2, 2), progress,
+                            "finished", 1.0)
+    assert summary["monitor"] == "val_loss" and summary["best_epoch"] == 2
+    assert (summary["best_val_top1"], summary["best_val_top5"], summary["best_val_loss"]) == (0.4, 0.95, 0.8)
+    assert summary["val_top1"] == 0.6  # the last evaluation
+    assert describe_best(summary) == "best.pt: epoch 2 by val_loss (val_loss 0.8000, val_top1 40.00%)"
+    assert describe_best(dict(summary, best_epoch=None)) == "best.pt -"
 
 
 def test_aux_heads_add_their_weighted_loss():

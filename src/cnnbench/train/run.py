@@ -273,14 +273,17 @@ def recipe_hash(recipe: Recipe) -> str:
 
 
 def build_summary(run_dir: Path, recipe: Recipe, ds, model, progress: Progress, status: str, mflops: float) -> dict:
+    """summary.json's row. The best_* values all come from the epoch ``train.monitor`` chose, the
+    one best.pt holds (under monitor val_loss that need not be the epoch of the highest top-1)."""
     last_val = next((r for r in reversed(progress.history) if r.get("val_top1") is not None), {})
     last = progress.history[-1] if progress.history else {}
+    best = next((r for r in progress.history if r["epoch"] == progress.best_epoch), {})
     images = sum(r["images_per_s"] * r["epoch_seconds"] for r in progress.history if r.get("images_per_s"))
     return {
         "run": run_dir.name, "name": recipe.name, "model": recipe.model.name, "dataset": ds.name,
         "seed": recipe.seed, "params": count_parameters(model), "mflops": round(mflops, 3),
-        "epochs": progress.epoch, "best_epoch": progress.best_epoch,
-        "best_val_top1": max((r["val_top1"] for r in progress.history if r.get("val_top1") is not None), default=None),
+        "epochs": progress.epoch, "monitor": recipe.train.monitor, "best_epoch": progress.best_epoch,
+        "best_val_top1": best.get("val_top1"), "best_val_top5": best.get("val_top5"), "best_val_loss": best.get("val_loss"),
         "val_top1": last_val.get("val_top1"), "val_top5": last_val.get("val_top5"), "val_loss": last_val.get("val_loss"),
         "train_top1": last.get("train_top1"), "train_loss": last.get("train_loss"),
         "seconds": round(progress.seconds, 3), "images_per_s": images / progress.seconds if progress.seconds else None,

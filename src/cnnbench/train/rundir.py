@@ -29,8 +29,9 @@ from cnnbench.evaluate.runs import write_text as write_text_atomic
 
 METRICS_COLUMNS = ("epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
                    "lr", "epoch_seconds", "images_per_s")
-SUMMARY_COLUMNS = ("run", "name", "model", "dataset", "seed", "params", "mflops", "epochs", "best_epoch",
-                   "best_val_top1", "val_top1", "val_top5", "val_loss", "train_top1", "train_loss", "seconds",
+# best_*: the epoch train.monitor chose (best.pt) and its val metrics; val_*: the last evaluation.
+SUMMARY_COLUMNS = ("run", "name", "model", "dataset", "seed", "params", "mflops", "epochs", "monitor", "best_epoch",
+                   "best_val_top1", "best_val_top5", "best_val_loss", "val_top1", "val_top5", "val_loss", "train_top1", "train_loss", "seconds",
                    "images_per_s", "recipe_hash", "status")
 RUN_MARKER = "recipe.yaml"
 
