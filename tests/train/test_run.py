@@ -160,6 +160,30 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
 
 
+def test_nan_in_epoch_1_says_no_checkpoint_exists_and_how_to_start_again(tiny_data, tmp_path, capsys):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_data, train={"epochs": 2})))
+    run = tmp_path / "run"
+
+    def poison(engine, progress):  # NaN weights after the first step: no checkpoint has been written
+        if progress.step == 1:
+            next(iter(engine.model.parameters())).data.fill_(float("nan"))
+
+    with pytest.raises(CnnbenchError) as raised:
+        train_run(load_recipe(recipe), run, quiet=True, after_step=poison)
+    message = str(raised.value)
+    assert "loss became nan at epoch 1, step 2 of 6" in message and "last.pt" not in message
+    assert "No checkpoint exists yet" in message and f"cnnbench train {run / 'recipe.yaml'} --out {run} --overwrite" in message
+    assert not (run / "checkpoints").exists()
+    # --resume cannot continue it, and says how to start again instead of "checkpoint not found"
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run}: no checkpoint to resume from" in err and f"--out {run} --overwrite" in err and len(err.splitlines()) == 1
+    # and the command both messages give does start it again
+    assert main(["train", str(run / "recipe.yaml"), "--out", str(run), "--overwrite", "--quiet"]) == 0
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+
 def test_bf16_channels_last_sets_and_early_stopping(tiny_data, tmp_path):
     # The fixture's classes are easy: val top-1 reaches 1.0 within an epoch or two and can then
     # only fail to improve, so patience 1 stops the run one epoch after its best.

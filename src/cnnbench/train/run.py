@@ -183,17 +183,25 @@ class RunFiles:
     classes: list[str]
     kwargs: dict
     writer: Any = None  # torch.utils.tensorboard.SummaryWriter
+    last_saved: str | None = None  # where checkpoints/last.pt stands, in words (for messages)
 
     def save(self, engine: Engine, progress: Progress, which: str, complete: bool = True,
              augment_ranks: torch.Tensor | None = None) -> None:
         state = checkpoint_state(engine, progress, self.recipe, self.classes, self.kwargs, complete, augment_ranks)
         save_checkpoint(state, checkpoint_path(self.run_dir, which))
+        if which == "last":
+            self.last_saved = checkpoint_point(progress.epoch, engine.train_stream.position, complete)
 
     def log_epoch(self, row: dict) -> None:
         for key, value in row.items():
             if key != "epoch" and value is not None:
                 self.writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
         self.writer.flush()
+
+
+def checkpoint_point(epoch: int, position: int, complete: bool) -> str:
+    """Where a checkpoint was taken, in words: "end of epoch 2" or "epoch 3, step 4"."""
+    return f"end of epoch {epoch}" if complete else f"epoch {epoch + 1}, step {position}"
 
 
 def _epoch_row(progress: Progress, val: dict | None, lr: float, seconds: float) -> dict:
@@ -299,8 +307,10 @@ def train_run(recipe: Recipe | None, run_dir: str | Path, resume: bool = False, 
     recipe.yaml; a recipe given too must be identical). ``device`` overrides train.device."""
     run_dir = Path(run_dir)
     ranks = ranks_from_env()
+    ckpt = None
     if resume:
         recipe = _resumed_recipe(run_dir, recipe)
+        ckpt = _last_checkpoint(run_dir)
     elif recipe is None:
         raise CnnbenchError("train: a recipe is needed unless resuming (cnnbench train RECIPE.yaml)")
     t = recipe.train
@@ -314,7 +324,7 @@ def train_run(recipe: Recipe | None, run_dir: str | Path, resume: bool = False, 
         if t.workers:
             torch.set_num_threads(t.workers)
         torch.use_deterministic_algorithms(t.deterministic)
-        return _train(recipe, run_dir, resume, quiet, dev, precision, ranks, after_step)
+        return _train(recipe, run_dir, ckpt, quiet, dev, precision, ranks, after_step)
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
@@ -334,8 +344,34 @@ def _resumed_recipe(run_dir: Path, recipe: Recipe | None) -> Recipe:
     return saved
 
 
-def _train(recipe: Recipe, run_dir: Path, resume: bool, quiet: bool, dev: torch.device, precision: Precision,
-           ranks: Ranks, after_step) -> RunResult:
+def _start_again(run_dir: Path) -> str:
+    """The command that starts a run folder's recipe again from scratch, in its place."""
+    return f"cnnbench train {run_dir / rundir.RUN_MARKER} --out {run_dir} --overwrite"
+
+
+def _last_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """checkpoints/last.pt of the run to resume. A run that ended (a crash, a NaN) before its first
+    checkpoint has none: nothing can be resumed, the run can only start again."""
+    path = checkpoint_path(run_dir, "last")
+    if not path.is_file():
+        raise CnnbenchError(f"{run_dir}: no checkpoint to resume from ({path} does not exist: the run ended before "
+                            f"its first checkpoint); start it again with: {_start_again(run_dir)}")
+    return load_checkpoint(path)
+
+
+def _diverged_hint(run_dir: Path, last_saved: str | None) -> str:
+    """What to do after a non-finite loss: name last.pt only if there is one."""
+    path = checkpoint_path(run_dir, "last")
+    if path.is_file():
+        return (f"The last good checkpoint is {path}{f' ({last_saved})' if last_saved else ''}; "
+                "lower optim.lr or use train.precision=fp32")
+    return (f"No checkpoint exists yet, so there is nothing to resume; start again with a lower optim.lr "
+            f"or train.precision=fp32: {_start_again(run_dir)} --set optim.lr=...")
+
+
+def _train(recipe: Recipe, run_dir: Path, ckpt: dict[str, Any] | None, quiet: bool, dev: torch.device,
+           precision: Precision, ranks: Ranks, after_step) -> RunResult:
+    resume = ckpt is not None
     d = recipe.data
     ds = load_dataset(d.name, data=d.path, grayscale=d.grayscale, train_per_class=d.train_per_class,
                       val_split=d.val_split, skip_bad=d.skip_bad, holdout=d.holdout, progress=not quiet and ranks.is_main)
@@ -346,7 +382,6 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, quiet: bool, dev: torch.
     classes = [c.id for c in ds.classes]
     progress = Progress()
     if resume:
-        ckpt = load_checkpoint(checkpoint_path(run_dir, "last"))
         if ckpt["classes"] != classes:
             raise CnnbenchError(f"{run_dir}: the dataset's classes differ from the ones this run was trained on")
         progress = restore(engine, ckpt, ranks)
@@ -361,6 +396,8 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, quiet: bool, dev: torch.
             str(dev), precision.name, ds.manifest_hash, ranks.world_size,
             {"resumed_at_epoch": progress.epoch if resume else None, "per_rank_batch": recipe.train.batch_size // ranks.world_size}))
         files = RunFiles(run_dir, recipe, classes, kwargs, SummaryWriter(str(run_dir / "tb"), purge_step=progress.epoch + 1))
+        if resume:
+            files.last_saved = checkpoint_point(ckpt["epoch"], ckpt["loader"]["position"], ckpt.get("complete", True))
     show = not quiet and ranks.is_main and sys.stderr.isatty()
     status = "finished"
     try:
@@ -371,8 +408,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, quiet: bool, dev: torch.
         message = str(exc)
         if files:
             _finish(files, recipe, ds, model, progress, status, mflops)
-        raise NonFiniteLoss(f"{message}; stopped. The last good checkpoint is {checkpoint_path(run_dir, 'last')} "
-                            f"(end of epoch {progress.epoch}); lower optim.lr or use train.precision=fp32") from None
+        raise NonFiniteLoss(f"{message}; stopped. {_diverged_hint(run_dir, files.last_saved if files else None)}") from None
     summary = _finish(files, recipe, ds, model, progress, status, mflops) if files else {}
     if status == "stopped" and ranks.is_main:
         print(f"stopped at epoch {progress.epoch + 1}, step {engine.train_stream.position} of {len(engine.train_stream)}; "
