@@ -207,6 +207,39 @@ def test_bf16_channels_last_sets_and_early_stopping(tiny_data, tmp_path):
     assert all(torch.equal(v, best["model"][k]) for k, v in model.state_dict().items())
 
 
+def files_of(run_dir) -> dict:
+    return {p.relative_to(run_dir): (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
+
+
+def test_resuming_a_finished_run_trains_nothing_and_rewrites_nothing(tiny_data, tmp_path, capsys):
+    # The fixture reaches val top-1 1.0 at once, so patience 1 stops it long before epoch 8.
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_data, train={"epochs": 8, "early_stopping": 1})))
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run), "--quiet"]) == 0
+    epochs = len(read_metrics(run))
+    assert epochs < 8
+    before = files_of(run)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert f"{run}: the run already finished (stopped early after epoch {epochs}: val_top1 had not improved" in err
+    assert "nothing was changed" in err and f"finished: {run}  epochs {epochs} " in out
+    assert files_of(run) == before
+    # Finished, but the process died before summary.json: the resume trains nothing and writes it.
+    (run / "summary.json").unlink()
+    assert train_run(None, run, resume=True, quiet=True).summary["epochs"] == epochs
+    assert len(read_metrics(run)) == epochs and json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+    # A run that went through all its epochs, resumed from Python: the same, with its summary.
+    whole = train_run(load_recipe(values=tiny_recipe(tiny_data, train={"epochs": 1})), tmp_path / "whole", quiet=True)
+    before = files_of(tmp_path / "whole")
+    again = train_run(None, tmp_path / "whole", resume=True, quiet=True)
+    assert (again.status, again.summary) == ("finished", whole.summary)
+    assert "(epoch 1 of 1 done)" in capsys.readouterr().err
+    assert files_of(tmp_path / "whole") == before
+
+
 def test_cyclic_cosine_saves_a_snapshot_per_cycle_and_last_pt_after_them(tiny_data, tmp_path, monkeypatch):
     saved, save = [], run_module.save_checkpoint
     monkeypatch.setattr(run_module, "save_checkpoint",

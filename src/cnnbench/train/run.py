@@ -23,12 +23,13 @@ import torch
 from cnnbench.data import BatchLoader, BatchPipeline, load_dataset
 from cnnbench.data.augment import create_augment, create_mix
 from cnnbench.errors import CnnbenchError
+from cnnbench.evaluate.runs import read_summary
 from cnnbench.models import count_flops, create_model
 from cnnbench.models.base import count_parameters, freeze_backbone
 from cnnbench.train import rundir
 from cnnbench.train.checkpoint import (capture_rng_state, checkpoint_path, load_checkpoint, restore_rng_state,
                                        save_checkpoint)
-from cnnbench.train.config import Recipe
+from cnnbench.train.config import Recipe, TrainConfig
 from cnnbench.train.device import Precision, resolve_device, resolve_precision
 from cnnbench.train.distributed import (Ranks, StopRequest, all_reduce, gather_to_all, init_distributed,
                                         ranks_from_env, shutdown_distributed)
@@ -217,7 +218,7 @@ def fit(engine: Engine, progress: Progress, recipe: Recipe, files: RunFiles | No
         show: bool, after_step: Callable[[Engine, Progress], None] | None = None) -> str:
     """Train until the last epoch, early stopping, or a stop request; returns the status."""
     t = recipe.train
-    while progress.epoch < t.epochs:
+    while progress.epoch < t.epochs and not out_of_patience(t, progress.bad_epochs):
         if progress.epoch_lr is None:
             progress.epoch_lr = engine.optimizer.param_groups[0]["lr"]
         if not train_one_epoch(engine, progress, stop, show, after_step):
@@ -259,12 +260,30 @@ def fit(engine: Engine, progress: Progress, recipe: Recipe, files: RunFiles | No
             files.log_epoch(row)
         if not show and engine.is_main:
             print(_log_line(row, t.epochs), flush=True)
-        if t.early_stopping is not None and progress.bad_epochs >= t.early_stopping:
+        if out_of_patience(t, progress.bad_epochs):
             if engine.is_main:
                 print(f"early stopping: {t.monitor} has not improved for {progress.bad_epochs} evaluations "
                       f"(best {progress.best:.4f} at epoch {progress.best_epoch})", flush=True)
             break
     return "finished"
+
+
+def out_of_patience(t: TrainConfig, bad_epochs: int) -> bool:
+    """Whether early stopping ends the run after ``bad_epochs`` evaluations without improvement."""
+    return t.early_stopping is not None and bad_epochs >= t.early_stopping
+
+
+def finished_reason(ckpt: dict[str, Any], t: TrainConfig) -> str | None:
+    """Why the run that wrote ``ckpt`` had already finished (None if it had not): all epochs
+    done, or early stopping out of patience. Read from what every checkpoint holds."""
+    if not ckpt.get("complete", True):
+        return None  # stopped mid-epoch
+    if ckpt["epoch"] >= t.epochs:
+        return f"epoch {ckpt['epoch']} of {t.epochs} done"
+    if out_of_patience(t, ckpt["bad_epochs"]):
+        return (f"stopped early after epoch {ckpt['epoch']}: {t.monitor} had not improved for "
+                f"{ckpt['bad_epochs']} evaluations")
+    return None
 
 
 def _log_line(row: dict, epochs: int) -> str:
@@ -311,6 +330,11 @@ def train_run(recipe: Recipe | None, run_dir: str | Path, resume: bool = False, 
     if resume:
         recipe = _resumed_recipe(run_dir, recipe)
         ckpt = _last_checkpoint(run_dir)
+        reason = finished_reason(ckpt, recipe.train)
+        summary = read_summary(run_dir) if (run_dir / "summary.json").is_file() else {}
+        if reason is not None and summary.get("status") == "finished":
+            return _already_finished(run_dir, reason, summary, ranks)
+        # (finished but no summary.json: a crash just before it; the resume below trains nothing and writes it)
     elif recipe is None:
         raise CnnbenchError("train: a recipe is needed unless resuming (cnnbench train RECIPE.yaml)")
     t = recipe.train
@@ -357,6 +381,14 @@ def _last_checkpoint(run_dir: Path) -> dict[str, Any]:
         raise CnnbenchError(f"{run_dir}: no checkpoint to resume from ({path} does not exist: the run ended before "
                             f"its first checkpoint); start it again with: {_start_again(run_dir)}")
     return load_checkpoint(path)
+
+
+def _already_finished(run_dir: Path, reason: str, summary: dict, ranks: Ranks) -> RunResult:
+    """Resuming a finished run: nothing to train and nothing to rewrite; its summary as it is."""
+    if ranks.is_main:
+        print(f"{run_dir}: the run already finished ({reason}); nothing to resume, nothing was changed. "
+              "Train more with a new run (another --out, or --overwrite)", file=sys.stderr, flush=True)
+    return RunResult(run_dir, "finished", summary)
 
 
 def _diverged_hint(run_dir: Path, last_saved: str | None) -> str:
