@@ -23,7 +23,7 @@ from cnnbench.train.loop import Progress, classification_loss
 from cnnbench.train.rundir import METRICS_COLUMNS, SUMMARY_COLUMNS
 from cnnbench.train.run import build_summary, train_run
 
-from train_fixtures import NAMES, TRAIN_PER_CLASS, WNIDS, tiny_recipe
+from train_fixtures import NAMES, TRAIN_PER_CLASS, WNIDS, tiny_recipe, write_tiny_imagenet
 
 BATCHES_PER_EPOCH = 4 * TRAIN_PER_CLASS // 16  # 6
 
@@ -141,9 +141,41 @@ def test_sigterm_finishes_the_step_and_writes_a_checkpoint(tiny_data, tmp_path):
     assert ckpt["step"] == 2 and ckpt["loader"] == {"epoch": 0, "position": 2}
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
     assert main(["train", "--resume", str(tmp_path / "run"), "--set", "train.epochs=4"]) == 2  # resume takes no --set
+    env = (tmp_path / "run" / "env.json").read_text()
     assert main(["train", "--resume", str(tmp_path / "run"), "--quiet"]) == 0
     assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == ["1", "2", "3"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "finished"
+    # The first process's provenance is kept; the resumed one's lies beside it.
+    assert (tmp_path / "run" / "env.json").read_text() == env
+    resumed = json.loads((tmp_path / "run" / "env-resume-0.json").read_text())
+    assert resumed["resumed_at_epoch"] == 0 and resumed["dataset_manifest_hash"] == json.loads(env)["dataset_manifest_hash"]
+
+
+def test_resume_refuses_rng_states_of_another_device_and_other_data(tmp_path, capsys):
+    data = write_tiny_imagenet(tmp_path / "data" / "tiny-imagenet-200.zip")
+    run = tmp_path / "run"
+    train_run(load_recipe(values=tiny_recipe(data)), run, quiet=True, after_step=interrupt_at(2, signal.SIGTERM))
+    last = run / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(last)
+    assert ckpt["dataset_manifest_hash"] == json.loads((run / "env.json").read_text())["dataset_manifest_hash"]
+    assert (ckpt["device"], ckpt["precision"]) == ("cpu", "fp32")
+
+    # As if trained on a GPU: a CUDA generator's state is 16 bytes, a CPU one's 5056.
+    cuda_like = dict(ckpt, device="cuda:0", rng=dict(ckpt["rng"], augment=torch.zeros(16, dtype=torch.uint8)))
+    torch.save(cuda_like, last)
+    with pytest.raises(CnnbenchError, match=r"^resume: .* from a run on cuda:0 and do not fit cpu .*; resume with --device cuda$"):
+        train_run(None, run, resume=True, quiet=True)
+
+    # A change of precision (train.precision auto on another machine) is allowed, but said.
+    torch.save(dict(ckpt, precision="bf16"), last)
+    assert train_run(None, run, resume=True, quiet=True).status == "finished"
+    assert f"{run}: warning: resuming in fp32 on cpu; the run so far trained in bf16 on cpu" in capsys.readouterr().err
+
+    torch.save(ckpt, last)
+    write_tiny_imagenet(data, seed=1)  # the data re-extracted differently: another manifest
+    with pytest.raises(CnnbenchError, match=r"^\S+: the dataset differs from the one this run was trained on \(manifest hash"):
+        train_run(None, run, resume=True, quiet=True)
+    assert [p.name for p in run.glob("env-resume-*.json")] == ["env-resume-0.json"]  # the refused resume wrote nothing
 
 
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):

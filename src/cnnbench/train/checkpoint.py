@@ -8,7 +8,8 @@ pickled objects, so opening a checkpoint cannot execute code.
 Keys (docs/design.md): model, optimizer, scheduler, scaler, ema, rng, epoch, loader, recipe,
 classes, model_name, num_classes, best; plus model_kwargs (what ``create_model`` was called
 with), step, epoch_sums (the running train sums of an interrupted epoch), history (the
-metrics rows so far), bad_epochs (early-stopping counter), and complete (False mid-epoch).
+metrics rows so far), bad_epochs (early-stopping counter), complete (False mid-epoch), and
+dataset_manifest_hash, device, precision (what the run trained on; resume checks the first).
 """
 
 from __future__ import annotations

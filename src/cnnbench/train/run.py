@@ -23,7 +23,7 @@ import torch
 from cnnbench.data import BatchLoader, BatchPipeline, load_dataset
 from cnnbench.data.augment import create_augment, create_mix
 from cnnbench.errors import CnnbenchError
-from cnnbench.evaluate.runs import read_summary
+from cnnbench.evaluate.runs import read_json, read_summary
 from cnnbench.models import count_flops, create_model
 from cnnbench.models.base import count_parameters, freeze_backbone
 from cnnbench.train import rundir
@@ -165,10 +165,18 @@ def restore(engine: Engine, ckpt: dict[str, Any], ranks: Ranks) -> Progress:
     # Only rank 0 carries the (already all-reduced) sums of an interrupted epoch, so the
     # end-of-epoch all-reduce counts them once.
     sums = ckpt["epoch_sums"] if ranks.is_main else torch.zeros(4, dtype=torch.float64)
-    restore_rng_state(ckpt["rng"], engine.generator)
-    per_rank = ckpt["rng"].get("augment_ranks")
-    if per_rank is not None and len(per_rank) == ranks.world_size:
-        engine.generator.set_state(per_rank[ranks.rank].cpu())
+    try:
+        restore_rng_state(ckpt["rng"], engine.generator)
+        per_rank = ckpt["rng"].get("augment_ranks")
+        if per_rank is not None and len(per_rank) == ranks.world_size:
+            engine.generator.set_state(per_rank[ranks.rank].cpu())
+    except RuntimeError as exc:  # a generator state of another device type (16 bytes on CUDA, 5056 on the CPU)
+        trained_on = ckpt.get("device")
+        how = f"--device {torch.device(trained_on).type}" if trained_on else "the device its env.json names"
+        why = str(exc).partition("\n")[0][:100]
+        raise CnnbenchError(f"resume: the checkpoint's random-number states come from a run on "
+                            f"{trained_on or 'another kind of device'} and do not fit {engine.device} ({why}); "
+                            f"resume with {how}") from None
     return Progress(epoch=ckpt["epoch"], step=ckpt["step"], best=ckpt["best"], best_epoch=ckpt["best_epoch"],
                     bad_epochs=ckpt["bad_epochs"], seconds=ckpt["seconds"], history=list(ckpt["history"]),
                     epoch_sums=sums.clone(), epoch_seconds=ckpt["epoch_seconds"], epoch_lr=ckpt["epoch_lr"])
@@ -185,10 +193,12 @@ class RunFiles:
     kwargs: dict
     writer: Any = None  # torch.utils.tensorboard.SummaryWriter
     last_saved: str | None = None  # where checkpoints/last.pt stands, in words (for messages)
+    provenance: dict = dataclasses.field(default_factory=dict)  # dataset_manifest_hash, device, precision
 
     def save(self, engine: Engine, progress: Progress, which: str, complete: bool = True,
              augment_ranks: torch.Tensor | None = None) -> None:
         state = checkpoint_state(engine, progress, self.recipe, self.classes, self.kwargs, complete, augment_ranks)
+        state.update(self.provenance)
         save_checkpoint(state, checkpoint_path(self.run_dir, which))
         if which == "last":
             self.last_saved = checkpoint_point(progress.epoch, engine.train_stream.position, complete)
@@ -391,6 +401,27 @@ def _already_finished(run_dir: Path, reason: str, summary: dict, ranks: Ranks) -
     return RunResult(run_dir, "finished", summary)
 
 
+def _check_resumable(run_dir: Path, ckpt: dict[str, Any], classes: list[str], provenance: dict, ranks: Ranks) -> None:
+    """Resume only on the data the run was trained on; say so when the precision changes with the device."""
+    if ckpt["classes"] != classes:
+        raise CnnbenchError(f"{run_dir}: the dataset's classes differ from the ones this run was trained on")
+    # Checkpoints from before the hash was stored in them: the first process's env.json has it.
+    saved = ckpt.get("dataset_manifest_hash") or _first_environment(run_dir).get("dataset_manifest_hash")
+    if saved and saved != provenance["dataset_manifest_hash"]:
+        raise CnnbenchError(f"{run_dir}: the dataset differs from the one this run was trained on (manifest hash "
+                            f"{provenance['dataset_manifest_hash']}, the run's {saved}); resume with the same data, "
+                            "or start a new run")
+    if ckpt.get("precision") not in (None, provenance["precision"]) and ranks.is_main:
+        print(f"{run_dir}: warning: resuming in {provenance['precision']} on {provenance['device']}; the run so far "
+              f"trained in {ckpt['precision']} on {ckpt['device']} (train.precision auto follows the device)",
+              file=sys.stderr, flush=True)
+
+
+def _first_environment(run_dir: Path) -> dict:
+    path = run_dir / "env.json"
+    return read_json(path) if path.is_file() else {}
+
+
 def _diverged_hint(run_dir: Path, last_saved: str | None) -> str:
     """What to do after a non-finite loss: name last.pt only if there is one."""
     path = checkpoint_path(run_dir, "last")
@@ -413,9 +444,9 @@ def _train(recipe: Recipe, run_dir: Path, ckpt: dict[str, Any] | None, quiet: bo
     engine = build_engine(recipe, ds, model, dev, precision, ranks)
     classes = [c.id for c in ds.classes]
     progress = Progress()
+    provenance = {"dataset_manifest_hash": ds.manifest_hash, "device": str(dev), "precision": precision.name}
     if resume:
-        if ckpt["classes"] != classes:
-            raise CnnbenchError(f"{run_dir}: the dataset's classes differ from the ones this run was trained on")
+        _check_resumable(run_dir, ckpt, classes, provenance, ranks)
         progress = restore(engine, ckpt, ranks)
     files = None
     if ranks.is_main:
@@ -424,10 +455,12 @@ def _train(recipe: Recipe, run_dir: Path, ckpt: dict[str, Any] | None, quiet: bo
         if not resume:
             rundir.write_recipe(run_dir, recipe.to_dict())
             rundir.write_classes(run_dir, ds.classes)
-        rundir.write_json_atomic(run_dir / "env.json", rundir.environment(
+        resumed_at = progress.epoch if resume else None
+        rundir.write_json_atomic(rundir.environment_path(run_dir, resumed_at), rundir.environment(
             str(dev), precision.name, ds.manifest_hash, ranks.world_size,
-            {"resumed_at_epoch": progress.epoch if resume else None, "per_rank_batch": recipe.train.batch_size // ranks.world_size}))
-        files = RunFiles(run_dir, recipe, classes, kwargs, SummaryWriter(str(run_dir / "tb"), purge_step=progress.epoch + 1))
+            {"resumed_at_epoch": resumed_at, "per_rank_batch": recipe.train.batch_size // ranks.world_size}))
+        files = RunFiles(run_dir, recipe, classes, kwargs, SummaryWriter(str(run_dir / "tb"), purge_step=progress.epoch + 1),
+                         provenance=provenance)
         if resume:
             files.last_saved = checkpoint_point(ckpt["epoch"], ckpt["loader"]["position"], ckpt.get("complete", True))
     show = not quiet and ranks.is_main and sys.stderr.isatty()

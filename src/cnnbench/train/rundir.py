@@ -1,6 +1,7 @@
 """The run folder (docs/design.md): what produced a result, saved next to it.
 
     recipe.yaml  env.json  classes.json  metrics.csv  tb/  checkpoints/{last,best}.pt  summary.json
+    env-resume-<epoch>.json (one per resume: the resumed process's environment)
 
 Every file is written to a temporary name in the same folder, fsynced and moved into place with
 ``os.replace`` (``cnnbench.evaluate.runs.write_atomic``), so a crash never leaves a half-written
@@ -105,6 +106,18 @@ def git_state() -> dict:
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"git_commit": commit or None, "git_dirty": None if status is None else bool(status)}
+
+
+def environment_path(run_dir: Path, resumed_at_epoch: int | None) -> Path:
+    """env.json for the process that started the run; a resumed process writes its own
+    env-resume-<epoch>.json beside it (-2, -3, ... for more resumes in one epoch), so the
+    original provenance is never overwritten."""
+    if resumed_at_epoch is None:
+        return run_dir / "env.json"
+    path, n = run_dir / f"env-resume-{resumed_at_epoch}.json", 2
+    while path.exists():
+        path, n = run_dir / f"env-resume-{resumed_at_epoch}-{n}.json", n + 1
+    return path
 
 
 def environment(device: str, precision: str, manifest_hash: str, world_size: int, extra: dict | None = None) -> dict:
