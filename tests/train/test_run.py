@@ -161,7 +161,9 @@ def test_resume_refuses_rng_states_of_another_device_and_other_data(tmp_path, ca
     assert (ckpt["device"], ckpt["precision"]) == ("cpu", "fp32")
 
     # As if trained on a GPU: a CUDA generator's state is 16 bytes, a CPU one's 5056.
-    cuda_like = dict(ckpt, device="cuda:0", rng=dict(ckpt["rng"], augment=torch.zeros(16, dtype=torch.uint8)))
+    cuda_rng = dict(ckpt["rng"], augment=torch.zeros(16, dtype=torch.uint8),
+                    ranks=dict(ckpt["rng"]["ranks"], augment=torch.zeros(1, 16, dtype=torch.uint8)))
+    cuda_like = dict(ckpt, device="cuda:0", rng=cuda_rng)
     torch.save(cuda_like, last)
     with pytest.raises(CnnbenchError, match=r"^resume: .* from a run on cuda:0 and do not fit cpu .*; resume with --device cuda$"):
         train_run(None, run, resume=True, quiet=True)

@@ -10,6 +10,8 @@ classes, model_name, num_classes, best; plus model_kwargs (what ``create_model``
 with), step, epoch_sums (the running train sums of an interrupted epoch), history (the
 metrics rows so far), bad_epochs (early-stopping counter), complete (False mid-epoch), and
 dataset_manifest_hash, device, precision (what the run trained on; resume checks the first).
+``rng`` is rank 0's states, and ``rng["ranks"]`` every rank's (one row per rank; one row in a
+single process), from which each rank resumes its own.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 
 from cnnbench.errors import CnnbenchError
 from cnnbench.evaluate.runs import write_atomic
+from cnnbench.train.distributed import gather_to_all
 
 CHECKPOINT_DIR = "checkpoints"
 WHICH = ("best", "last")
@@ -62,6 +65,31 @@ def restore_rng_state(state: dict[str, Any], augment_generator: torch.Generator 
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
     if augment_generator is not None and "augment" in state:
         augment_generator.set_state(state["augment"].cpu())
+
+
+def gather_rng_states(augment_generator: torch.Generator) -> dict[str, Any]:
+    """Every rank's ``capture_rng_state``, each tensor stacked by rank (a collective: every rank
+    joins). Stored as ``rng["ranks"]`` so that each rank resumes its own streams."""
+    state = capture_rng_state(augment_generator)
+    return {k: [gather_to_all(s) for s in v] if isinstance(v, list) else gather_to_all(v) for k, v in state.items()}
+
+
+def rank_rng_state(rng: dict[str, Any], rank: int, world_size: int) -> dict[str, Any] | None:
+    """Rank ``rank``'s states from a checkpoint's ``rng`` for ``restore_rng_state``; None when they
+    were saved by another number of processes (or by none of them: the oldest checkpoints).
+    Checkpoints from before ``rng["ranks"]`` kept only the augmentation generator per rank
+    (``augment_ranks``); their ranks all drew rank 0's global streams, which ``rng`` holds."""
+    # Each row is cloned: torch's set_state reads a view with a storage offset (every row but the
+    # first) wrongly, and crashes (torch 2.15).
+    per_rank = rng.get("ranks")
+    if per_rank is not None:
+        if len(per_rank["torch"]) != world_size:
+            return None
+        return {k: [s[rank].clone() for s in v] if isinstance(v, list) else v[rank].clone() for k, v in per_rank.items()}
+    augment = rng.get("augment_ranks")
+    if augment is None or len(augment) != world_size:
+        return None
+    return dict(rng, augment=augment[rank].clone())
 
 
 # --------------------------------------------------------------------------- files

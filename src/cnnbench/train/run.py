@@ -27,11 +27,11 @@ from cnnbench.evaluate.runs import read_json, read_summary
 from cnnbench.models import count_flops, create_model
 from cnnbench.models.base import count_parameters, freeze_backbone
 from cnnbench.train import rundir
-from cnnbench.train.checkpoint import (capture_rng_state, checkpoint_path, load_checkpoint, restore_rng_state,
-                                       save_checkpoint)
+from cnnbench.train.checkpoint import (capture_rng_state, checkpoint_path, gather_rng_states, load_checkpoint,
+                                       rank_rng_state, restore_rng_state, save_checkpoint)
 from cnnbench.train.config import Recipe, TrainConfig
 from cnnbench.train.device import Precision, resolve_device, resolve_precision
-from cnnbench.train.distributed import (Ranks, StopRequest, all_reduce, gather_to_all, init_distributed,
+from cnnbench.train.distributed import (Ranks, StopRequest, all_reduce, init_distributed,
                                         ranks_from_env, shutdown_distributed)
 from cnnbench.train.gemm_conv import AUTO_MAX_AREA, use_gemm_convs
 from cnnbench.train.loop import Engine, NonFiniteLoss, Progress, evaluate, improved, sums_to_metrics, train_one_epoch
@@ -59,6 +59,21 @@ def model_kwargs(recipe: Recipe, ds) -> dict[str, Any]:
     return {"num_classes": ds.num_classes, "in_channels": ds.channels,
             "input_size": recipe.data.input_size or ds.image_size[0], "init": m.init,
             "pretrained": m.pretrained, "weights": m.weights, **options}
+
+
+def rank_seed(seed: int, rank: int, *more: int) -> int:
+    """A seed for rank ``rank``'s own random streams, independent of the recipe seed's and of
+    every other rank's (``more``: e.g. the step, for fresh streams mid-run)."""
+    digest = hashlib.sha256(json.dumps(["rank", seed, rank, *more]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def seed_rank(recipe: Recipe, ranks: Ranks) -> None:
+    """After the model is built (identical on every rank, from the recipe seed): each rank other
+    than 0 draws its own dropout masks from here on. Rank 0 keeps the stream a single process
+    has, so one-process runs are unchanged."""
+    if ranks.rank > 0:
+        torch.manual_seed(rank_seed(recipe.seed, ranks.rank))
 
 
 def build_model(recipe: Recipe, kwargs: dict[str, Any]) -> torch.nn.Module:
@@ -132,12 +147,13 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
 
 # --------------------------------------------------------------------------- checkpoints
 def checkpoint_state(engine: Engine, progress: Progress, recipe: Recipe, classes: list[str], kwargs: dict,
-                     complete: bool, augment_ranks: torch.Tensor | None = None) -> dict[str, Any]:
+                     complete: bool, rng_ranks: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint dict (docs/design.md keys plus the ones listed in train/checkpoint.py).
-    ``augment_ranks``: every rank's augmentation-generator state (DDP), so each rank resumes its own."""
+    ``rng`` holds this process's RNG states; ``rng_ranks`` (``gather_rng_states``): every rank's,
+    stored as rng["ranks"] so that each rank resumes its own."""
     rng = capture_rng_state(engine.generator)
-    if augment_ranks is not None:
-        rng["augment_ranks"] = augment_ranks
+    if rng_ranks is not None:
+        rng["ranks"] = rng_ranks
     return {
         "model": engine.model.state_dict(), "optimizer": engine.optimizer.state_dict(),
         "scheduler": engine.schedule.state_dict(), "scaler": engine.scaler.state_dict(),
@@ -165,11 +181,9 @@ def restore(engine: Engine, ckpt: dict[str, Any], ranks: Ranks) -> Progress:
     # Only rank 0 carries the (already all-reduced) sums of an interrupted epoch, so the
     # end-of-epoch all-reduce counts them once.
     sums = ckpt["epoch_sums"] if ranks.is_main else torch.zeros(4, dtype=torch.float64)
+    own = rank_rng_state(ckpt["rng"], ranks.rank, ranks.world_size)
     try:
-        restore_rng_state(ckpt["rng"], engine.generator)
-        per_rank = ckpt["rng"].get("augment_ranks")
-        if per_rank is not None and len(per_rank) == ranks.world_size:
-            engine.generator.set_state(per_rank[ranks.rank].cpu())
+        restore_rng_state(own if own is not None else ckpt["rng"], engine.generator)
     except RuntimeError as exc:  # a generator state of another device type (16 bytes on CUDA, 5056 on the CPU)
         trained_on = ckpt.get("device")
         how = f"--device {torch.device(trained_on).type}" if trained_on else "the device its env.json names"
@@ -177,6 +191,13 @@ def restore(engine: Engine, ckpt: dict[str, Any], ranks: Ranks) -> Progress:
         raise CnnbenchError(f"resume: the checkpoint's random-number states come from a run on "
                             f"{trained_on or 'another kind of device'} and do not fit {engine.device} ({why}); "
                             f"resume with {how}") from None
+    if own is None and ranks.rank > 0:
+        # Saved by another number of processes: rank 0's states here would repeat rank 0's dropout
+        # masks and augmentation on this rank, so it draws fresh streams of its own (not exact,
+        # which a different world size cannot be anyway).
+        seed = rank_seed(ckpt["recipe"]["seed"], ranks.rank, ckpt["step"])
+        torch.manual_seed(seed)
+        engine.generator.manual_seed(seed)
     return Progress(epoch=ckpt["epoch"], step=ckpt["step"], best=ckpt["best"], best_epoch=ckpt["best_epoch"],
                     bad_epochs=ckpt["bad_epochs"], seconds=ckpt["seconds"], history=list(ckpt["history"]),
                     epoch_sums=sums.clone(), epoch_seconds=ckpt["epoch_seconds"], epoch_lr=ckpt["epoch_lr"])
@@ -196,8 +217,8 @@ class RunFiles:
     provenance: dict = dataclasses.field(default_factory=dict)  # dataset_manifest_hash, device, precision
 
     def save(self, engine: Engine, progress: Progress, which: str, complete: bool = True,
-             augment_ranks: torch.Tensor | None = None) -> None:
-        state = checkpoint_state(engine, progress, self.recipe, self.classes, self.kwargs, complete, augment_ranks)
+             rng_ranks: dict[str, Any] | None = None) -> None:
+        state = checkpoint_state(engine, progress, self.recipe, self.classes, self.kwargs, complete, rng_ranks)
         state.update(self.provenance)
         save_checkpoint(state, checkpoint_path(self.run_dir, which))
         if which == "last":
@@ -233,9 +254,9 @@ def fit(engine: Engine, progress: Progress, recipe: Recipe, files: RunFiles | No
             progress.epoch_lr = engine.optimizer.param_groups[0]["lr"]
         if not train_one_epoch(engine, progress, stop, show, after_step):
             progress.epoch_sums = all_reduce(progress.epoch_sums.clone())
-            augment_ranks = gather_to_all(engine.generator.get_state())  # a collective: every rank joins
+            rng_ranks = gather_rng_states(engine.generator)  # a collective: every rank joins
             if files:
-                files.save(engine, progress, "last", complete=False, augment_ranks=augment_ranks)
+                files.save(engine, progress, "last", complete=False, rng_ranks=rng_ranks)
             return "stopped"
         all_reduce(progress.epoch_sums)
         seconds = progress.epoch_seconds
@@ -256,16 +277,16 @@ def fit(engine: Engine, progress: Progress, recipe: Recipe, files: RunFiles | No
         snapshot = progress.epoch in engine.schedule.snapshot_epochs
         progress.epoch, progress.epoch_sums, progress.epoch_seconds, progress.epoch_lr = \
             progress.epoch + 1, torch.zeros(4, dtype=torch.float64), 0.0, None
-        augment_ranks = gather_to_all(engine.generator.get_state())
+        rng_ranks = gather_rng_states(engine.generator)
         if files:
             # last.pt goes last: it records this epoch as done (and as best), so a crash between
             # the saves must leave it behind best.pt and the snapshot, never ahead of them.
             if is_best:
-                files.save(engine, progress, "best", augment_ranks=augment_ranks)
+                files.save(engine, progress, "best", rng_ranks=rng_ranks)
             if snapshot:
                 cycle = engine.schedule.snapshot_epochs.index(progress.epoch - 1) + 1
-                files.save(engine, progress, f"snapshot-{cycle}", augment_ranks=augment_ranks)
-            files.save(engine, progress, "last", augment_ranks=augment_ranks)
+                files.save(engine, progress, f"snapshot-{cycle}", rng_ranks=rng_ranks)
+            files.save(engine, progress, "last", rng_ranks=rng_ranks)
             rundir.write_metrics(files.run_dir, progress.history)
             files.log_epoch(row)
         if not show and engine.is_main:
@@ -358,7 +379,11 @@ def train_run(recipe: Recipe | None, run_dir: str | Path, resume: bool = False, 
         if t.workers:
             torch.set_num_threads(t.workers)
         torch.use_deterministic_algorithms(t.deterministic)
-        return _train(recipe, run_dir, ckpt, quiet, dev, precision, ranks, after_step)
+        result = _train(recipe, run_dir, ckpt, quiet, dev, precision, ranks, after_step)
+        # Under DDP every rank returns only once rank 0 has written the run folder, so a caller on
+        # any rank can read it (or resume it) at once. A CPU tensor: gloo carries it on every device.
+        all_reduce(torch.zeros(1))
+        return result
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
@@ -442,6 +467,7 @@ def _train(recipe: Recipe, run_dir: Path, ckpt: dict[str, Any] | None, quiet: bo
     model = build_model(recipe, kwargs)
     mflops = count_flops(model) / 1e6  # forward FLOPs per image at the input size, torch's flop counter
     engine = build_engine(recipe, ds, model, dev, precision, ranks)
+    seed_rank(recipe, ranks)
     classes = [c.id for c in ds.classes]
     progress = Progress()
     provenance = {"dataset_manifest_hash": ds.manifest_hash, "device": str(dev), "precision": precision.name}
