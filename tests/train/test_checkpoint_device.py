@@ -32,6 +32,29 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     assert draws(g) == expected
 
 
+def test_each_rank_resumes_its_own_rng_states(tmp_path):
+    g = torch.Generator()
+    states, expected = [], []
+    for rank in (0, 1):  # two ranks' streams, as seed_rank leaves them: different
+        torch.manual_seed(10 + rank), np.random.seed(rank), random.seed(rank), g.manual_seed(rank)
+        states.append(ck.capture_rng_state(g))
+        expected.append(draws(g))
+    # rng["ranks"] as gather_rng_states writes it: every tensor stacked by rank.
+    stacked = {k: torch.stack([s[k] for s in states]) for k in states[0]}
+    ck.save_checkpoint({"rng": dict(states[0], ranks=stacked)}, tmp_path / "c.pt")
+    rng = ck.load_checkpoint(tmp_path / "c.pt")["rng"]
+    for rank in (1, 0):
+        ck.restore_rng_state(ck.rank_rng_state(rng, rank, 2), g)
+        assert draws(g) == expected[rank]
+    assert ck.rank_rng_state(rng, 1, 4) is None  # saved by another number of processes
+
+    # Checkpoints from before rng["ranks"]: rank 0's global states, each rank's augmentation state.
+    old = dict(states[0], augment_ranks=stacked["augment"])
+    ck.restore_rng_state(ck.rank_rng_state(old, 1, 2), g)
+    drawn = draws(g)
+    assert drawn[0] == expected[0][0] and drawn[3] == expected[1][3]
+
+
 def test_a_failed_write_leaves_the_previous_checkpoint_and_no_temp_file(tmp_path, monkeypatch):
     path = tmp_path / "checkpoints" / "last.pt"
     ck.save_checkpoint({"epoch": 1}, path)

@@ -34,3 +34,32 @@ def test_unknown_keys_list_the_valid_ones(tmp_path, capsys):
     assert main(["train", str(RECIPES[0]), "--set", "optim.name=lbfgs", "--out", str(tmp_path / "x")]) == 2
     assert "optim.name: expected one of sgd, adam, adamw, radam, got 'lbfgs'" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+BAD_VALUES = [
+    ("train.eval_every=0", "train.eval_every: expected a positive number, got 0"),
+    ("train.early_stopping=0", "train.early_stopping: expected a positive number (or null to never stop early), got 0"),
+    ("train.workers=-1", "train.workers: expected a non-negative number, got -1"),
+    ("schedule.pct_start=1", "schedule.pct_start: expected a fraction in (0, 1), got 1.0"),
+    ("schedule.pct_start=0", "schedule.pct_start: expected a fraction in (0, 1), got 0.0"),
+    ("schedule.gamma=0", "schedule.gamma: expected a positive number, got 0.0"),
+    ("schedule.warmup_epochs=-1", "schedule.warmup_epochs: expected a non-negative number, got -1.0"),
+    ("schedule.min_lr=-0.001", "schedule.min_lr: expected a non-negative number, got -0.001"),
+    ("optim.momentum=1", "optim.momentum: expected a value in [0, 1), got 1.0"),
+    ("optim.betas=[0.9, 1.0]", "optim.betas[1]: expected a value in [0, 1), got 1.0"),
+    ("optim.betas=[-0.1, 0.999]", "optim.betas[0]: expected a value in [0, 1), got -0.1"),
+]
+
+
+@pytest.mark.parametrize("override, message", BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
+def test_out_of_range_values_are_refused_before_any_folder_is_written(override, message, tmp_path, capsys):
+    assert main(["train", str(RECIPES[0]), "--set", override, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert f"{RECIPES[0]}: {message}\n" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x").exists()
+
+
+def test_edge_values_that_mean_something_are_accepted():
+    recipe = load_recipe(RECIPES[0], ["train.early_stopping=null", "train.workers=0", "optim.momentum=0",
+                                      "optim.betas=[0, 0.999]", "schedule.warmup_epochs=0", "schedule.min_lr=0"])
+    assert recipe.train.early_stopping is None and recipe.train.workers == 0 and recipe.optim.momentum == 0.0

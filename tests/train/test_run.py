@@ -7,20 +7,23 @@ import csv
 import json
 import os
 import signal
+from types import SimpleNamespace
 
 import pytest
 import torch
 import yaml
 
 from cnnbench.cli import main
+from cnnbench.commands.train import describe_best
+from cnnbench.train import run as run_module
 from cnnbench.errors import CnnbenchError
 from cnnbench.train.checkpoint import load_checkpoint, load_run
 from cnnbench.train.config import load_recipe
-from cnnbench.train.loop import classification_loss
+from cnnbench.train.loop import Progress, classification_loss
 from cnnbench.train.rundir import METRICS_COLUMNS, SUMMARY_COLUMNS
-from cnnbench.train.run import train_run
+from cnnbench.train.run import build_summary, train_run
 
-from train_fixtures import NAMES, TRAIN_PER_CLASS, WNIDS, tiny_recipe
+from train_fixtures import NAMES, TRAIN_PER_CLASS, WNIDS, tiny_recipe, write_tiny_imagenet
 
 BATCHES_PER_EPOCH = 4 * TRAIN_PER_CLASS // 16  # 6
 
@@ -51,7 +54,10 @@ def test_cli_writes_the_run_folder(tiny_data, tmp_path, capsys):
     assert summary["status"] == "finished" and summary["epochs"] == 2 and summary["model"] == "simple_cnn"
     assert summary["val_top1"] == pytest.approx(float(rows[-1]["val_top1"]), abs=1e-6)
     assert summary["params"] == 539_556  # simple_cnn at 12 px, 4 classes
-    assert summary["best_val_top1"] == max(float(r["val_top1"]) for r in rows)
+    assert summary["best_val_top1"] == max(float(r["val_top1"]) for r in rows)  # monitor val_top1
+    best_row = rows[summary["best_epoch"] - 1]
+    assert summary["monitor"] == "val_top1" and summary["best_val_loss"] == pytest.approx(float(best_row["val_loss"]), rel=1e-5)
+    assert f"best.pt: epoch {summary['best_epoch']} by val_top1 (val_top1 " in out
     assert json.loads((run / "classes.json").read_text()) == [{"id": w, "name": n} for w, n in zip(WNIDS, NAMES)]
     assert load_recipe(run / "recipe.yaml").train.epochs == 2
     env = json.loads((run / "env.json").read_text())
@@ -135,9 +141,43 @@ def test_sigterm_finishes_the_step_and_writes_a_checkpoint(tiny_data, tmp_path):
     assert ckpt["step"] == 2 and ckpt["loader"] == {"epoch": 0, "position": 2}
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handlers restored
     assert main(["train", "--resume", str(tmp_path / "run"), "--set", "train.epochs=4"]) == 2  # resume takes no --set
+    env = (tmp_path / "run" / "env.json").read_text()
     assert main(["train", "--resume", str(tmp_path / "run"), "--quiet"]) == 0
     assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == ["1", "2", "3"]
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "finished"
+    # The first process's provenance is kept; the resumed one's lies beside it.
+    assert (tmp_path / "run" / "env.json").read_text() == env
+    resumed = json.loads((tmp_path / "run" / "env-resume-0.json").read_text())
+    assert resumed["resumed_at_epoch"] == 0 and resumed["dataset_manifest_hash"] == json.loads(env)["dataset_manifest_hash"]
+
+
+def test_resume_refuses_rng_states_of_another_device_and_other_data(tmp_path, capsys):
+    data = write_tiny_imagenet(tmp_path / "data" / "tiny-imagenet-200.zip")
+    run = tmp_path / "run"
+    train_run(load_recipe(values=tiny_recipe(data)), run, quiet=True, after_step=interrupt_at(2, signal.SIGTERM))
+    last = run / "checkpoints" / "last.pt"
+    ckpt = load_checkpoint(last)
+    assert ckpt["dataset_manifest_hash"] == json.loads((run / "env.json").read_text())["dataset_manifest_hash"]
+    assert (ckpt["device"], ckpt["precision"]) == ("cpu", "fp32")
+
+    # As if trained on a GPU: a CUDA generator's state is 16 bytes, a CPU one's 5056.
+    cuda_rng = dict(ckpt["rng"], augment=torch.zeros(16, dtype=torch.uint8),
+                    ranks=dict(ckpt["rng"]["ranks"], augment=torch.zeros(1, 16, dtype=torch.uint8)))
+    cuda_like = dict(ckpt, device="cuda:0", rng=cuda_rng)
+    torch.save(cuda_like, last)
+    with pytest.raises(CnnbenchError, match=r"^resume: .* from a run on cuda:0 and do not fit cpu .*; resume with --device cuda$"):
+        train_run(None, run, resume=True, quiet=True)
+
+    # A change of precision (train.precision auto on another machine) is allowed, but said.
+    torch.save(dict(ckpt, precision="bf16"), last)
+    assert train_run(None, run, resume=True, quiet=True).status == "finished"
+    assert f"{run}: warning: resuming in fp32 on cpu; the run so far trained in bf16 on cpu" in capsys.readouterr().err
+
+    torch.save(ckpt, last)
+    write_tiny_imagenet(data, seed=1)  # the data re-extracted differently: another manifest
+    with pytest.raises(CnnbenchError, match=r"^\S+: the dataset differs from the one this run was trained on \(manifest hash"):
+        train_run(None, run, resume=True, quiet=True)
+    assert [p.name for p in run.glob("env-resume-*.json")] == ["env-resume-0.json"]  # the refused resume wrote nothing
 
 
 def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint(tiny_data, tmp_path):
@@ -152,6 +192,30 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint
     ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values())
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_nan_in_epoch_1_says_no_checkpoint_exists_and_how_to_start_again(tiny_data, tmp_path, capsys):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_data, train={"epochs": 2})))
+    run = tmp_path / "run"
+
+    def poison(engine, progress):  # NaN weights after the first step: no checkpoint has been written
+        if progress.step == 1:
+            next(iter(engine.model.parameters())).data.fill_(float("nan"))
+
+    with pytest.raises(CnnbenchError) as raised:
+        train_run(load_recipe(recipe), run, quiet=True, after_step=poison)
+    message = str(raised.value)
+    assert "loss became nan at epoch 1, step 2 of 6" in message and "last.pt" not in message
+    assert "No checkpoint exists yet" in message and f"cnnbench train {run / 'recipe.yaml'} --out {run} --overwrite" in message
+    assert not (run / "checkpoints").exists()
+    # --resume cannot continue it, and says how to start again instead of "checkpoint not found"
+    assert main(["train", "--resume", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"{run}: no checkpoint to resume from" in err and f"--out {run} --overwrite" in err and len(err.splitlines()) == 1
+    # and the command both messages give does start it again
+    assert main(["train", str(run / "recipe.yaml"), "--out", str(run), "--overwrite", "--quiet"]) == 0
+    assert json.loads((run / "summary.json").read_text())["status"] == "finished"
 
 
 def test_bf16_channels_last_sets_and_early_stopping(tiny_data, tmp_path):
@@ -177,12 +241,69 @@ def test_bf16_channels_last_sets_and_early_stopping(tiny_data, tmp_path):
     assert all(torch.equal(v, best["model"][k]) for k, v in model.state_dict().items())
 
 
-def test_cyclic_cosine_saves_a_snapshot_per_cycle(tiny_data, tmp_path):
+def files_of(run_dir) -> dict:
+    return {p.relative_to(run_dir): (p.read_bytes(), p.stat().st_mtime_ns) for p in run_dir.rglob("*") if p.is_file()}
+
+
+def test_resuming_a_finished_run_trains_nothing_and_rewrites_nothing(tiny_data, tmp_path, capsys):
+    # The fixture reaches val top-1 1.0 at once, so patience 1 stops it long before epoch 8.
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_data, train={"epochs": 8, "early_stopping": 1})))
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run), "--quiet"]) == 0
+    epochs = len(read_metrics(run))
+    assert epochs < 8
+    before = files_of(run)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    out, err = capsys.readouterr()
+    assert f"{run}: the run already finished (stopped early after epoch {epochs}: val_top1 had not improved" in err
+    assert "nothing was changed" in err and f"finished: {run}  epochs {epochs} " in out
+    assert files_of(run) == before
+    # Finished, but the process died before summary.json: the resume trains nothing and writes it.
+    (run / "summary.json").unlink()
+    assert train_run(None, run, resume=True, quiet=True).summary["epochs"] == epochs
+    assert len(read_metrics(run)) == epochs and json.loads((run / "summary.json").read_text())["status"] == "finished"
+
+    # A run that went through all its epochs, resumed from Python: the same, with its summary.
+    whole = train_run(load_recipe(values=tiny_recipe(tiny_data, train={"epochs": 1})), tmp_path / "whole", quiet=True)
+    before = files_of(tmp_path / "whole")
+    again = train_run(None, tmp_path / "whole", resume=True, quiet=True)
+    assert (again.status, again.summary) == ("finished", whole.summary)
+    assert "(epoch 1 of 1 done)" in capsys.readouterr().err
+    assert files_of(tmp_path / "whole") == before
+
+
+def test_cyclic_cosine_saves_a_snapshot_per_cycle_and_last_pt_after_them(tiny_data, tmp_path, monkeypatch):
+    saved, save = [], run_module.save_checkpoint
+    monkeypatch.setattr(run_module, "save_checkpoint",
+                        lambda state, path: (saved.append((state["epoch"], path.name)), save(state, path))[1])
     values = tiny_recipe(tiny_data, schedule={"name": "cyclic_cosine", "cycles": 2}, train={"epochs": 2})
     train_run(load_recipe(values=values), tmp_path / "run", quiet=True)
+    # last.pt records the epoch as done and as best: it must never be ahead of best.pt or a snapshot.
+    for epoch in (1, 2):
+        names = [name for e, name in saved if e == epoch]
+        assert names[-1] == "last.pt" and f"snapshot-{epoch}.pt" in names, saved
     names = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
     assert names == ["best.pt", "last.pt", "snapshot-1.pt", "snapshot-2.pt"]
     assert load_checkpoint(tmp_path / "run" / "checkpoints" / "snapshot-1.pt")["epoch"] == 1
+
+
+def test_summary_and_cli_describe_best_pt_by_the_monitored_metric(tmp_path):
+    # val_loss is lowest at epoch 2 but top-1 is highest at epoch 3: best.pt holds epoch 2, and
+    # every best_* value must be epoch 2's, not the maximum top-1 of another epoch.
+    rows = [{"epoch": 1, "val_loss": 1.0, "val_top1": 0.5, "val_top5": 0.9},
+            {"epoch": 2, "val_loss": 0.8, "val_top1": 0.4, "val_top5": 0.95},
+            {"epoch": 3, "val_loss": 0.9, "val_top1": 0.6, "val_top5": 1.0}]
+    progress = Progress(epoch=3, best=0.8, best_epoch=2, history=rows, seconds=3.0)
+    recipe = load_recipe(values={"train": {"monitor": "val_loss"}})
+    summary = build_summary(tmp_path, recipe, SimpleNamespace(name="tiny-imagenet"), torch.nn.Linear(2, 2), progress,
+                            "finished", 1.0)
+    assert summary["monitor"] == "val_loss" and summary["best_epoch"] == 2
+    assert (summary["best_val_top1"], summary["best_val_top5"], summary["best_val_loss"]) == (0.4, 0.95, 0.8)
+    assert summary["val_top1"] == 0.6  # the last evaluation
+    assert describe_best(summary) == "best.pt: epoch 2 by val_loss (val_loss 0.8000, val_top1 40.00%)"
+    assert describe_best(dict(summary, best_epoch=None)) == "best.pt -"
 
 
 def test_aux_heads_add_their_weighted_loss():

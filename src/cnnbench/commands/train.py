@@ -49,11 +49,22 @@ def run_train(args: argparse.Namespace) -> int:
         result = train_run(recipe, out, overwrite=args.overwrite, quiet=args.quiet, device=args.device)
     summary = result.summary
     if summary:
-        best = summary.get("best_val_top1")
         print(f"{result.status}: {result.run_dir}  epochs {summary['epochs']}  "
-              f"val_top1 {_pct(summary.get('val_top1'))}  best {_pct(best)} (epoch {summary.get('best_epoch')})  "
-              f"{summary['seconds']:.0f}s")
+              f"val_top1 {_pct(summary.get('val_top1'))}  {describe_best(summary)}  {summary['seconds']:.0f}s")
     return 0 if result.status != "stopped" else 130
+
+
+def describe_best(summary: dict) -> str:
+    """best.pt in words: its epoch, the metric that chose it, and that epoch's val metrics."""
+    if summary.get("best_epoch") is None:
+        return "best.pt -"
+    monitor = summary.get("monitor") or "val_top1"
+    shown = [f"val_top1 {_pct(summary.get('best_val_top1'))}"]
+    if monitor == "val_top5":
+        shown.insert(0, f"val_top5 {_pct(summary.get('best_val_top5'))}")
+    elif monitor == "val_loss" and summary.get("best_val_loss") is not None:
+        shown.insert(0, f"val_loss {summary['best_val_loss']:.4f}")
+    return f"best.pt: epoch {summary['best_epoch']} by {monitor} ({', '.join(shown)})"
 
 
 def _pct(value) -> str:

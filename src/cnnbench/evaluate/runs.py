@@ -48,15 +48,22 @@ def read_json(path: Path) -> Any:
 
 
 def write_atomic(path: Path, write) -> Path:
-    """Write a file through a temporary name in the same folder, then rename it into place.
+    """Write a file through a temporary name in the same folder, fsync it, then rename it into place.
 
-    ``write(tmp_path)`` produces the content; a failure leaves no half-written file under ``path``.
+    ``write(tmp_path)`` produces the content; a failure (or an interrupt) leaves the previous file
+    under ``path`` untouched and no temporary file behind. The one atomic writer of the run folder:
+    the training engine's files and checkpoints go through it too.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
+        fd = os.open(tmp, os.O_RDWR)
+        try:
+            os.fsync(fd)  # the data is on disk before the name points at it
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -8,12 +8,14 @@ pickled objects, so opening a checkpoint cannot execute code.
 Keys (docs/design.md): model, optimizer, scheduler, scaler, ema, rng, epoch, loader, recipe,
 classes, model_name, num_classes, best; plus model_kwargs (what ``create_model`` was called
 with), step, epoch_sums (the running train sums of an interrupted epoch), history (the
-metrics rows so far), bad_epochs (early-stopping counter), and complete (False mid-epoch).
+metrics rows so far), bad_epochs (early-stopping counter), complete (False mid-epoch), and
+dataset_manifest_hash, device, precision (what the run trained on; resume checks the first).
+``rng`` is rank 0's states, and ``rng["ranks"]`` every rank's (one row per rank; one row in a
+single process), from which each rank resumes its own.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,8 @@ import numpy as np
 import torch
 
 from cnnbench.errors import CnnbenchError
+from cnnbench.evaluate.runs import write_atomic
+from cnnbench.train.distributed import gather_to_all
 
 CHECKPOINT_DIR = "checkpoints"
 WHICH = ("best", "last")
@@ -63,23 +67,40 @@ def restore_rng_state(state: dict[str, Any], augment_generator: torch.Generator 
         augment_generator.set_state(state["augment"].cpu())
 
 
+def gather_rng_states(augment_generator: torch.Generator) -> dict[str, Any]:
+    """Every rank's ``capture_rng_state``, each tensor stacked by rank (a collective: every rank
+    joins). Stored as ``rng["ranks"]`` so that each rank resumes its own streams."""
+    state = capture_rng_state(augment_generator)
+    return {k: [gather_to_all(s) for s in v] if isinstance(v, list) else gather_to_all(v) for k, v in state.items()}
+
+
+def rank_rng_state(rng: dict[str, Any], rank: int, world_size: int) -> dict[str, Any] | None:
+    """Rank ``rank``'s states from a checkpoint's ``rng`` for ``restore_rng_state``; None when they
+    were saved by another number of processes (or by none of them: the oldest checkpoints).
+    Checkpoints from before ``rng["ranks"]`` kept only the augmentation generator per rank
+    (``augment_ranks``); their ranks all drew rank 0's global streams, which ``rng`` holds."""
+    # Each row is cloned: torch's set_state reads a view with a storage offset (every row but the
+    # first) wrongly, and crashes (torch 2.15).
+    per_rank = rng.get("ranks")
+    if per_rank is not None:
+        if len(per_rank["torch"]) != world_size:
+            return None
+        return {k: [s[rank].clone() for s in v] if isinstance(v, list) else v[rank].clone() for k, v in per_rank.items()}
+    augment = rng.get("augment_ranks")
+    if augment is None or len(augment) != world_size:
+        return None
+    return dict(rng, augment=augment[rank].clone())
+
+
 # --------------------------------------------------------------------------- files
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     """Write ``state`` to ``path`` atomically: a temp file in the same folder, fsync, os.replace.
     A crash mid-write leaves the previous checkpoint untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+
+    return write_atomic(Path(path), write)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -26,11 +26,24 @@ def _choice(section: str, name: str, value: Any, allowed: tuple) -> None:
         raise CnnbenchError(f"{section}.{name}: expected one of {', '.join(map(str, allowed))}, got {value!r}")
 
 
-def _positive(section: str, name: str, value: float | int | None, allow_zero: bool = False) -> None:
+def _positive(section: str, name: str, value: float | int | None, allow_zero: bool = False, note: str = "") -> None:
     if value is None:
         return
     if value < 0 or (value == 0 and not allow_zero):
-        raise CnnbenchError(f"{section}.{name}: expected a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+        raise CnnbenchError(f"{section}.{name}: expected a {'non-negative' if allow_zero else 'positive'} number"
+                            f"{f' ({note})' if note else ''}, got {value!r}")
+
+
+def _within(section: str, name: str, value: float | None, what: str, low: int, high: int,
+            low_open: bool = False, high_open: bool = True) -> None:
+    """``value`` (None passes) in the interval from ``low`` to ``high``, each end open or closed."""
+    if value is None:
+        return
+    above = low < value if low_open else low <= value
+    below = value < high if high_open else value <= high
+    if not (above and below):
+        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
+        raise CnnbenchError(f"{section}.{name}: expected {what} in {interval}, got {value!r}")
 
 
 @dataclass
@@ -63,8 +76,7 @@ class DataConfig:
         _choice("data", "normalize", self.normalize, ("none", "channel_mean", "pixel_mean", "standardize", "imagenet"))
         _positive("data", "train_per_class", self.train_per_class)
         _positive("data", "input_size", self.input_size)
-        if not 0.0 <= self.holdout < 1.0:
-            raise CnnbenchError(f"data.holdout: expected a fraction in [0, 1), got {self.holdout!r}")
+        _within("data", "holdout", self.holdout, "a fraction", 0, 1)
 
 
 @dataclass
@@ -89,8 +101,7 @@ class ModelConfig:
     def __post_init__(self) -> None:
         _choice("model", "init", self.init, ("default", "normal", "he", "glorot"))
         _choice("model", "finetune", self.finetune, ("all", "head"))
-        if self.dropout is not None and not 0.0 <= self.dropout < 1.0:
-            raise CnnbenchError(f"model.dropout: expected a rate in [0, 1), got {self.dropout!r}")
+        _within("model", "dropout", self.dropout, "a rate", 0, 1)
 
 
 @dataclass
@@ -102,11 +113,11 @@ class OptimConfig:
     lr: float = 0.1
     """Peak learning rate."""
     momentum: float = 0.9
-    """SGD momentum."""
+    """SGD momentum, in [0, 1)."""
     nesterov: bool = False
     """SGD with Nesterov momentum."""
     betas: tuple[float, float] = (0.9, 0.999)
-    """Adam-family betas."""
+    """Adam-family betas, each in [0, 1)."""
     eps: float = 1e-8
     """Adam-family epsilon."""
     weight_decay: float = 0.0
@@ -125,7 +136,10 @@ class OptimConfig:
         _positive("optim", "lr", self.lr)
         _positive("optim", "weight_decay", self.weight_decay, allow_zero=True)
         _positive("optim", "l2", self.l2, allow_zero=True)
+        _within("optim", "momentum", self.momentum, "a value", 0, 1)
         self.betas = tuple(self.betas)
+        for i, beta in enumerate(self.betas):
+            _within("optim", f"betas[{i}]", beta, "a value", 0, 1)
 
 
 @dataclass
@@ -139,7 +153,7 @@ class ScheduleConfig:
     step_epochs: int = 7
     """step: epochs between decays (one report divided by 10 every 7 epochs)."""
     gamma: float = 0.1
-    """step/plateau: multiplicative factor."""
+    """step/plateau: multiplicative factor (> 0)."""
     warmup_epochs: float = 0.0
     """cosine/cyclic_cosine: linear warm-up from 0 over this many epochs."""
     min_lr: float = 0.0
@@ -149,7 +163,7 @@ class ScheduleConfig:
     cycles: int = 1
     """cyclic_cosine: number of cycles (= snapshots)."""
     pct_start: float = 0.25
-    """onecycle: fraction of steps spent increasing."""
+    """onecycle: fraction of steps spent increasing, in (0, 1)."""
 
     def __post_init__(self) -> None:
         _choice("schedule", "name", self.name,
@@ -157,6 +171,10 @@ class ScheduleConfig:
         _positive("schedule", "step_epochs", self.step_epochs)
         _positive("schedule", "cycles", self.cycles)
         _positive("schedule", "decay", self.decay, allow_zero=True)
+        _positive("schedule", "gamma", self.gamma)
+        _positive("schedule", "warmup_epochs", self.warmup_epochs, allow_zero=True)
+        _positive("schedule", "min_lr", self.min_lr, allow_zero=True)
+        _within("schedule", "pct_start", self.pct_start, "a fraction", 0, 1, low_open=True)
 
 
 @dataclass
@@ -200,9 +218,7 @@ class AugmentConfig:
 
     def __post_init__(self) -> None:
         for name in ("hflip", "vflip", "blur", "random_erasing"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise CnnbenchError(f"augment.{name}: expected a probability in [0, 1], got {value!r}")
+            _within("augment", name, getattr(self, name), "a probability", 0, 1, high_open=False)
         for name in ("rotate", "translate", "brightness", "color_jitter", "mixup", "cutmix"):
             _positive("augment", name, getattr(self, name), allow_zero=True)
         for i, entry in enumerate(self.sets):
@@ -234,13 +250,13 @@ class TrainConfig:
     device: str = "auto"
     """auto, cpu, cuda, cuda:N or mps."""
     early_stopping: int | None = None
-    """Stop after this many epochs without improvement of the monitored metric; None never stops early."""
+    """Stop after this many evaluations (epochs, with eval_every 1) without improvement of the monitored metric; at least 1, or None to never stop early."""
     monitor: str = "val_top1"
     """Metric that picks the best checkpoint and drives early stopping (val_top1, val_top5 or val_loss)."""
     ema: float | None = None
     """Exponential moving average decay of the weights (e.g. 0.999); evaluation uses the average."""
     eval_every: int = 1
-    """Evaluate on the val split every N epochs (always on the last)."""
+    """Evaluate on the val split every N epochs (N >= 1; always on the last)."""
     tta: str = "none"
     """Test-time augmentation at evaluation: none or flip."""
     deterministic: bool = False
@@ -255,10 +271,11 @@ class TrainConfig:
         _choice("train", "monitor", self.monitor, ("val_top1", "val_top5", "val_loss"))
         _choice("train", "tta", self.tta, ("none", "flip"))
         _choice("train", "conv_impl", self.conv_impl, ("auto", "torch"))
-        if not 0.0 <= self.label_smoothing < 1.0:
-            raise CnnbenchError(f"train.label_smoothing: expected a value in [0, 1), got {self.label_smoothing!r}")
-        if self.ema is not None and not 0.0 < self.ema < 1.0:
-            raise CnnbenchError(f"train.ema: expected a decay in (0, 1), got {self.ema!r}")
+        _positive("train", "eval_every", self.eval_every)
+        _positive("train", "early_stopping", self.early_stopping, note="or null to never stop early")
+        _positive("train", "workers", self.workers, allow_zero=True)
+        _within("train", "label_smoothing", self.label_smoothing, "a value", 0, 1)
+        _within("train", "ema", self.ema, "a decay", 0, 1, low_open=True)
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 ``torchrun --nproc_per_node N -m cnnbench train RECIPE.yaml`` starts N copies; each reads
 RANK / WORLD_SIZE / LOCAL_RANK from the environment (set by torchrun), joins the process
-group (nccl on CUDA, gloo on CPU), reads its own shard of the cache through
+group (on CUDA: nccl for the GPU tensors, gloo for the small CPU ones; gloo on CPU), reads its own shard of the cache through
 ``BatchLoader(rank=, world_size=)``, and all-reduces its metric sums. Only rank 0 writes the
 run folder. Without those variables this is a single process and nothing here does anything.
 """
@@ -49,8 +49,16 @@ def init_distributed(ranks: Ranks, device: torch.device) -> torch.device:
         device = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group(process_group_backend(device))
     return device
+
+
+def process_group_backend(device: torch.device) -> str:
+    """The process group's backend for training on ``device``. The engine's own collectives (step
+    flags, metric sums, RNG-state gathers) use small CPU tensors, which plain "nccl" cannot carry
+    ("No backend type associated with device type cpu"): on CUDA, DDP's gradients go through
+    NCCL and CPU tensors through gloo."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
 
 
 def shutdown_distributed() -> None:

@@ -23,14 +23,15 @@ import torch
 from cnnbench.data import BatchLoader, BatchPipeline, load_dataset
 from cnnbench.data.augment import create_augment, create_mix
 from cnnbench.errors import CnnbenchError
+from cnnbench.evaluate.runs import read_json, read_summary
 from cnnbench.models import count_flops, create_model
 from cnnbench.models.base import count_parameters, freeze_backbone
 from cnnbench.train import rundir
-from cnnbench.train.checkpoint import (capture_rng_state, checkpoint_path, load_checkpoint, restore_rng_state,
-                                       save_checkpoint)
-from cnnbench.train.config import Recipe
+from cnnbench.train.checkpoint import (capture_rng_state, checkpoint_path, gather_rng_states, load_checkpoint,
+                                       rank_rng_state, restore_rng_state, save_checkpoint)
+from cnnbench.train.config import Recipe, TrainConfig
 from cnnbench.train.device import Precision, resolve_device, resolve_precision
-from cnnbench.train.distributed import (Ranks, StopRequest, all_reduce, gather_to_all, init_distributed,
+from cnnbench.train.distributed import (Ranks, StopRequest, all_reduce, init_distributed,
                                         ranks_from_env, shutdown_distributed)
 from cnnbench.train.gemm_conv import AUTO_MAX_AREA, use_gemm_convs
 from cnnbench.train.loop import Engine, NonFiniteLoss, Progress, evaluate, improved, sums_to_metrics, train_one_epoch
@@ -58,6 +59,21 @@ def model_kwargs(recipe: Recipe, ds) -> dict[str, Any]:
     return {"num_classes": ds.num_classes, "in_channels": ds.channels,
             "input_size": recipe.data.input_size or ds.image_size[0], "init": m.init,
             "pretrained": m.pretrained, "weights": m.weights, **options}
+
+
+def rank_seed(seed: int, rank: int, *more: int) -> int:
+    """A seed for rank ``rank``'s own random streams, independent of the recipe seed's and of
+    every other rank's (``more``: e.g. the step, for fresh streams mid-run)."""
+    digest = hashlib.sha256(json.dumps(["rank", seed, rank, *more]).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def seed_rank(recipe: Recipe, ranks: Ranks) -> None:
+    """After the model is built (identical on every rank, from the recipe seed): each rank other
+    than 0 draws its own dropout masks from here on. Rank 0 keeps the stream a single process
+    has, so one-process runs are unchanged."""
+    if ranks.rank > 0:
+        torch.manual_seed(rank_seed(recipe.seed, ranks.rank))
 
 
 def build_model(recipe: Recipe, kwargs: dict[str, Any]) -> torch.nn.Module:
@@ -131,12 +147,13 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
 
 # --------------------------------------------------------------------------- checkpoints
 def checkpoint_state(engine: Engine, progress: Progress, recipe: Recipe, classes: list[str], kwargs: dict,
-                     complete: bool, augment_ranks: torch.Tensor | None = None) -> dict[str, Any]:
+                     complete: bool, rng_ranks: dict[str, Any] | None = None) -> dict[str, Any]:
     """The checkpoint dict (docs/design.md keys plus the ones listed in train/checkpoint.py).
-    ``augment_ranks``: every rank's augmentation-generator state (DDP), so each rank resumes its own."""
+    ``rng`` holds this process's RNG states; ``rng_ranks`` (``gather_rng_states``): every rank's,
+    stored as rng["ranks"] so that each rank resumes its own."""
     rng = capture_rng_state(engine.generator)
-    if augment_ranks is not None:
-        rng["augment_ranks"] = augment_ranks
+    if rng_ranks is not None:
+        rng["ranks"] = rng_ranks
     return {
         "model": engine.model.state_dict(), "optimizer": engine.optimizer.state_dict(),
         "scheduler": engine.schedule.state_dict(), "scaler": engine.scaler.state_dict(),
@@ -164,10 +181,23 @@ def restore(engine: Engine, ckpt: dict[str, Any], ranks: Ranks) -> Progress:
     # Only rank 0 carries the (already all-reduced) sums of an interrupted epoch, so the
     # end-of-epoch all-reduce counts them once.
     sums = ckpt["epoch_sums"] if ranks.is_main else torch.zeros(4, dtype=torch.float64)
-    restore_rng_state(ckpt["rng"], engine.generator)
-    per_rank = ckpt["rng"].get("augment_ranks")
-    if per_rank is not None and len(per_rank) == ranks.world_size:
-        engine.generator.set_state(per_rank[ranks.rank].cpu())
+    own = rank_rng_state(ckpt["rng"], ranks.rank, ranks.world_size)
+    try:
+        restore_rng_state(own if own is not None else ckpt["rng"], engine.generator)
+    except RuntimeError as exc:  # a generator state of another device type (16 bytes on CUDA, 5056 on the CPU)
+        trained_on = ckpt.get("device")
+        how = f"--device {torch.device(trained_on).type}" if trained_on else "the device its env.json names"
+        why = str(exc).partition("\n")[0][:100]
+        raise CnnbenchError(f"resume: the checkpoint's random-number states come from a run on "
+                            f"{trained_on or 'another kind of device'} and do not fit {engine.device} ({why}); "
+                            f"resume with {how}") from None
+    if own is None and ranks.rank > 0:
+        # Saved by another number of processes: rank 0's states here would repeat rank 0's dropout
+        # masks and augmentation on this rank, so it draws fresh streams of its own (not exact,
+        # which a different world size cannot be anyway).
+        seed = rank_seed(ckpt["recipe"]["seed"], ranks.rank, ckpt["step"])
+        torch.manual_seed(seed)
+        engine.generator.manual_seed(seed)
     return Progress(epoch=ckpt["epoch"], step=ckpt["step"], best=ckpt["best"], best_epoch=ckpt["best_epoch"],
                     bad_epochs=ckpt["bad_epochs"], seconds=ckpt["seconds"], history=list(ckpt["history"]),
                     epoch_sums=sums.clone(), epoch_seconds=ckpt["epoch_seconds"], epoch_lr=ckpt["epoch_lr"])
@@ -183,17 +213,27 @@ class RunFiles:
     classes: list[str]
     kwargs: dict
     writer: Any = None  # torch.utils.tensorboard.SummaryWriter
+    last_saved: str | None = None  # where checkpoints/last.pt stands, in words (for messages)
+    provenance: dict = dataclasses.field(default_factory=dict)  # dataset_manifest_hash, device, precision
 
     def save(self, engine: Engine, progress: Progress, which: str, complete: bool = True,
-             augment_ranks: torch.Tensor | None = None) -> None:
-        state = checkpoint_state(engine, progress, self.recipe, self.classes, self.kwargs, complete, augment_ranks)
+             rng_ranks: dict[str, Any] | None = None) -> None:
+        state = checkpoint_state(engine, progress, self.recipe, self.classes, self.kwargs, complete, rng_ranks)
+        state.update(self.provenance)
         save_checkpoint(state, checkpoint_path(self.run_dir, which))
+        if which == "last":
+            self.last_saved = checkpoint_point(progress.epoch, engine.train_stream.position, complete)
 
     def log_epoch(self, row: dict) -> None:
         for key, value in row.items():
             if key != "epoch" and value is not None:
                 self.writer.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
         self.writer.flush()
+
+
+def checkpoint_point(epoch: int, position: int, complete: bool) -> str:
+    """Where a checkpoint was taken, in words: "end of epoch 2" or "epoch 3, step 4"."""
+    return f"end of epoch {epoch}" if complete else f"epoch {epoch + 1}, step {position}"
 
 
 def _epoch_row(progress: Progress, val: dict | None, lr: float, seconds: float) -> dict:
@@ -209,14 +249,14 @@ def fit(engine: Engine, progress: Progress, recipe: Recipe, files: RunFiles | No
         show: bool, after_step: Callable[[Engine, Progress], None] | None = None) -> str:
     """Train until the last epoch, early stopping, or a stop request; returns the status."""
     t = recipe.train
-    while progress.epoch < t.epochs:
+    while progress.epoch < t.epochs and not out_of_patience(t, progress.bad_epochs):
         if progress.epoch_lr is None:
             progress.epoch_lr = engine.optimizer.param_groups[0]["lr"]
         if not train_one_epoch(engine, progress, stop, show, after_step):
             progress.epoch_sums = all_reduce(progress.epoch_sums.clone())
-            augment_ranks = gather_to_all(engine.generator.get_state())  # a collective: every rank joins
+            rng_ranks = gather_rng_states(engine.generator)  # a collective: every rank joins
             if files:
-                files.save(engine, progress, "last", complete=False, augment_ranks=augment_ranks)
+                files.save(engine, progress, "last", complete=False, rng_ranks=rng_ranks)
             return "stopped"
         all_reduce(progress.epoch_sums)
         seconds = progress.epoch_seconds
@@ -237,24 +277,44 @@ def fit(engine: Engine, progress: Progress, recipe: Recipe, files: RunFiles | No
         snapshot = progress.epoch in engine.schedule.snapshot_epochs
         progress.epoch, progress.epoch_sums, progress.epoch_seconds, progress.epoch_lr = \
             progress.epoch + 1, torch.zeros(4, dtype=torch.float64), 0.0, None
-        augment_ranks = gather_to_all(engine.generator.get_state())
+        rng_ranks = gather_rng_states(engine.generator)
         if files:
-            files.save(engine, progress, "last", augment_ranks=augment_ranks)
+            # last.pt goes last: it records this epoch as done (and as best), so a crash between
+            # the saves must leave it behind best.pt and the snapshot, never ahead of them.
             if is_best:
-                files.save(engine, progress, "best", augment_ranks=augment_ranks)
+                files.save(engine, progress, "best", rng_ranks=rng_ranks)
             if snapshot:
                 cycle = engine.schedule.snapshot_epochs.index(progress.epoch - 1) + 1
-                files.save(engine, progress, f"snapshot-{cycle}", augment_ranks=augment_ranks)
+                files.save(engine, progress, f"snapshot-{cycle}", rng_ranks=rng_ranks)
+            files.save(engine, progress, "last", rng_ranks=rng_ranks)
             rundir.write_metrics(files.run_dir, progress.history)
             files.log_epoch(row)
         if not show and engine.is_main:
             print(_log_line(row, t.epochs), flush=True)
-        if t.early_stopping is not None and progress.bad_epochs >= t.early_stopping:
+        if out_of_patience(t, progress.bad_epochs):
             if engine.is_main:
                 print(f"early stopping: {t.monitor} has not improved for {progress.bad_epochs} evaluations "
                       f"(best {progress.best:.4f} at epoch {progress.best_epoch})", flush=True)
             break
     return "finished"
+
+
+def out_of_patience(t: TrainConfig, bad_epochs: int) -> bool:
+    """Whether early stopping ends the run after ``bad_epochs`` evaluations without improvement."""
+    return t.early_stopping is not None and bad_epochs >= t.early_stopping
+
+
+def finished_reason(ckpt: dict[str, Any], t: TrainConfig) -> str | None:
+    """Why the run that wrote ``ckpt`` had already finished (None if it had not): all epochs
+    done, or early stopping out of patience. Read from what every checkpoint holds."""
+    if not ckpt.get("complete", True):
+        return None  # stopped mid-epoch
+    if ckpt["epoch"] >= t.epochs:
+        return f"epoch {ckpt['epoch']} of {t.epochs} done"
+    if out_of_patience(t, ckpt["bad_epochs"]):
+        return (f"stopped early after epoch {ckpt['epoch']}: {t.monitor} had not improved for "
+                f"{ckpt['bad_epochs']} evaluations")
+    return None
 
 
 def _log_line(row: dict, epochs: int) -> str:
@@ -271,14 +331,17 @@ def recipe_hash(recipe: Recipe) -> str:
 
 
 def build_summary(run_dir: Path, recipe: Recipe, ds, model, progress: Progress, status: str, mflops: float) -> dict:
+    """summary.json's row. The best_* values all come from the epoch ``train.monitor`` chose, the
+    one best.pt holds (under monitor val_loss that need not be the epoch of the highest top-1)."""
     last_val = next((r for r in reversed(progress.history) if r.get("val_top1") is not None), {})
     last = progress.history[-1] if progress.history else {}
+    best = next((r for r in progress.history if r["epoch"] == progress.best_epoch), {})
     images = sum(r["images_per_s"] * r["epoch_seconds"] for r in progress.history if r.get("images_per_s"))
     return {
         "run": run_dir.name, "name": recipe.name, "model": recipe.model.name, "dataset": ds.name,
         "seed": recipe.seed, "params": count_parameters(model), "mflops": round(mflops, 3),
-        "epochs": progress.epoch, "best_epoch": progress.best_epoch,
-        "best_val_top1": max((r["val_top1"] for r in progress.history if r.get("val_top1") is not None), default=None),
+        "epochs": progress.epoch, "monitor": recipe.train.monitor, "best_epoch": progress.best_epoch,
+        "best_val_top1": best.get("val_top1"), "best_val_top5": best.get("val_top5"), "best_val_loss": best.get("val_loss"),
         "val_top1": last_val.get("val_top1"), "val_top5": last_val.get("val_top5"), "val_loss": last_val.get("val_loss"),
         "train_top1": last.get("train_top1"), "train_loss": last.get("train_loss"),
         "seconds": round(progress.seconds, 3), "images_per_s": images / progress.seconds if progress.seconds else None,
@@ -294,8 +357,15 @@ def train_run(recipe: Recipe | None, run_dir: str | Path, resume: bool = False, 
     recipe.yaml; a recipe given too must be identical). ``device`` overrides train.device."""
     run_dir = Path(run_dir)
     ranks = ranks_from_env()
+    ckpt = None
     if resume:
         recipe = _resumed_recipe(run_dir, recipe)
+        ckpt = _last_checkpoint(run_dir)
+        reason = finished_reason(ckpt, recipe.train)
+        summary = read_summary(run_dir) if (run_dir / "summary.json").is_file() else {}
+        if reason is not None and summary.get("status") == "finished":
+            return _already_finished(run_dir, reason, summary, ranks)
+        # (finished but no summary.json: a crash just before it; the resume below trains nothing and writes it)
     elif recipe is None:
         raise CnnbenchError("train: a recipe is needed unless resuming (cnnbench train RECIPE.yaml)")
     t = recipe.train
@@ -309,7 +379,11 @@ def train_run(recipe: Recipe | None, run_dir: str | Path, resume: bool = False, 
         if t.workers:
             torch.set_num_threads(t.workers)
         torch.use_deterministic_algorithms(t.deterministic)
-        return _train(recipe, run_dir, resume, quiet, dev, precision, ranks, after_step)
+        result = _train(recipe, run_dir, ckpt, quiet, dev, precision, ranks, after_step)
+        # Under DDP every rank returns only once rank 0 has written the run folder, so a caller on
+        # any rank can read it (or resume it) at once. A CPU tensor: gloo carries it on every device.
+        all_reduce(torch.zeros(1))
+        return result
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
@@ -329,8 +403,63 @@ def _resumed_recipe(run_dir: Path, recipe: Recipe | None) -> Recipe:
     return saved
 
 
-def _train(recipe: Recipe, run_dir: Path, resume: bool, quiet: bool, dev: torch.device, precision: Precision,
-           ranks: Ranks, after_step) -> RunResult:
+def _start_again(run_dir: Path) -> str:
+    """The command that starts a run folder's recipe again from scratch, in its place."""
+    return f"cnnbench train {run_dir / rundir.RUN_MARKER} --out {run_dir} --overwrite"
+
+
+def _last_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """checkpoints/last.pt of the run to resume. A run that ended (a crash, a NaN) before its first
+    checkpoint has none: nothing can be resumed, the run can only start again."""
+    path = checkpoint_path(run_dir, "last")
+    if not path.is_file():
+        raise CnnbenchError(f"{run_dir}: no checkpoint to resume from ({path} does not exist: the run ended before "
+                            f"its first checkpoint); start it again with: {_start_again(run_dir)}")
+    return load_checkpoint(path)
+
+
+def _already_finished(run_dir: Path, reason: str, summary: dict, ranks: Ranks) -> RunResult:
+    """Resuming a finished run: nothing to train and nothing to rewrite; its summary as it is."""
+    if ranks.is_main:
+        print(f"{run_dir}: the run already finished ({reason}); nothing to resume, nothing was changed. "
+              "Train more with a new run (another --out, or --overwrite)", file=sys.stderr, flush=True)
+    return RunResult(run_dir, "finished", summary)
+
+
+def _check_resumable(run_dir: Path, ckpt: dict[str, Any], classes: list[str], provenance: dict, ranks: Ranks) -> None:
+    """Resume only on the data the run was trained on; say so when the precision changes with the device."""
+    if ckpt["classes"] != classes:
+        raise CnnbenchError(f"{run_dir}: the dataset's classes differ from the ones this run was trained on")
+    # Checkpoints from before the hash was stored in them: the first process's env.json has it.
+    saved = ckpt.get("dataset_manifest_hash") or _first_environment(run_dir).get("dataset_manifest_hash")
+    if saved and saved != provenance["dataset_manifest_hash"]:
+        raise CnnbenchError(f"{run_dir}: the dataset differs from the one this run was trained on (manifest hash "
+                            f"{provenance['dataset_manifest_hash']}, the run's {saved}); resume with the same data, "
+                            "or start a new run")
+    if ckpt.get("precision") not in (None, provenance["precision"]) and ranks.is_main:
+        print(f"{run_dir}: warning: resuming in {provenance['precision']} on {provenance['device']}; the run so far "
+              f"trained in {ckpt['precision']} on {ckpt['device']} (train.precision auto follows the device)",
+              file=sys.stderr, flush=True)
+
+
+def _first_environment(run_dir: Path) -> dict:
+    path = run_dir / "env.json"
+    return read_json(path) if path.is_file() else {}
+
+
+def _diverged_hint(run_dir: Path, last_saved: str | None) -> str:
+    """What to do after a non-finite loss: name last.pt only if there is one."""
+    path = checkpoint_path(run_dir, "last")
+    if path.is_file():
+        return (f"The last good checkpoint is {path}{f' ({last_saved})' if last_saved else ''}; "
+                "lower optim.lr or use train.precision=fp32")
+    return (f"No checkpoint exists yet, so there is nothing to resume; start again with a lower optim.lr "
+            f"or train.precision=fp32: {_start_again(run_dir)} --set optim.lr=...")
+
+
+def _train(recipe: Recipe, run_dir: Path, ckpt: dict[str, Any] | None, quiet: bool, dev: torch.device,
+           precision: Precision, ranks: Ranks, after_step) -> RunResult:
+    resume = ckpt is not None
     d = recipe.data
     ds = load_dataset(d.name, data=d.path, grayscale=d.grayscale, train_per_class=d.train_per_class,
                       val_split=d.val_split, skip_bad=d.skip_bad, holdout=d.holdout, progress=not quiet and ranks.is_main)
@@ -338,12 +467,12 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, quiet: bool, dev: torch.
     model = build_model(recipe, kwargs)
     mflops = count_flops(model) / 1e6  # forward FLOPs per image at the input size, torch's flop counter
     engine = build_engine(recipe, ds, model, dev, precision, ranks)
+    seed_rank(recipe, ranks)
     classes = [c.id for c in ds.classes]
     progress = Progress()
+    provenance = {"dataset_manifest_hash": ds.manifest_hash, "device": str(dev), "precision": precision.name}
     if resume:
-        ckpt = load_checkpoint(checkpoint_path(run_dir, "last"))
-        if ckpt["classes"] != classes:
-            raise CnnbenchError(f"{run_dir}: the dataset's classes differ from the ones this run was trained on")
+        _check_resumable(run_dir, ckpt, classes, provenance, ranks)
         progress = restore(engine, ckpt, ranks)
     files = None
     if ranks.is_main:
@@ -352,10 +481,14 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, quiet: bool, dev: torch.
         if not resume:
             rundir.write_recipe(run_dir, recipe.to_dict())
             rundir.write_classes(run_dir, ds.classes)
-        rundir.write_json_atomic(run_dir / "env.json", rundir.environment(
+        resumed_at = progress.epoch if resume else None
+        rundir.write_json_atomic(rundir.environment_path(run_dir, resumed_at), rundir.environment(
             str(dev), precision.name, ds.manifest_hash, ranks.world_size,
-            {"resumed_at_epoch": progress.epoch if resume else None, "per_rank_batch": recipe.train.batch_size // ranks.world_size}))
-        files = RunFiles(run_dir, recipe, classes, kwargs, SummaryWriter(str(run_dir / "tb"), purge_step=progress.epoch + 1))
+            {"resumed_at_epoch": resumed_at, "per_rank_batch": recipe.train.batch_size // ranks.world_size}))
+        files = RunFiles(run_dir, recipe, classes, kwargs, SummaryWriter(str(run_dir / "tb"), purge_step=progress.epoch + 1),
+                         provenance=provenance)
+        if resume:
+            files.last_saved = checkpoint_point(ckpt["epoch"], ckpt["loader"]["position"], ckpt.get("complete", True))
     show = not quiet and ranks.is_main and sys.stderr.isatty()
     status = "finished"
     try:
@@ -366,8 +499,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, quiet: bool, dev: torch.
         message = str(exc)
         if files:
             _finish(files, recipe, ds, model, progress, status, mflops)
-        raise NonFiniteLoss(f"{message}; stopped. The last good checkpoint is {checkpoint_path(run_dir, 'last')} "
-                            f"(end of epoch {progress.epoch}); lower optim.lr or use train.precision=fp32") from None
+        raise NonFiniteLoss(f"{message}; stopped. {_diverged_hint(run_dir, files.last_saved if files else None)}") from None
     summary = _finish(files, recipe, ds, model, progress, status, mflops) if files else {}
     if status == "stopped" and ranks.is_main:
         print(f"stopped at epoch {progress.epoch + 1}, step {engine.train_stream.position} of {len(engine.train_stream)}; "

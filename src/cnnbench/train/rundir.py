@@ -1,9 +1,11 @@
 """The run folder (docs/design.md): what produced a result, saved next to it.
 
     recipe.yaml  env.json  classes.json  metrics.csv  tb/  checkpoints/{last,best}.pt  summary.json
+    env-resume-<epoch>.json (one per resume: the resumed process's environment)
 
-Every file is written to a temporary name in the same folder and moved into place with
-``os.replace``, so a crash never leaves a half-written file that looks complete. A folder that
+Every file is written to a temporary name in the same folder, fsynced and moved into place with
+``os.replace`` (``cnnbench.evaluate.runs.write_atomic``), so a crash never leaves a half-written
+file that looks complete, nor a stray temporary file. A folder that
 already holds a run is never reused silently: ``--resume`` continues it, ``--overwrite``
 replaces it, anything else is an error.
 """
@@ -12,8 +14,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
-import os
 import platform
 import shutil
 import subprocess
@@ -24,24 +24,17 @@ from typing import Any
 import yaml
 
 from cnnbench.errors import CnnbenchError
+# The project's one atomic writer (temp file, fsync, os.replace, temp removed on failure).
+from cnnbench.evaluate.runs import write_json as write_json_atomic
+from cnnbench.evaluate.runs import write_text as write_text_atomic
 
 METRICS_COLUMNS = ("epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
                    "lr", "epoch_seconds", "images_per_s")
-SUMMARY_COLUMNS = ("run", "name", "model", "dataset", "seed", "params", "mflops", "epochs", "best_epoch",
-                   "best_val_top1", "val_top1", "val_top5", "val_loss", "train_top1", "train_loss", "seconds",
+# best_*: the epoch train.monitor chose (best.pt) and its val metrics; val_*: the last evaluation.
+SUMMARY_COLUMNS = ("run", "name", "model", "dataset", "seed", "params", "mflops", "epochs", "monitor", "best_epoch",
+                   "best_val_top1", "best_val_top5", "best_val_loss", "val_top1", "val_top5", "val_loss", "train_top1", "train_loss", "seconds",
                    "images_per_s", "recipe_hash", "status")
 RUN_MARKER = "recipe.yaml"
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temp file in the same folder and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json_atomic(path: Path, value: Any) -> None:
-    write_text_atomic(path, json.dumps(value, indent=2) + "\n")
 
 
 def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path:
@@ -113,6 +106,18 @@ def git_state() -> dict:
     commit = _git("rev-parse", "HEAD")
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"git_commit": commit or None, "git_dirty": None if status is None else bool(status)}
+
+
+def environment_path(run_dir: Path, resumed_at_epoch: int | None) -> Path:
+    """env.json for the process that started the run; a resumed process writes its own
+    env-resume-<epoch>.json beside it (-2, -3, ... for more resumes in one epoch), so the
+    original provenance is never overwritten."""
+    if resumed_at_epoch is None:
+        return run_dir / "env.json"
+    path, n = run_dir / f"env-resume-{resumed_at_epoch}.json", 2
+    while path.exists():
+        path, n = run_dir / f"env-resume-{resumed_at_epoch}-{n}.json", n + 1
+    return path
 
 
 def environment(device: str, precision: str, manifest_hash: str, world_size: int, extra: dict | None = None) -> dict:
