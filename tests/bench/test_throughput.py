@@ -40,3 +40,26 @@ def test_every_model_divides_by_the_best_peak_of_the_whole_run(tmp_path, monkeyp
         assert row["mfu_bf16_best_peak_pct"] == pytest.approx(100 * row["images_per_s"].median * GFLOP[row["model"]] / 1900.0)
     target = next(t for t in section.targets if "utilisation" in t.name)
     assert target.measured == pytest.approx(100 * 320.0 * 0.87 / 1900.0)
+
+
+def test_a_peak_read_only_in_this_run_makes_the_verdict_provisional(tmp_path, monkeypatch):
+    """A first run on a machine divides by its own best peak: the section says so; once an earlier
+    run here read more, the note is gone (peaks.json supplies the larger denominator)."""
+    monkeypatch.setattr(throughput, "prepare_setup", lambda ctx: throughput.ThroughputSetup(SimpleNamespace(num_classes=4), None))
+    monkeypatch.setattr(throughput, "create_seeded_model", lambda name, *args: name)
+    monkeypatch.setattr(throughput, "training_flops_per_image", lambda name, size: GFLOP[name] * 1e9)
+    monkeypatch.setattr(throughput, "matmul_probe", lambda peaks: None)
+    monkeypatch.setattr(throughput, "measure_paths", fake_measure_paths)
+    settings = build_config(BenchSettings, {"models": ["resnet18"], "variants": ["bf16_cl"]}, "bench")
+
+    def section():
+        ctx = BenchContext(settings, log=lambda m: None, work_dir=tmp_path)
+        ctx.peaks = {dtype: MatmulPeak(dtype, "cpu", 64, Stats.of([rate], "GFLOP/s")) for dtype, rate in (("fp32", 190.0), ("bf16", 566.0))}
+        return throughput.throughput_section(ctx), ctx
+
+    first, ctx = section()
+    assert any("divides by 700 GFLOP/s, the best read in this run" in n and "provisional" in n for n in first.notes)
+    ctx.best_known_peak("bf16", 1900.0)  # a later run here read a faster minute
+    second, _ = section()
+    assert not any("provisional" in n for n in second.notes)
+    assert all(r["best_bf16_peak_gflops"] == 1900.0 for r in second.rows)
