@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cnnbench.bench.results import SCHEMA, SectionResult, markdown_table
+from cnnbench.bench.results import SCHEMA, SectionResult, markdown_table, write_text
 from cnnbench.bench.settings import BenchSettings
 from cnnbench.errors import CnnbenchError
 
@@ -98,10 +98,7 @@ class BenchContext:
             record = {}
         best = max(measured, float(record.get(key, {}).get(dtype, 0.0)))
         record.setdefault(key, {})[dtype] = best
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # temp + rename: never a half-written record
-        tmp.write_text(json.dumps(record, indent=1))
-        os.replace(tmp, path)
+        write_text(json.dumps(record, indent=1), path)  # temp + rename: never a half-written record
         return best
 
     def dataset(self, per_class: int | None = None):
