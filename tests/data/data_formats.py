@@ -86,10 +86,10 @@ def tiny_members(spec: TinySpec) -> dict[str, bytes]:
     return files
 
 
-def write_tiny_zip(path: Path, spec: TinySpec | None = None) -> Path:
+def write_tiny_zip(path: Path, spec: TinySpec | None = None, compression: int = zipfile.ZIP_STORED) -> Path:
     spec = spec or TinySpec()
     path.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(path, "w") as z:
+    with zipfile.ZipFile(path, "w", compression=compression) as z:
         for rel, data in tiny_members(spec).items():
             z.writestr(f"tiny-imagenet-200/{rel}", data)
         for name, data in spec.extra_members.items():

@@ -10,7 +10,7 @@ import pytest
 from cnnbench.cli import main
 from cnnbench.data import load_dataset
 from cnnbench.data.sources import safe_extract
-from data_formats import TinySpec, jpeg, write_tiny_folder, write_tiny_zip
+from data_formats import TinySpec, jpeg, write_mnist, write_tiny_folder, write_tiny_zip
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -111,3 +111,30 @@ def test_unknown_dataset_and_no_location(capsys, monkeypatch, fresh_home):
     monkeypatch.delenv("CNNBENCH_DATA", raising=False)
     code, _out, err = run_cli(capsys, "data", "info", "mnist")
     assert_one_line_error(code, err, "no mnist data found", "--data PATH", "cnnbench data download mnist")
+
+
+def corrupt_deflate_stream(data: bytearray, start: int) -> None:
+    """Make the deflate block at ``start`` declare the reserved block type 3 (zlib: 'invalid block type')."""
+    data[start] = 0b111  # BFINAL=1, BTYPE=11
+
+
+def test_corrupt_compressed_data_is_named(capsys, tmp_path, fresh_home, monkeypatch):
+    """A damaged deflate stream inside the zip (as the official, deflated archive has) or an MNIST .gz."""
+    member = "tiny-imagenet-200/val/val_annotations.txt"
+    source = write_tiny_zip(tmp_path / "tiny-imagenet-200.zip", compression=zipfile.ZIP_DEFLATED)
+    info = zipfile.ZipFile(source).getinfo(member)
+    data = bytearray(source.read_bytes())
+    corrupt_deflate_stream(data, info.header_offset + 30 + len(info.filename.encode()) + len(info.extra))
+    source.write_bytes(bytes(data))
+    code, _out, err = prepare(capsys, source)
+    assert_one_line_error(code, err, f"{source}:{member}", "truncated or corrupt")
+    assert no_cache_left(fresh_home)
+
+    folder = write_mnist(tmp_path / "mnist")
+    gz = folder / "train-labels-idx1-ubyte.gz"
+    data = bytearray(gz.read_bytes())
+    corrupt_deflate_stream(data, 10)  # right after gzip's 10-byte header
+    gz.write_bytes(bytes(data))
+    code, _out, err = run_cli(capsys, "data", "prepare", "mnist", "--data", str(folder))
+    assert_one_line_error(code, err, str(gz), "not a complete gzip file")
+    assert no_cache_left(fresh_home)

@@ -14,6 +14,7 @@ import os
 import posixpath
 import tarfile
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -104,7 +105,7 @@ class ZipTree(SourceTree):
     def read(self, name: str) -> bytes:
         try:
             return self._zip.read(name)
-        except (zipfile.BadZipFile, EOFError, OSError, KeyError) as exc:
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError, KeyError) as exc:  # zlib.error: damaged deflate data
             raise CnnbenchError(f"{self.describe(name)}: cannot read this entry ({exc}); the archive is truncated or corrupt") from None
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ labels, then one big-endian uint32 per dimension, then the data.
 from __future__ import annotations
 
 import gzip
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -65,7 +66,7 @@ class MnistReader(Reader):
                 if candidate.endswith(".gz"):
                     try:
                         data = gzip.decompress(data)
-                    except (OSError, EOFError) as exc:
+                    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: damaged deflate data
                         raise CnnbenchError(f"{where}: not a complete gzip file ({exc})") from None
                 return parse_idx(data, where, dims)
         raise CnnbenchError(f"{self.location.path}: not the official mnist layout: missing {self.member(stem)}.gz "
