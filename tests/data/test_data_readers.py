@@ -89,3 +89,15 @@ def test_cifar10_targz_and_folder(cifar_targz, tmp_path):
         assert train.labels.tolist()[:6] == batches["data_batch_1"][b"labels"]
         assert ds.split("test").files[0] == "test_batch_0.png"
         assert ds.grayscale_count == {"train": 0, "test": 0}
+
+
+def test_tiny_imagenet_ignores_files_that_are_not_jpegs_in_every_split(tmp_path):
+    """Finder/Explorer leave .DS_Store / Thumbs.db in extracted folders; train and val skipped
+    them, the unlabelled test split tried to decode them and the whole prepare failed."""
+    junk = {"test/images/.DS_Store": b"\0\0\0\1Bud1", "val/images/Thumbs.db": b"\xd0\xcf",
+            f"train/{WNIDS[0]}/images/.DS_Store": b"\0\0\0\1Bud1"}
+    root = write_tiny_folder(tmp_path, TinySpec(replace=junk))
+    ds = load_dataset("tiny-imagenet", data=root)
+    assert [len(ds.split(s)) for s in ("train", "val", "test")] == [36, 12, 3]
+    assert ds.split("test").files == [f"test/images/test_{t}.JPEG" for t in range(3)]
+    assert ds.manifest["splits"]["test"]["skipped"] == 0

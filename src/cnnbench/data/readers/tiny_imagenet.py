@@ -54,17 +54,20 @@ class TinyImageNetReader(Reader):
     def splits(self) -> list[RawSplit]:
         index = {c.id: i for i, c in enumerate(self.classes())}
         splits = [self._train_split(index), self._val_split(index)]
-        test = sorted((n for n in self.tree.names() if n.startswith(self.member("test/images/"))), key=_image_order)
+        test = sorted(self._jpegs("test/images/"), key=_image_order)
         if test:
             splits.append(RawSplit("test", [n[len(self.root):] for n in test], np.full(len(test), -1, dtype=np.int64)))
         return splits
 
+    def _jpegs(self, rel: str) -> list[str]:
+        """Member names of the .JPEG files below ``rel`` (not .DS_Store, Thumbs.db, ...)."""
+        prefix = self.member(rel)
+        return [n for n in self.tree.names() if n.startswith(prefix) and n.upper().endswith(".JPEG")]
+
     def _train_split(self, index: dict[str, int]) -> RawSplit:
         by_class: dict[str, list[str]] = {w: [] for w in index}
         prefix = self.member("train/")
-        for name in self.tree.names():
-            if not name.startswith(prefix) or not name.upper().endswith(".JPEG"):
-                continue
+        for name in self._jpegs("train/"):
             wnid = name[len(prefix):].split("/", 1)[0]
             if wnid not in by_class:
                 raise CnnbenchError(f"{self.tree.describe(name)}: class folder {wnid!r} is not in wnids.txt")
@@ -108,7 +111,7 @@ class TinyImageNetReader(Reader):
                 raise CnnbenchError(f"{where} line {number}: class {parts[1]!r} of {parts[0]} is not in wnids.txt")
             labels_by_file[parts[0]] = index[parts[1]]
         prefix = self.member("val/images/")
-        present = {n[len(prefix):] for n in self.tree.names() if n.startswith(prefix) and n.upper().endswith(".JPEG")}
+        present = {n[len(prefix):] for n in self._jpegs("val/images/")}
         for name in sorted(present - labels_by_file.keys(), key=_image_order)[:1]:
             raise CnnbenchError(f"{self.tree.describe(prefix + name)}: no label in {rel} (expected one line per val image)")
         for name in sorted(labels_by_file.keys() - present, key=_image_order)[:1]:
