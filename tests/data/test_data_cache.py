@@ -123,3 +123,15 @@ def test_damaged_cache_says_how_to_rebuild(tiny_zip, fresh_home):
         load_dataset("tiny-imagenet", data=tiny_zip)
     prepare_dataset("tiny-imagenet", tiny_zip, force=True)
     assert len(load_dataset("tiny-imagenet", data=tiny_zip).split("val")) == 12
+
+
+def test_cache_folder_without_a_manifest_is_rebuilt(tiny_zip, fresh_home):
+    """A folder with the cache's name but no readable manifest (deleted, or a copy cut short)
+    is not a cache: prepare builds it again instead of failing on every run with ENOTEMPTY."""
+    first = prepare_dataset("tiny-imagenet", tiny_zip)
+    for damage in (lambda m: m.unlink(), lambda m: m.write_text('{"format": 1, "data')):
+        damage(first.folder / "manifest.json")
+        again = prepare_dataset("tiny-imagenet", tiny_zip)
+        assert again.built and again.folder == first.folder and again.manifest["splits"] == first.manifest["splits"]
+        assert sorted(p.name for p in (fresh_home / "cache").iterdir()) == [first.folder.name]
+        assert len(load_dataset("tiny-imagenet", data=tiny_zip).split("val")) == 12

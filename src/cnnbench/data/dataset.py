@@ -95,8 +95,9 @@ def prepare_dataset(name: str, data: str | Path | None = None, grayscale: str = 
     manifest = read_manifest(folder)
     if manifest is not None and not force and _manifest_matches(manifest, reader, fingerprint, options):
         return PreparedCache(reader, location, fingerprint, folder, manifest, built=False)
+    # a folder of that name without a readable manifest is damaged, not a cache: replace it too
     build_cache(reader, location, fingerprint, options, folder, progress=progress,
-                replace=force or manifest is not None)
+                replace=force or folder.exists())
     return PreparedCache(reader, location, fingerprint, folder, read_manifest(folder), built=True)
 
 
