@@ -135,3 +135,16 @@ def test_cache_folder_without_a_manifest_is_rebuilt(tiny_zip, fresh_home):
         assert again.built and again.folder == first.folder and again.manifest["splits"] == first.manifest["splits"]
         assert sorted(p.name for p in (fresh_home / "cache").iterdir()) == [first.folder.name]
         assert len(load_dataset("tiny-imagenet", data=tiny_zip).split("val")) == 12
+
+
+@pytest.mark.parametrize("name, damage", [("stats.npz", "missing"), ("classes.json", "missing"),
+                                          ("excluded.json", "missing"), ("stats.npz", "garbage")])
+def test_every_cache_file_missing_or_corrupt_is_a_damaged_cache(tiny_zip, fresh_home, name, damage):
+    prepared = prepare_dataset("tiny-imagenet", tiny_zip)
+    if damage == "missing":
+        (prepared.folder / name).unlink()
+    else:
+        (prepared.folder / name).write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(CnnbenchError, match=r"damaged cache .*`cnnbench data prepare tiny-imagenet --force`") as exc:
+        load_dataset("tiny-imagenet", data=tiny_zip, val_split="half")  # half: reads excluded.json too
+    assert damage != "missing" or name in str(exc.value)

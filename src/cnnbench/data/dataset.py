@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -118,11 +119,20 @@ def _load_split(folder: Path, name: str) -> Split:
     )
 
 
-def _eval_halves(prepared: PreparedCache, splits: dict[str, Split], seed: int) -> tuple[Split, Split]:
+def _read_cache(folder: Path, manifest: dict) -> tuple[dict[str, Split], dict[str, np.ndarray], list[ClassInfo], list[dict]]:
+    """Every file of a finished cache: the splits (memory-mapped), train statistics, classes, excluded images."""
+    cached = {split: _load_split(folder, split) for split in manifest["splits"]}
+    stats = dict(np.load(folder / "stats.npz"))
+    classes = [ClassInfo(**c) for c in json.loads((folder / "classes.json").read_text())]
+    excluded = json.loads((folder / "excluded.json").read_text())
+    return cached, stats, classes, excluded
+
+
+def _eval_halves(prepared: PreparedCache, splits: dict[str, Split], excluded: list[dict],
+                 seed: int) -> tuple[Split, Split]:
     """The saved 50/50 stratified split of the dataset's labelled evaluation split."""
     source = prepared.reader.eval_split
     kept = splits[source]
-    excluded = json.loads((prepared.folder / "excluded.json").read_text())
     gone = [e for e in excluded if e["split"] == source]
     files = kept.files + [e["file"] for e in gone]
     labels = np.concatenate([kept.labels, np.asarray([e["label"] for e in gone], dtype=np.int64)])
@@ -144,7 +154,7 @@ def check_view_options(val_split: str, holdout: float) -> None:
         raise CnnbenchError("holdout and val_split=half both define the val split; choose one")
 
 
-def arrange_splits(prepared: PreparedCache, cached: dict[str, Split], train_per_class: int | None,
+def arrange_splits(prepared: PreparedCache, cached: dict[str, Split], excluded: list[dict], train_per_class: int | None,
                    val_split: str, holdout: float, split_seed: int) -> dict[str, Split]:
     """The splits a run sees: train, val, test (and 'unlabelled' for Tiny ImageNet's test images).
 
@@ -161,7 +171,7 @@ def arrange_splits(prepared: PreparedCache, cached: dict[str, Split], train_per_
     out = {"train": train}
     labelled_eval = cached[eval_name]
     if val_split == "half":
-        out["val"], out["test"] = _eval_halves(prepared, cached, split_seed)
+        out["val"], out["test"] = _eval_halves(prepared, cached, excluded, split_seed)
     elif holdout:
         keep, held = stratified_holdout(train.labels, holdout, split_seed)
         out["train"], out["val"] = train.subset(keep), train.subset(held, "val")
@@ -196,16 +206,13 @@ def load_dataset(name: str, data: str | Path | None = None, grayscale: str = "re
     prepared = prepare_dataset(name, data, grayscale=grayscale, skip_bad=skip_bad, progress=progress)
     manifest, folder = prepared.manifest, prepared.folder
     try:
-        cached = {split: _load_split(folder, split) for split in manifest["splits"]}
-    except (OSError, ValueError) as exc:
+        cached, stats, classes, excluded = _read_cache(folder, manifest)
+    except (OSError, ValueError, zipfile.BadZipFile) as exc:  # BadZipFile: a damaged stats.npz
         raise CnnbenchError(f"{folder}: damaged cache ({exc.__class__.__name__}: {exc}); "
                             f"rebuild it with `cnnbench data prepare {name} --force`") from None
-    splits = arrange_splits(prepared, cached, train_per_class, val_split, holdout, split_seed)
-    if splits["train"] is cached["train"]:
-        stats = dict(np.load(folder / "stats.npz"))
-    else:  # statistics always describe the training images this run uses
+    splits = arrange_splits(prepared, cached, excluded, train_per_class, val_split, holdout, split_seed)
+    if splits["train"] is not cached["train"]:  # statistics always describe the training images this run uses
         stats = compute_stats(splits["train"].images)
-    classes = [ClassInfo(**c) for c in json.loads((folder / "classes.json").read_text())]
     view = {"train_per_class": train_per_class, "val_split": val_split, "holdout": holdout, "split_seed": split_seed}
     return Dataset(
         name=name, classes=classes, image_size=tuple(manifest["image_size"]), channels=manifest["channels"],
