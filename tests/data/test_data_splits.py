@@ -68,3 +68,12 @@ def test_holdout_carves_val_from_train(mnist_dir):
 def test_holdout_and_half_together_are_refused(mnist_dir):
     with pytest.raises(CnnbenchError, match="choose one"):
         load_dataset("mnist", data=mnist_dir, holdout=0.1, val_split="half")
+
+
+def test_holdout_that_would_take_a_whole_class_is_refused(mnist_dir):
+    """One image per class and holdout 0.6: round(0.6) = 1 held out of 1, so train would lose
+    every class (and statistics of an empty split failed with a bare ValueError)."""
+    with pytest.raises(CnnbenchError, match=r"holdout 0.6: would hold out all 1 training image\(s\) of class 0"):
+        load_dataset("mnist", data=mnist_dir, train_per_class=1, holdout=0.6)
+    assert len(load_dataset("mnist", data=mnist_dir, train_per_class=2, holdout=0.6).split("train")) == 10
+

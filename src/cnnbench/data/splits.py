@@ -77,12 +77,19 @@ def split_file_path(dataset: str, fingerprint: str, split: str, seed: int) -> Pa
 
 
 def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(keep, holdout) index arrays: ``round(n * fraction)`` of each class held out, seeded."""
+    """(keep, holdout) index arrays: ``round(n * fraction)`` of each class held out, seeded.
+
+    A class so small that this would take all of its images is refused: training without the
+    class would still score it on val and test.
+    """
     rng = np.random.default_rng(seed)
     keep, held = [], []
     for c in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == c))
         k = int(round(len(members) * fraction))
+        if k == len(members):
+            raise CnnbenchError(f"holdout {fraction}: would hold out all {k} training image(s) of class {c}, leaving "
+                                "none to train on; use a smaller holdout or more training images per class")
         held.append(members[:k])
         keep.append(members[k:])
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
