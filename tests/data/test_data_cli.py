@@ -52,3 +52,10 @@ def test_help_on_every_level(capsys, argv):
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 0 and "usage: cnnbench data" in capsys.readouterr().out
+
+
+def test_show_refuses_a_negative_seed(capsys, tiny_zip, tmp_path):
+    out = tmp_path / "grid.png"
+    assert main(["data", "show", "tiny-imagenet", "--data", str(tiny_zip), "--seed", "-1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "cnnbench: error: --seed: expected a non-negative integer, got -1" and not out.exists()

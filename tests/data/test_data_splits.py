@@ -77,3 +77,9 @@ def test_holdout_that_would_take_a_whole_class_is_refused(mnist_dir):
         load_dataset("mnist", data=mnist_dir, train_per_class=1, holdout=0.6)
     assert len(load_dataset("mnist", data=mnist_dir, train_per_class=2, holdout=0.6).split("train")) == 10
 
+
+
+@pytest.mark.parametrize("seed", [-1, 1.5])
+def test_split_seed_must_be_a_non_negative_integer(mnist_dir, seed):
+    with pytest.raises(CnnbenchError, match=rf"split_seed: expected a non-negative integer, got {seed}"):
+        load_dataset("mnist", data=mnist_dir, val_split="half", split_seed=seed)

@@ -101,6 +101,8 @@ def run_show(args: argparse.Namespace) -> int:
 
     if args.n <= 0:
         raise CnnbenchError(f"--n: expected a positive number, got {args.n}")
+    if args.seed < 0:
+        raise CnnbenchError(f"--seed: expected a non-negative integer, got {args.seed}")
     ds = _load(args)
     rows = save_sample_grid(ds, args.split, args.n, args.out, seed=args.seed)
     print(f"wrote {args.out} ({len(rows)} {args.split} images of {ds.name})")

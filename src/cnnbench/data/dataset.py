@@ -145,13 +145,15 @@ def _eval_halves(prepared: PreparedCache, splits: dict[str, Split], excluded: li
     return kept.subset(rows(val_files), "val"), kept.subset(rows(test_files), "test")
 
 
-def check_view_options(val_split: str, holdout: float) -> None:
+def check_view_options(val_split: str, holdout: float, split_seed: int) -> None:
     if val_split not in VAL_SPLITS:
         raise CnnbenchError(f"val_split: expected one of {', '.join(VAL_SPLITS)}, got {val_split!r}")
     if not 0.0 <= holdout < 1.0:
         raise CnnbenchError(f"holdout: expected a fraction in [0, 1), got {holdout!r}")
     if holdout and val_split == "half":
         raise CnnbenchError("holdout and val_split=half both define the val split; choose one")
+    if not isinstance(split_seed, (int, np.integer)) or isinstance(split_seed, bool) or split_seed < 0:
+        raise CnnbenchError(f"split_seed: expected a non-negative integer, got {split_seed!r}")  # numpy seeds are >= 0
 
 
 def arrange_splits(prepared: PreparedCache, cached: dict[str, Split], excluded: list[dict], train_per_class: int | None,
@@ -163,7 +165,7 @@ def arrange_splits(prepared: PreparedCache, cached: dict[str, Split], excluded: 
     * half: the labelled evaluation split cut into val and test halves per class (seeded, saved).
     * holdout: a stratified fraction of train becomes val; the official labelled split is test.
     """
-    check_view_options(val_split, holdout)
+    check_view_options(val_split, holdout, split_seed)
     eval_name = prepared.reader.eval_split
     train = cached["train"]
     if train_per_class is not None:
@@ -200,7 +202,7 @@ def load_dataset(name: str, data: str | Path | None = None, grayscale: str = "re
     out as val (``DataConfig.holdout``), and the seed of that and of the half split (kept apart
     from the run seed so runs with different seeds see the same split).
     """
-    check_view_options(val_split, holdout)  # before minutes of decoding, not after
+    check_view_options(val_split, holdout, split_seed)  # before minutes of decoding, not after
     if train_per_class is not None and train_per_class <= 0:
         raise CnnbenchError(f"train_per_class: expected a positive number, got {train_per_class}")
     prepared = prepare_dataset(name, data, grayscale=grayscale, skip_bad=skip_bad, progress=progress)
