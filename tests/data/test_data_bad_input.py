@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import io
+import os
+import tarfile
 import zipfile
 from pathlib import Path
 
@@ -9,7 +12,8 @@ import pytest
 
 from cnnbench.cli import main
 from cnnbench.data import load_dataset
-from cnnbench.data.sources import safe_extract
+from cnnbench.data.sources import open_tree, safe_extract
+from cnnbench.errors import CnnbenchError
 from data_formats import TinySpec, jpeg, write_mnist, write_tiny_folder, write_tiny_zip
 
 
@@ -138,3 +142,27 @@ def test_corrupt_compressed_data_is_named(capsys, tmp_path, fresh_home, monkeypa
     code, _out, err = run_cli(capsys, "data", "prepare", "mnist", "--data", str(folder))
     assert_one_line_error(code, err, str(gz), "not a complete gzip file")
     assert no_cache_left(fresh_home)
+
+
+def open_handles(path: Path) -> int:
+    """How many of this process's file descriptors point at ``path`` (Linux /proc)."""
+    fds = Path("/proc/self/fd")
+    return sum(1 for fd in fds.iterdir() if os.path.realpath(fd) == str(path.resolve()))
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts descriptors through /proc")
+def test_a_refused_archive_is_closed_at_once(tmp_path, tiny_zip, cifar_targz, fresh_home):
+    """The error (and the traceback an interactive session keeps) must not hold the archive open."""
+    evil_zip = write_tiny_zip(tmp_path / "evil.zip", TinySpec(extra_members={"../evil.txt": b"x"}))
+    evil_tar = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil_tar, "w:gz") as tar:
+        tar.addfile(tarfile.TarInfo("../evil.txt"), io.BytesIO(b""))
+    truncated_tar = tmp_path / "cifar-10-python.tar.gz"
+    truncated_tar.write_bytes(cifar_targz.read_bytes()[:5000])
+    for archive, call in [(evil_zip, lambda: open_tree(evil_zip)), (evil_tar, lambda: open_tree(evil_tar)),
+                          (truncated_tar, lambda: open_tree(truncated_tar)),
+                          (tiny_zip, lambda: load_dataset("mnist", data=tiny_zip))]:  # no MNIST files in it
+        before = open_handles(archive)
+        with pytest.raises(CnnbenchError) as exc:
+            call()
+        assert exc.value.__traceback__ is not None and open_handles(archive) == before, (archive, str(exc.value))

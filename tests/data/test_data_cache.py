@@ -148,3 +148,17 @@ def test_every_cache_file_missing_or_corrupt_is_a_damaged_cache(tiny_zip, fresh_
     with pytest.raises(CnnbenchError, match=r"damaged cache .*`cnnbench data prepare tiny-imagenet --force`") as exc:
         load_dataset("tiny-imagenet", data=tiny_zip, val_split="half")  # half: reads excluded.json too
     assert damage != "missing" or name in str(exc.value)
+
+
+@pytest.mark.skipif(not hasattr(os, "posix_fallocate") or not os.path.isdir("/proc/self/fd"),
+                    reason="reserves space with posix_fallocate; counts descriptors through /proc")
+def test_full_disk_at_reservation_leaves_nothing_open(tiny_zip, fresh_home, monkeypatch):
+    def full(*_args):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(CnnbenchError, match="disk full while writing the tiny-imagenet cache") as exc:
+        prepare_dataset("tiny-imagenet", tiny_zip)
+    opened_here = [fd for fd in os.listdir("/proc/self/fd") if str(fresh_home) in os.path.realpath(f"/proc/self/fd/{fd}")]
+    assert exc.value.__context__ is not None and opened_here == []
+    assert list((fresh_home / "cache").iterdir()) == []

@@ -36,7 +36,7 @@ import numpy as np
 
 from cnnbench.errors import CnnbenchError
 from cnnbench.data.readers import DecodedChunk, RawSplit, Reader
-from cnnbench.data.sources import DatasetLocation, cnnbench_home
+from cnnbench.data.sources import DatasetLocation, closed_on_error, cnnbench_home
 from cnnbench.data.stats import RunningStats
 
 CACHE_FORMAT = 1
@@ -194,15 +194,16 @@ class _SplitWriter:
         self.path = folder / f"{split.name}_images.npy"
         self.header = _npy_header((len(split.files), *self.row_shape))
         self.file = open(self.path, "wb")
-        self.file.write(self.header)
-        total = len(self.header) + len(split.files) * self.row_bytes
-        # Reserve the disk space now, so a full disk fails before minutes of decoding.
-        if hasattr(os, "posix_fallocate") and len(split.files):
-            try:
-                os.posix_fallocate(self.file.fileno(), 0, total)
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
-                    raise  # ENOSPC among them; a file system that cannot reserve just writes as it goes
+        with closed_on_error(self.file):  # the caller has no writer to abort() yet
+            self.file.write(self.header)
+            total = len(self.header) + len(split.files) * self.row_bytes
+            # Reserve the disk space now, so a full disk fails before minutes of decoding.
+            if hasattr(os, "posix_fallocate") and len(split.files):
+                try:
+                    os.posix_fallocate(self.file.fileno(), 0, total)
+                except OSError as exc:
+                    if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+                        raise  # ENOSPC among them; a file system that cannot reserve just writes as it goes
         self.kept: list[int] = []
         self.gray_count = 0
         self.excluded: list[dict] = []

@@ -10,6 +10,7 @@ members straight out of the archive, and ``safe_extract`` (used by ``data downlo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import posixpath
 import tarfile
@@ -17,6 +18,7 @@ import zipfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Iterator
 
 from cnnbench.errors import CnnbenchError
 
@@ -36,6 +38,21 @@ def check_member_name(archive: Path, name: str) -> None:
     pure = PurePosixPath(name.replace("\\", "/"))
     if pure.is_absolute() or ".." in pure.parts or (pure.parts and ":" in pure.parts[0]):
         raise CnnbenchError(f"{archive}: entry {name!r} would escape the target folder; refusing to read this archive")
+
+
+@contextlib.contextmanager
+def closed_on_error(resource) -> Iterator[None]:
+    """Close ``resource`` if the block raises: a refused archive or writer is not left open
+    for as long as the error's traceback lives (an interactive session keeps the last one)."""
+    try:
+        yield
+    except BaseException:
+        resource.close()
+        raise
+
+
+def _unreadable_tar(path: Path, exc: BaseException) -> CnnbenchError:
+    return CnnbenchError(f"{path}: not a readable tar archive ({exc}); expected a complete .tar.gz — download it again")
 
 
 class SourceTree:
@@ -96,8 +113,9 @@ class ZipTree(SourceTree):
         except OSError as exc:
             raise CnnbenchError(f"{path}: cannot open ({exc.strerror})") from None
         self._names = [n for n in self._zip.namelist() if not n.endswith("/")]
-        for name in self._names:
-            check_member_name(path, name)
+        with closed_on_error(self):
+            for name in self._names:
+                check_member_name(path, name)
 
     def names(self) -> list[str]:
         return self._names
@@ -117,12 +135,16 @@ class TarTree(SourceTree):
         self.path = path
         try:
             self._tar = tarfile.open(path, "r:*")
-            members = self._tar.getmembers()
         except (tarfile.TarError, EOFError, OSError) as exc:
-            raise CnnbenchError(f"{path}: not a readable tar archive ({exc}); expected a complete .tar.gz — download it again") from None
-        self._members = {m.name: m for m in members if m.isfile()}
-        for name in self._members:
-            check_member_name(path, name)
+            raise _unreadable_tar(path, exc) from None
+        with closed_on_error(self):
+            try:
+                members = self._tar.getmembers()
+            except (tarfile.TarError, EOFError, OSError) as exc:
+                raise _unreadable_tar(path, exc) from None
+            self._members = {m.name: m for m in members if m.isfile()}
+            for name in self._members:
+                check_member_name(path, name)
 
     def names(self) -> list[str]:
         return sorted(self._members)

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from cnnbench.errors import CnnbenchError
-from cnnbench.data.sources import DatasetLocation, SourceTree, open_tree
+from cnnbench.data.sources import DatasetLocation, SourceTree, closed_on_error, open_tree
 
 
 @dataclass
@@ -76,7 +76,8 @@ class Reader:
     def __init__(self, location: DatasetLocation):
         self.location = location
         self.tree: SourceTree = open_tree(location.path)
-        self.root = self._find_root()
+        with closed_on_error(self.tree):
+            self.root = self._find_root()
 
     # -- the interface --------------------------------------------------------------------
     def classes(self) -> list[ClassInfo]:
