@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import pickle
 import tarfile
 import zipfile
 from pathlib import Path
@@ -14,7 +15,8 @@ from cnnbench.cli import main
 from cnnbench.data import load_dataset
 from cnnbench.data.sources import open_tree, safe_extract
 from cnnbench.errors import CnnbenchError
-from data_formats import TinySpec, jpeg, write_mnist, write_tiny_folder, write_tiny_zip
+from data_formats import (TinySpec, cifar_batches, jpeg, write_cifar_folder, write_mnist, write_tiny_folder,
+                          write_tiny_zip)
 
 
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
@@ -166,3 +168,14 @@ def test_a_refused_archive_is_closed_at_once(tmp_path, tiny_zip, cifar_targz, fr
         with pytest.raises(CnnbenchError) as exc:
             call()
         assert exc.value.__traceback__ is not None and open_handles(archive) == before, (archive, str(exc.value))
+
+
+@pytest.mark.parametrize("label", [-1, 10])
+def test_cifar_label_outside_the_classes_is_named(capsys, tmp_path, fresh_home, label):
+    root = write_cifar_folder(tmp_path)
+    batch = cifar_batches()["data_batch_2"]
+    batch[b"labels"][3] = label
+    (root / "data_batch_2").write_bytes(pickle.dumps(batch, protocol=2))
+    code, _out, err = run_cli(capsys, "data", "prepare", "cifar10", "--data", str(root))
+    assert_one_line_error(code, err, f"{root / 'data_batch_2'}: label {label} is not one of the 10 classes")
+    assert no_cache_left(fresh_home)

@@ -70,8 +70,9 @@ class Cifar10Reader(Reader):
                     batch_labels = np.asarray(batch.get(b"labels"), dtype=np.int64)
                     if len(batch_labels) != len(data):
                         raise CnnbenchError(f"{where}: {len(data)} images but {len(batch_labels)} labels")
-                    if batch_labels.size and (batch_labels.min() < 0 or batch_labels.max() > 9):
-                        raise CnnbenchError(f"{where}: label {int(batch_labels.max())} is not one of the 10 classes")
+                    outside = batch_labels[(batch_labels < 0) | (batch_labels > 9)]
+                    if outside.size:
+                        raise CnnbenchError(f"{where}: label {int(outside[0])} is not one of the 10 classes")
                     images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # planes -> (N, H, W, C)
                     labels.append(batch_labels)
                     names = batch.get(b"filenames") or [f"{rel}[{i}]".encode() for i in range(len(data))]
