@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from cnnbench.data import load_dataset
-from data_formats import (CIFAR_NAMES, WNIDS, TinySpec, cifar_batches, colour, gray_level, mnist_arrays,
+from data_formats import (CIFAR_NAMES, WNIDS, TinySpec, cifar_batches, colour, gray_level, jpeg, mnist_arrays,
                           write_cifar_folder, write_mnist, write_tiny_folder)
 
 
@@ -101,3 +101,19 @@ def test_tiny_imagenet_ignores_files_that_are_not_jpegs_in_every_split(tmp_path)
     assert [len(ds.split(s)) for s in ("train", "val", "test")] == [36, 12, 3]
     assert ds.split("test").files == [f"test/images/test_{t}.JPEG" for t in range(3)]
     assert ds.manifest["splits"]["test"]["skipped"] == 0
+
+
+def test_tiny_imagenet_folder_with_symlinked_subfolders(tmp_path, fresh_home):
+    """Big folders are often symlinked from another disk: the files behind a linked train/ are
+    read, and fingerprinted, so editing one of them rebuilds the cache."""
+    root = write_tiny_folder(tmp_path / "data")
+    (tmp_path / "disk").mkdir()
+    (root / "train").rename(tmp_path / "disk" / "train")
+    (root / "train").symlink_to(tmp_path / "disk" / "train", target_is_directory=True)
+    (root / "loop").symlink_to(root, target_is_directory=True)  # a cycle must not hang the walk
+    ds = load_dataset("tiny-imagenet", data=root)
+    assert len(ds.split("train")) == 36 and ds.split("train").files[0] == f"train/{WNIDS[0]}/images/{WNIDS[0]}_0.JPEG"
+    image = tmp_path / "disk" / "train" / WNIDS[0] / "images" / f"{WNIDS[0]}_0.JPEG"
+    image.write_bytes(jpeg((7, 7, 7)))
+    again = load_dataset("tiny-imagenet", data=root)
+    assert again.cache_dir != ds.cache_dir and abs(float(again.split("train").images[0].mean()) - 7) < 2

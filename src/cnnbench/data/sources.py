@@ -80,6 +80,24 @@ class SourceTree:
         self.close()
 
 
+def walk_files(top: Path) -> list[str]:
+    """Posix paths, relative to ``top``, of everything below it that is not a folder.
+
+    Symlinked folders are followed (a big train/ often lives on another disk), each real
+    folder once, so a link back up the tree cannot loop.
+    """
+    found, seen = [], set()
+    for root, dirs, files in os.walk(top, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        rel = os.path.relpath(root, top)
+        found += [f if rel == "." else posixpath.join(Path(rel).as_posix(), f) for f in files]
+    return found
+
+
 class FolderTree(SourceTree):
     def __init__(self, path: Path):
         self.path = path
@@ -87,12 +105,7 @@ class FolderTree(SourceTree):
 
     def names(self) -> list[str]:
         if self._names is None:
-            found = []
-            for root, _dirs, files in os.walk(self.path):
-                rel = os.path.relpath(root, self.path)
-                for f in files:
-                    found.append(f if rel == "." else posixpath.join(Path(rel).as_posix(), f))
-            self._names = sorted(found)
+            self._names = sorted(walk_files(self.path))
         return self._names
 
     def read(self, name: str) -> bytes:

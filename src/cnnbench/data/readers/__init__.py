@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from cnnbench.errors import CnnbenchError
-from cnnbench.data.sources import DatasetLocation, SourceTree, closed_on_error, open_tree
+from cnnbench.data.sources import DatasetLocation, SourceTree, closed_on_error, open_tree, walk_files
 
 
 @dataclass
@@ -94,7 +94,7 @@ class Reader:
         """The files whose content defines the dataset (fingerprinted to key the cache)."""
         if location.path.is_file():
             return [location.path]
-        return sorted(p for p in Path(location.path).rglob("*") if p.is_file())
+        return sorted(p for p in (location.path / name for name in walk_files(location.path)) if p.is_file())
 
     # -- helpers for subclasses -----------------------------------------------------------
     def _find_root(self) -> str:
