@@ -149,3 +149,19 @@ def test_freeze_backbone_switches_auxiliary_heads_off():
     model.train()
     assert isinstance(model(torch.zeros(2, 3, 32, 32)), torch.Tensor)
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"fc"}
+
+
+@pytest.mark.parametrize("in_channels", [1, 4])
+def test_pretrained_googlenet_takes_other_channel_counts(tmp_path, in_channels):
+    # torchvision's transform_input rescales exactly three ImageNet-normalised channels; with a
+    # 1-channel stem it indexed a channel that is not there (IndexError on the first forward).
+    torch.manual_seed(0)
+    state = torchvision.models.googlenet(aux_logits=True, init_weights=False).state_dict()
+    path = tmp_path / "googlenet.pth"
+    torch.save(state, path)
+    model = create_model("googlenet", num_classes=10, in_channels=in_channels, input_size=64, weights=str(path))
+    assert model.conv1.conv.in_channels == in_channels and not model.transform_input
+    model.eval()
+    assert model(torch.zeros(2, in_channels, 64, 64)).shape == (2, 10)
+    rgb = create_model("googlenet", num_classes=10, input_size=64, weights=str(path))
+    assert rgb.transform_input  # three channels keep torchvision's [-1, 1] rescaling
