@@ -89,6 +89,7 @@ def test_onnx_export_matches_pytorch(tmp_path, tiny_data):
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     assert json.loads(meta["cnnbench.classes"]) == WNIDS and meta["cnnbench.input_size"] == "64"
+    assert meta["cnnbench.tta"] == "none"  # the run's train.tta: how its val numbers were scored
     assert len(json.loads(meta["cnnbench.channel_mean"])) == 3
     from cnnbench.train.checkpoint import load_run
     model, _, _ = load_run(cnn)
