@@ -60,6 +60,26 @@ def test_submission_has_one_line_per_test_image_in_challenge_format(run, tiny_da
     assert [line.split()[1] for line in lines] == [WNIDS[i] for i in reference.argmax(1)]
 
 
+def test_predict_and_submission_use_the_runs_own_flip_tta(tiny_data, tmp_path):
+    """A train.tta: flip run is scored on the image and its mirror (what its metrics.csv and
+    `cnnbench evaluate` report); predict and the submission must score it the same way."""
+    flip_run = write_checkpointed_run(tmp_path / "flip-s0", tiny_data, seed=5, tta="flip")
+    plain, _ = reference_log_probs(flip_run, tiny_data)
+    mirrored, _ = reference_log_probs(flip_run, tiny_data, flip=True)
+    expected = np.log((np.exp(plain) + np.exp(mirrored)) / 2)
+    assert np.abs(expected - plain).max() > 1e-3  # the mirror changes the scores of this model
+    val0 = tiny_data / "val" / "images" / "val_0.JPEG"
+    guess = predict_images(flip_run, [val0], top=4)[0]["top"]
+    assert {g.id: g.probability for g in guess} == pytest.approx(
+        {WNIDS[i]: float(np.exp(expected[0, i])) for i in range(4)}, abs=2e-3)
+    out = tmp_path / "submission.txt"
+    write_submission(flip_run, out)
+    test_plain, _ = reference_log_probs(flip_run, tiny_data, split="test")
+    test_mirrored, _ = reference_log_probs(flip_run, tiny_data, split="test", flip=True)
+    chosen = (np.exp(test_plain) + np.exp(test_mirrored)).argmax(1)
+    assert [line.split()[1] for line in out.read_text().splitlines()] == [WNIDS[i] for i in chosen]
+
+
 def test_onnx_export_matches_pytorch(tmp_path, tiny_data):
     onnxruntime = pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
@@ -69,6 +89,7 @@ def test_onnx_export_matches_pytorch(tmp_path, tiny_data):
     session = onnxruntime.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     meta = session.get_modelmeta().custom_metadata_map
     assert json.loads(meta["cnnbench.classes"]) == WNIDS and meta["cnnbench.input_size"] == "64"
+    assert meta["cnnbench.tta"] == "none"  # the run's train.tta: how its val numbers were scored
     assert len(json.loads(meta["cnnbench.channel_mean"])) == 3
     from cnnbench.train.checkpoint import load_run
     model, _, _ = load_run(cnn)

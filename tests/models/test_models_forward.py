@@ -150,3 +150,33 @@ def test_keras_layer_order_and_bn_settings():
     assert names == ["conv1", "relu1", "bn1"]  # "conv, ReLu, BN" as the table writes it
     assert model.features.bn1.eps == 1e-3 and model.features.bn1.momentum == pytest.approx(0.01)
     assert model.features.conv2.kernel_size == (2, 1) and model.features.conv3.kernel_size == (1, 2)
+
+
+def _block_by_hand(block, x, preactivated_shortcut):
+    """He et al. 2016's full pre-activation unit, spelled out."""
+    relu = torch.nn.functional.relu
+    a = x if block.bn1 is None else relu(block.bn1(x))
+    residual = block.conv2(relu(block.bn2(block.conv1(a))))
+    into_shortcut = a if preactivated_shortcut else x
+    return residual + (into_shortcut if block.shortcut is None else block.shortcut(into_shortcut))
+
+
+@pytest.mark.parametrize("stem", ["imagenet", "small"])
+def test_preact_blocks_pre_activate_where_preresnet_lua_does(stem):
+    """The first block of a stage pre-activates before the split (its shortcut sees the
+    activated input), except stage 1 after the ImageNet stem, whose input is already BN-ReLU'd;
+    the other blocks pre-activate the residual path only."""
+    torch.manual_seed(0)
+    model = create_model("preact_resnet18", num_classes=NUM_CLASSES, input_size=32, stem=stem).eval()
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.uniform_(-1, 1)  # non-trivial BN, so an extra or missing BN-ReLU shows
+        bn.weight.data.uniform_(0.5, 1.5)
+    first = model.layer1[0]
+    assert (first.bn1 is None) == (stem == "imagenet")
+    x = torch.randn(2, 64, 8, 8)
+    with torch.no_grad():
+        assert torch.allclose(first(x), _block_by_hand(first, x, preactivated_shortcut=True), atol=1e-5)
+        second = model.layer1[1]
+        assert torch.allclose(second(x), _block_by_hand(second, x, preactivated_shortcut=False), atol=1e-5)
+        down = model.layer2[0]
+        assert torch.allclose(down(x), _block_by_hand(down, x, preactivated_shortcut=True), atol=1e-5)

@@ -83,11 +83,16 @@ def test_hand_counts_spelled_out():
 def test_preact_resnet18_differs_from_resnet18_only_in_bn_placement():
     # ResNet-18 BN: stem 64; per stage 2 blocks x 2 BN(width), plus a downsample BN in stages 2-4.
     resnet_bn = 2 * (64 + 4 * 64 + 5 * 128 + 5 * 256 + 5 * 512)                      # 9,600
-    # Pre-activation: stem BN 64; each block BN(in) + BN(out); a final BN(512); no shortcut BN.
-    preact_bn = 2 * (64 + (64 + 64) * 2 + (64 + 128) + (128 + 128) + (128 + 256) + (256 + 256)
-                     + (256 + 512) + (512 + 512) + 512)                            # 7,936
+    # Pre-activation: stem BN 64; each block BN(in) + BN(out), except that the first block after
+    # the ImageNet stem (already BN-ReLU) has no BN(in) (preresnet.lua's 'no_preact'); a final
+    # BN(512); no shortcut BN.
+    preact_bn = 2 * (64 + 64 + (64 + 64) + (64 + 128) + (128 + 128) + (128 + 256) + (256 + 256)
+                     + (256 + 512) + (512 + 512) + 512)                            # 7,808
     expected = PUBLISHED_1000["resnet18"] - resnet_bn + preact_bn
-    assert count_parameters(build_on_meta("preact_resnet18", num_classes=1000)) == expected == 11_687_848
+    assert count_parameters(build_on_meta("preact_resnet18", num_classes=1000)) == expected == 11_687_720
+    # The small stem is a bare conv: the first block pre-activates it, so it has its BN(in).
+    assert count_parameters(build_on_meta("preact_resnet18", num_classes=1000, stem="small")) == (
+        expected - 3 * 64 * 49 + 3 * 64 * 9 - 2 * 64 + 2 * 64)
 
 
 @pytest.mark.parametrize("name", ["alexnet", "squeezenet1_1", "vgg16", "resnet18", "resnet50", "densenet121",

@@ -149,3 +149,48 @@ def test_freeze_backbone_switches_auxiliary_heads_off():
     model.train()
     assert isinstance(model(torch.zeros(2, 3, 32, 32)), torch.Tensor)
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.requires_grad} == {"fc"}
+
+
+@pytest.mark.parametrize("in_channels", [1, 4])
+def test_pretrained_googlenet_takes_other_channel_counts(tmp_path, in_channels):
+    # torchvision's transform_input rescales exactly three ImageNet-normalised channels; with a
+    # 1-channel stem it indexed a channel that is not there (IndexError on the first forward).
+    torch.manual_seed(0)
+    state = torchvision.models.googlenet(aux_logits=True, init_weights=False).state_dict()
+    path = tmp_path / "googlenet.pth"
+    torch.save(state, path)
+    model = create_model("googlenet", num_classes=10, in_channels=in_channels, input_size=64, weights=str(path))
+    assert model.conv1.conv.in_channels == in_channels and not model.transform_input
+    model.eval()
+    assert model(torch.zeros(2, in_channels, 64, 64)).shape == (2, 10)
+    rgb = create_model("googlenet", num_classes=10, input_size=64, weights=str(path))
+    assert rgb.transform_input  # three channels keep torchvision's [-1, 1] rescaling
+
+
+def test_densenet_checkpoint_with_torchvisions_legacy_keys_loads(tmp_path):
+    """torchvision's DenseNet IMAGENET1K_V1 files predate its module names: keys read
+    'denselayer1.norm.1.weight' for 'denselayer1.norm1.weight' (torchvision renames them when it
+    loads), and, written before PyTorch 0.4.1, they hold no BN num_batches_tracked."""
+    import re
+
+    torch.manual_seed(0)
+    state = torchvision.models.densenet121().state_dict()
+    legacy = {re.sub(r"(denselayer\d+\.(?:norm|conv))([12])\.", r"\1.\2.", k): v for k, v in state.items()
+              if not k.endswith("num_batches_tracked")}
+    assert "features.denseblock1.denselayer1.norm.1.weight" in legacy
+    path = tmp_path / "densenet121-legacy.pth"
+    torch.save(legacy, path)
+    model = create_model("densenet121", num_classes=10, input_size=64, weights=str(path))
+    own = model.state_dict()
+    for key in ("features.denseblock1.denselayer1.norm1.weight", "features.denseblock4.denselayer16.conv2.weight",
+                "features.denseblock2.denselayer3.norm2.running_var", "features.conv0.weight"):
+        assert torch.equal(own[key], state[key]), key
+    assert "features.denseblock1.denselayer1.conv1.weight" in model.pretrained_parameters
+
+
+def test_a_missing_parameter_is_still_refused(resnet18_file, tmp_path):
+    path, state = resnet18_file
+    partial = {k: v for k, v in state.items() if k != "layer1.0.bn1.running_mean"}
+    torch.save(partial, tmp_path / "partial.pth")
+    with pytest.raises(CnnbenchError, match=r"1 missing \(layer1.0.bn1.running_mean\)"):
+        create_model("resnet18", num_classes=10, weights=str(tmp_path / "partial.pth"))

@@ -28,6 +28,25 @@ def test_rows_take_val_numbers_from_evaluation_else_best_epoch(runs):
     assert rows["vgg16"]["params"] == 138_000_000 and rows["vgg16"]["s_per_epoch"] == 12.5
 
 
+def test_best_epoch_is_the_one_train_monitor_chose(tmp_path):
+    """Under ``monitor: val_loss`` best.pt holds the lowest-loss epoch, which need not have the
+    highest top-1: the table's best epoch, its val numbers and gap@best are that epoch's, as in
+    summary.json — not the epoch of the highest top-1."""
+    from report_fixtures import write_run
+
+    run = write_run(tmp_path / "l2", "l2", "vgg_like", epochs=6, evaluate=False)
+    metrics = list(csv.DictReader(open(run / "metrics.csv")))
+    summary = json.loads((run / "summary.json").read_text())
+    summary.update(monitor="val_loss", best_epoch=3, best_val_top1=float(metrics[2]["val_top1"]))
+    (run / "summary.json").write_text(json.dumps(summary))
+    row = build_comparison([run]).rows[0]
+    chosen = metrics[2]
+    assert row["best_epoch"] == 3 and row["source"] == "metrics@best"
+    assert row["val_top1"] == pytest.approx(float(chosen["val_top1"]))
+    assert row["val_loss"] == pytest.approx(float(chosen["val_loss"]))
+    assert row["gap_best"] == pytest.approx(float(chosen["train_top1"]) - float(chosen["val_top1"]))
+
+
 def test_seed_groups_mean_and_sample_std(runs):
     comparison = build_comparison(runs)
     assert len(comparison.groups) == 1

@@ -12,8 +12,10 @@ its statistics. With ``x01`` the image resized to S x S (bilinear) and divided b
   resized to S x S, stored as base64 of little-endian float32 with its shape in
   ``pixel_mean_shape`` ((C, S, S); ``np.frombuffer(base64.b64decode(v), "<f4").reshape(shape)``)
 
-``channel_mean``/``channel_std`` are JSON lists. The file appears only after onnxruntime's
-outputs matched PyTorch's on two batches of different sizes.
+``channel_mean``/``channel_std`` are JSON lists. ``tta`` is the run's ``train.tta``: with ``flip``
+the run's val numbers average the softmax of the image and of its horizontal mirror (two calls
+of the graph). The file appears only after onnxruntime's outputs matched PyTorch's on two
+batches of different sizes.
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ def _metadata(scorer) -> dict[str, str]:
     recipe = scorer.recipe
     normalize = recipe.data.normalize
     meta = {"cnnbench.model": recipe.model.name, "cnnbench.input_size": str(scorer.input_size),
-            "cnnbench.normalize": normalize, "cnnbench.classes": json.dumps([c.id for c in scorer.classes])}
+            "cnnbench.normalize": normalize, "cnnbench.classes": json.dumps([c.id for c in scorer.classes]),
+            "cnnbench.tta": recipe.train.tta}
     if normalize == "none":
         return meta
     if normalize == "imagenet":

@@ -3,7 +3,8 @@
 Image files go through what training images went through: decoded to the dataset's channel
 count (``torchvision.io.decode_image``), resized to the dataset's image size (64x64 for Tiny
 ImageNet: the size the cache holds), then the run's own pipeline (resize to the model's input,
-normalise with the training statistics).
+normalise with the training statistics). A run with ``train.tta: flip`` is scored on the image and
+its mirror, as its metrics.csv and ``cnnbench evaluate`` score it.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ def predict_images(run_dir: Path, paths: list[Path], top: int = 5, checkpoint: s
     resolved, precision = resolve_runtime(device, scorer.recipe)
     scorer.model.to(resolved)
     log_probs = batch_log_probs(scorer.model, eval_pipeline(scorer, dataset.stats), images.to(resolved),
-                                precision).cpu().numpy()
+                                precision, scorer.recipe.train.tta).cpu().numpy()
     chosen = top_k_indices(log_probs, top)
     return [{"file": str(path), "image": images[i].permute(1, 2, 0).numpy(),  # (H, W, C) uint8, as the model saw it
              "top": [Guess(scorer.classes[c].id, scorer.classes[c].name, round(float(np.exp(log_probs[i, c])), 6))
@@ -88,7 +89,8 @@ def write_submission(run_dir: Path, out_file: Path, split: str = "test", data: s
     resolved, precision = resolve_runtime(device, scorer.recipe)
     scorer.model.to(resolved)
     pipeline = eval_pipeline(scorer, views.load(scorer.recipe).stats)
-    log_probs = split_log_probs(scorer, pipeline, target, resolved, precision, batch_size=batch_size)
+    log_probs = split_log_probs(scorer, pipeline, target, resolved, precision, scorer.recipe.train.tta,
+                                batch_size=batch_size)
     predicted = log_probs.argmax(axis=1)
     lines = [f"{Path(f).name} {scorer.classes[p].id}" for f, p in zip(target.files, predicted)]
     write_text(Path(out_file), "\n".join(lines) + "\n")

@@ -10,8 +10,9 @@ aux_logits, ...)`` and ``has_aux`` is True; in eval mode it is always the plain 
 Small-image variant (``stem="small"``): the first conv runs at stride 1 and the first max-pool
 goes (GoogLeNet's 7x7 first conv also becomes 3x3): Inception-V3 then takes 32 px instead of 75
 (299 with the auxiliary head, whose 5x5 conv needs a 17x17 Mixed_6e map), GoogLeNet reaches
-its last block at 8x8 from 64 px. Pretrained inputs go through torchvision's
-``transform_input`` (ImageNet mean/std -> the [-1, 1] scaling the ported weights expect).
+its last block at 8x8 from 64 px. Pretrained 3-channel inputs go through torchvision's
+``transform_input`` (ImageNet mean/std -> the [-1, 1] scaling the ported weights expect); with
+``in_channels`` other than 3 there are no ImageNet channels to rescale and it stays off.
 """
 
 from __future__ import annotations
@@ -129,8 +130,11 @@ def _build_aux(adapter: type[AuxTorchvisionModel], torchvision_name: str, aux_lo
     pretrained = kwargs.get("pretrained") is not None
     # As torchvision's own builders do with weights: build with the auxiliary heads so the
     # checkpoint loads strictly, feed it [-1, 1]-scaled input, skip the (slow) random init.
+    # The rescaling is per ImageNet RGB channel; other channel counts get the stem conv as adapted
+    # (summed RGB filters) and the dataset's own normalisation, as every other pretrained family.
     model = build_torchvision(adapter, torchvision_name, aux_logits=aux_logits or pretrained,
-                              transform_input=pretrained, init_weights=not pretrained, **kwargs)
+                              transform_input=pretrained and kwargs["in_channels"] == 3,
+                              init_weights=not pretrained, **kwargs)
     if not aux_logits and model.has_aux:
         model.drop_aux()
     model.cnnbench_cfg["aux_weights"] = list(adapter.aux_weights) if model.has_aux else []

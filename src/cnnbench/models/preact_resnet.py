@@ -3,12 +3,16 @@ Networks", full pre-activation block — BN -> ReLU -> conv3x3 -> BN -> ReLU -> 
 to an untouched identity path. Report 003 compared it with torchvision's ResNet-34 (48% vs 46.5%).
 
 torchvision has no pre-activation ResNet, so this one is written here. As in the paper's
-reference code (facebook/fb.resnet.torch, preresnet.lua): a projection shortcut (1x1 conv,
-stride 2) takes the block's pre-activated input; after the last block come a final BN and ReLU
-(no other activation follows a pre-activation block), then global average pooling and the FC.
+reference code (facebook/fb.resnet.torch, preresnet.lua) and its appendix: the first block of
+each stage pre-activates *before* the split, so its shortcut (a 1x1 stride-2 projection, or the
+identity in stage 1) takes the pre-activated input; the other blocks pre-activate the residual
+path only. After the last block come a final BN and ReLU (no other activation follows a
+pre-activation block), then global average pooling and the FC.
 
-Stems: ``imagenet`` = 7x7/2 conv, BN, ReLU, 3x3/2 max-pool (as preresnet.lua for ImageNet);
-``small`` = one 3x3/1 conv (as preresnet.lua for CIFAR) — the first block pre-activates it.
+Stems: ``imagenet`` = 7x7/2 conv, BN, ReLU, 3x3/2 max-pool (as preresnet.lua for ImageNet) —
+already activated, so the first block of stage 1 does not pre-activate again ('no_preact');
+``small`` = one 3x3/1 conv (as preresnet.lua for CIFAR) — the first block pre-activates it
+before the split ('both_preact').
 """
 
 from __future__ import annotations
@@ -25,21 +29,32 @@ from cnnbench.models.registry import STEMS, register_model
 WIDTHS = (64, 128, 256, 512)
 
 
-class PreActBlock(nn.Module):
-    """Full pre-activation basic block: x + conv(relu(bn(conv(relu(bn(x))))))."""
+PREACTS = ("residual", "both", "none")  # preresnet.lua's default, 'both_preact', 'no_preact'
 
-    def __init__(self, in_planes: int, planes: int, stride: int) -> None:
+
+class PreActBlock(nn.Module):
+    """Full pre-activation basic block: conv(relu(bn(conv(a)))) + shortcut, where ``preact`` says
+    what ``a`` and the shortcut's input are: ``residual``: a = relu(bn(x)), shortcut from x;
+    ``both``: a = relu(bn(x)), shortcut from a too; ``none``: a = x (the input is already
+    activated), shortcut from x."""
+
+    def __init__(self, in_planes: int, planes: int, stride: int, preact: str = "residual") -> None:
         super().__init__()
-        self.bn1 = nn.BatchNorm2d(in_planes)
+        check_choice("preact", preact, PREACTS)
+        self.preact = preact
+        self.bn1 = nn.BatchNorm2d(in_planes) if preact != "none" else None
         self.conv1 = nn.Conv2d(in_planes, planes, 3, stride=stride, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(planes)
         self.conv2 = nn.Conv2d(planes, planes, 3, padding=1, bias=False)
         self.shortcut = (nn.Conv2d(in_planes, planes, 1, stride=stride, bias=False)
                          if stride != 1 or in_planes != planes else None)
+        if self.shortcut is not None and preact == "residual":
+            raise ValueError("a projection shortcut takes the pre-activated input: use preact='both'")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = F.relu(self.bn1(x))
-        shortcut = x if self.shortcut is None else self.shortcut(out)
+        out = x if self.bn1 is None else F.relu(self.bn1(x))
+        into_shortcut = out if self.preact == "both" else x
+        shortcut = into_shortcut if self.shortcut is None else self.shortcut(into_shortcut)
         out = self.conv1(out)
         out = self.conv2(F.relu(self.bn2(out)))
         return out + shortcut
@@ -53,7 +68,10 @@ class PreActResNet(ZooModel):
         self.stem = self.make_stem(in_channels, stem)
         in_planes = WIDTHS[0]
         for index, (planes, depth) in enumerate(zip(WIDTHS, depths), start=1):
-            blocks = [PreActBlock(in_planes, planes, stride=1 if index == 1 else 2)]
+            # preresnet.lua: the ImageNet stem ends in BN-ReLU(-pool), so stage 1 starts 'no_preact';
+            # every other stage's first block pre-activates before the split.
+            first = "none" if index == 1 and stem == "imagenet" else "both"
+            blocks = [PreActBlock(in_planes, planes, stride=1 if index == 1 else 2, preact=first)]
             blocks += [PreActBlock(planes, planes, stride=1) for _ in range(depth - 1)]
             self.add_module(f"layer{index}", nn.Sequential(*blocks))
             in_planes = planes

@@ -98,17 +98,37 @@ def load_pretrained(torchvision_name: str, weights: str | os.PathLike | None = N
                              mean=list(preset.mean), std=list(preset.std))
 
 
+# torchvision's DenseNet checkpoints keep the module names of 2017 ('denselayer1.norm.1.weight'
+# for 'denselayer1.norm1.weight'); torchvision's densenet._load_state_dict renames them so.
+LEGACY_DENSENET_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.((?:[12])\.(?:weight|bias|running_mean|running_var))$")
+
+
+def torchvision_layout(state_dict: dict[str, torch.Tensor], own: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The checkpoint's keys as the model names them: torchvision's legacy DenseNet keys renamed,
+    and BatchNorm's ``num_batches_tracked`` counters (absent from files written before PyTorch
+    0.4.1, which ``load_state_dict`` tolerates the same way) taken from the model."""
+    out = {}
+    for key, value in state_dict.items():
+        match = LEGACY_DENSENET_KEY.match(key)
+        out[match.group(1) + match.group(2) if match else key] = value
+    for key, value in own.items():
+        if key.endswith(".num_batches_tracked") and key not in out:
+            out[key] = value
+    return out
+
+
 def load_into(model: torch.nn.Module, weights: PretrainedWeights) -> None:
     """Strict ``load_state_dict`` with a one-line error naming the file and the mismatches."""
     own = model.state_dict()
-    missing = [k for k in own if k not in weights.state_dict]
-    unexpected = [k for k in weights.state_dict if k not in own]
-    wrong = [f"{k} {tuple(weights.state_dict[k].shape)} vs {tuple(own[k].shape)}"
-             for k in own if k in weights.state_dict and weights.state_dict[k].shape != own[k].shape]
+    state = torchvision_layout(weights.state_dict, own)
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+             for k in own if k in state and state[k].shape != own[k].shape]
     if missing or unexpected or wrong:
         parts = []
         for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
             if keys:
                 parts.append(f"{len(keys)} {label} ({', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})")
         raise CnnbenchError(f"{weights.source}: does not match the torchvision layout of this model: {'; '.join(parts)}")
-    model.load_state_dict(weights.state_dict)
+    model.load_state_dict(state)

@@ -3,7 +3,8 @@
 A comparison is a join over the files runs already hold: ``summary.json``, ``metrics.csv``,
 ``recipe.yaml`` and the evaluation rows and per-image predictions under ``evaluate/``. The val
 numbers come from ``evaluate/<tag>.json`` when the run was evaluated (best checkpoint), else
-from ``metrics.csv`` at the best epoch (the epoch the best checkpoint was saved at).
+from ``metrics.csv`` at the best epoch (the epoch the best checkpoint was saved at: summary.json's
+``best_epoch``, chosen by ``train.monitor``; the highest val top-1 for a run without one).
 """
 
 from __future__ import annotations
@@ -62,13 +63,31 @@ class RunView:
     evaluations: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
-def _val_from(run: Path, tag: str, metrics: dict[str, np.ndarray] | None, diagnosis: Diagnosis | None,
+def _epoch_index(metrics: dict[str, np.ndarray] | None, epoch: int | None) -> int | None:
+    """Row of ``epoch`` in metrics.csv, if it is there."""
+    if metrics is None or epoch is None:
+        return None
+    rows = np.flatnonzero(metrics["epoch"] == epoch)
+    return int(rows[0]) if len(rows) else None
+
+
+def _best_epoch(summary: dict[str, Any], metrics: dict[str, np.ndarray] | None,
+                diagnosis: Diagnosis | None) -> int | None:
+    """The epoch best.pt holds: summary.json's ``best_epoch`` (``train.monitor``'s choice — under
+    val_loss not necessarily the highest top-1), else the epoch of the highest val top-1."""
+    chosen = summary.get("best_epoch")
+    if chosen is not None and _epoch_index(metrics, chosen) is not None:
+        return int(chosen)
+    return diagnosis.best_epoch if diagnosis is not None else None
+
+
+def _val_from(run: Path, tag: str, metrics: dict[str, np.ndarray] | None, best_epoch: int | None,
               evaluations: dict[str, dict[str, Any]]) -> dict[str, Any]:
     if tag in evaluations:
         e = evaluations[tag]
         return {"val_top1": e.get("top1"), "val_top5": e.get("top5"), "val_loss": e.get("loss"), "source": f"evaluate/{tag}"}
-    if metrics is not None and diagnosis is not None and diagnosis.best_epoch is not None:
-        i = int(np.flatnonzero(metrics["epoch"] == diagnosis.best_epoch)[0])
+    i = _epoch_index(metrics, best_epoch)
+    if i is not None:
         return {"val_top1": float(metrics["val_top1"][i]), "val_top5": float(metrics["val_top5"][i]),
                 "val_loss": float(metrics["val_loss"][i]), "source": "metrics@best"}
     raise CnnbenchError(f"{run}: no val numbers (no {EVALUATE_DIR}/{tag}.json and no evaluated epoch in metrics.csv)")
@@ -86,6 +105,8 @@ def load_run_view(path: Path, tag: str = "val") -> RunView:
     diagnosis = diagnose(metrics, num_classes) if metrics is not None and num_classes else None
     recipe = read_recipe(path)
     first_eval = evaluations.get(tag, next(iter(evaluations.values()), {}))
+    best_epoch = _best_epoch(summary, metrics, diagnosis)
+    best = _epoch_index(metrics, best_epoch)
     row = {
         "run": str(path), "name": summary.get("name") or first_eval.get("name") or path.name,
         "model": summary.get("model") or first_eval.get("model", ""), "dataset": summary.get("dataset") or first_eval.get("dataset", ""),
@@ -94,11 +115,11 @@ def load_run_view(path: Path, tag: str = "val") -> RunView:
         "epochs": len(metrics["epoch"]) if metrics is not None else summary.get("epochs"),
         "s_per_epoch": float(np.nanmean(metrics["epoch_seconds"])) if metrics is not None and len(metrics["epoch"]) else None,
         "images_per_s": summary.get("images_per_s"),
-        "best_epoch": diagnosis.best_epoch if diagnosis else None,
-        "gap_best": diagnosis.gap_at_best if diagnosis else None,
+        "best_epoch": best_epoch,
+        "gap_best": float(metrics["train_top1"][best] - metrics["val_top1"][best]) if best is not None else None,
         "gap_last": diagnosis.gap_at_last if diagnosis else None,
     }
-    row.update(_val_from(path, tag, metrics, diagnosis, evaluations))
+    row.update(_val_from(path, tag, metrics, best_epoch, evaluations))
     return RunView(path, row, metrics, diagnosis, recipe_without_seed_hash(recipe) if recipe else None, evaluations)
 
 

@@ -99,7 +99,7 @@ def build_run_page(folder: Path) -> Page:
         page.heading("Diagnostics")
         page.bullets(view.diagnosis.sentences)
         page.bullets([f"sanity: {flag}" for flag in view.diagnosis.flags], css_class="flag")
-        page.figure("curves", figures.plot_curves(view.metrics, str(view.row["name"]), view.diagnosis.best_epoch),
+        page.figure("curves", figures.plot_curves(view.metrics, str(view.row["name"]), view.row["best_epoch"]),
                     "Train vs val loss, top-1 and top-5 per epoch (dotted: best epoch)")
     evaluations = view.evaluations
     page.heading("Evaluations")
