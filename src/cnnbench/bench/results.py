@@ -19,6 +19,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+from cnnbench import files
 
 SCHEMA = "cnnbench.bench/1"
 
@@ -85,9 +86,7 @@ class SectionResult:
 
 def write_text(text: str, path: Path) -> None:
     """Write ``text`` to ``path`` atomically (temp file in the same folder, then rename)."""
-    from cnnbench.data.cache import write_atomic
-
-    write_atomic(Path(path), text.encode())
+    files.write_text(Path(path), text)
 
 
 def write_json(document: dict, path: Path) -> None:

@@ -35,6 +35,7 @@ from typing import Callable
 import numpy as np
 
 from cnnbench.errors import CnnbenchError
+from cnnbench.files import write_bytes
 from cnnbench.data.readers import DecodedChunk, RawSplit, Reader
 from cnnbench.data.sources import DatasetLocation, closed_on_error, cnnbench_home
 from cnnbench.data.stats import RunningStats
@@ -77,7 +78,7 @@ def file_sha256(path: Path) -> str:
     sha = _hash_file(path)
     memo[str(path)] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha}
     try:
-        write_atomic(memo_path, json.dumps(memo, indent=1).encode())
+        write_bytes(memo_path, json.dumps(memo, indent=1).encode())
     except OSError:
         pass  # the memo only saves time; a read-only home just means hashing again next time
     return sha
@@ -103,19 +104,6 @@ def source_fingerprint(files: list[Path], root: Path) -> str:
 
 
 # -- small file helpers ------------------------------------------------------------------------
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
 
 def _npy_header(shape: tuple[int, ...]) -> bytes:
     buf = io.BytesIO()

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnbench.data.dataset import Dataset
-from cnnbench.data.cache import write_atomic
+from cnnbench.files import write_bytes
 
 
 def save_sample_grid(ds: Dataset, split: str, n: int, out: Path, seed: int = 0, columns: int | None = None) -> list[int]:
@@ -40,5 +40,5 @@ def save_sample_grid(ds: Dataset, split: str, n: int, out: Path, seed: int = 0, 
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
     plt.close(fig)
-    write_atomic(Path(out), buffer.getvalue())
+    write_bytes(Path(out), buffer.getvalue())
     return rows.tolist()

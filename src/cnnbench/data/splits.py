@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cnnbench.errors import CnnbenchError
-from cnnbench.data.cache import write_atomic
+from cnnbench.files import write_bytes
 from cnnbench.data.sources import cnnbench_home
 
 
@@ -68,7 +68,7 @@ def half_split(dataset: str, fingerprint: str, split: str, files: list[str], lab
     val, test = stratified_halves(files, labels, seed)
     record = {"dataset": dataset, "source": fingerprint, "split": split, "seed": seed,
               "val": val, "test": test}
-    write_atomic(path, json.dumps(record, indent=0).encode())
+    write_bytes(path, json.dumps(record, indent=0).encode())
     return val, test
 
 

@@ -31,7 +31,7 @@ import torch
 from cnnbench.errors import CnnbenchError
 from cnnbench.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 from cnnbench.evaluate.inference import DatasetViews, eval_pipeline, load_scorer
-from cnnbench.evaluate.runs import write_atomic
+from cnnbench.files import write_atomic
 
 # fp32 CPU kernels of PyTorch and onnxruntime sum in different orders; differences of ~1e-5 on
 # logits of magnitude ~10 are rounding, 1e-3 would be a wrong graph.

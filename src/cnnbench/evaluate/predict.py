@@ -21,7 +21,7 @@ from cnnbench.evaluate.inference import (
     DatasetViews, batch_log_probs, check_same_classes, eval_pipeline, load_scorer, resolve_runtime, split_log_probs,
 )
 from cnnbench.evaluate.metrics import top_k_indices
-from cnnbench.evaluate.runs import write_text
+from cnnbench.files import write_text
 
 
 @dataclass

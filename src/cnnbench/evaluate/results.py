@@ -23,7 +23,8 @@ import numpy as np
 
 from cnnbench.errors import CnnbenchError
 from cnnbench.evaluate.metrics import Scores
-from cnnbench.evaluate.runs import EVALUATE_DIR, ClassEntry, write_atomic, write_csv, write_json
+from cnnbench.evaluate.runs import EVALUATE_DIR, ClassEntry, write_csv, write_json
+from cnnbench.files import write_atomic
 
 MISTAKES_KEPT = 24
 SAMPLE_KEPT = 8

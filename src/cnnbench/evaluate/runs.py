@@ -21,6 +21,7 @@ import numpy as np
 import yaml
 
 from cnnbench.errors import CnnbenchError
+from cnnbench.files import write_atomic, write_text
 
 METRICS_COLUMNS = ("epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1",
                    "val_top5", "lr", "epoch_seconds", "images_per_s")
@@ -45,35 +46,6 @@ def read_json(path: Path) -> Any:
         raise CnnbenchError(f"{path}: file not found") from None
     except json.JSONDecodeError as exc:
         raise CnnbenchError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-
-
-def write_atomic(path: Path, write) -> Path:
-    """Write a file through a temporary name in the same folder, fsync it, then rename it into place.
-
-    ``write(tmp_path)`` produces the content; a failure (or an interrupt) leaves the previous file
-    under ``path`` untouched and no temporary file behind. The one atomic writer of the run folder:
-    the training engine's files and checkpoints go through it too.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        fd = os.open(tmp, os.O_RDWR)
-        try:
-            os.fsync(fd)  # the data is on disk before the name points at it
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
-
-
-def write_text(path: Path, text: str) -> Path:
-    """Atomically write a text file."""
-    return write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def write_json(path: Path, value: Any) -> Path:

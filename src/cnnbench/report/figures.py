@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from cnnbench.evaluate.runs import write_atomic
+from cnnbench.files import write_atomic
 
 DPI = 110
 NAME_CHARS = 22  # class names are cut to this length on axes (Tiny ImageNet has 40-char names)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from cnnbench.evaluate.runs import write_atomic, write_text
+from cnnbench.files import write_atomic, write_text
 from cnnbench.report.figures import figure_png
 from cnnbench.report.tables import Table
 

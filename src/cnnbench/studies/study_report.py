@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from matplotlib.figure import Figure
 
-from cnnbench.evaluate.runs import write_csv, write_json, write_text
+from cnnbench.evaluate.runs import write_csv, write_json
+from cnnbench.files import write_text
 from cnnbench.report.compare import build_comparison, write_comparison
 from cnnbench.report.figures import plot_bubbles, plot_curves, plot_val_overlay, short
 from cnnbench.report.page import Page, write_page

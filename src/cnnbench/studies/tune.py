@@ -29,7 +29,8 @@ from typing import Any, Callable, Protocol
 import yaml
 
 from cnnbench.errors import CnnbenchError
-from cnnbench.evaluate.runs import read_metrics, read_summary, write_text
+from cnnbench.evaluate.runs import read_metrics, read_summary
+from cnnbench.files import write_text
 from cnnbench.studies.catalog import read_yaml_mapping
 from cnnbench.train.config import Recipe, apply_overrides, build_config, load_recipe_dict
 

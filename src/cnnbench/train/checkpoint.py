@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from cnnbench.errors import CnnbenchError
-from cnnbench.evaluate.runs import write_atomic
+from cnnbench.files import write_atomic
 from cnnbench.train.distributed import gather_to_all
 
 CHECKPOINT_DIR = "checkpoints"

@@ -4,7 +4,7 @@
     env-resume-<epoch>.json (one per resume: the resumed process's environment)
 
 Every file is written to a temporary name in the same folder, fsynced and moved into place with
-``os.replace`` (``cnnbench.evaluate.runs.write_atomic``), so a crash never leaves a half-written
+``os.replace`` (``cnnbench.files.write_atomic``), so a crash never leaves a half-written
 file that looks complete, nor a stray temporary file. A folder that
 already holds a run is never reused silently: ``--resume`` continues it, ``--overwrite``
 replaces it, anything else is an error.
@@ -26,7 +26,7 @@ import yaml
 from cnnbench.errors import CnnbenchError
 # The project's one atomic writer (temp file, fsync, os.replace, temp removed on failure).
 from cnnbench.evaluate.runs import write_json as write_json_atomic
-from cnnbench.evaluate.runs import write_text as write_text_atomic
+from cnnbench.files import write_text as write_text_atomic
 
 METRICS_COLUMNS = ("epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
                    "lr", "epoch_seconds", "images_per_s")
