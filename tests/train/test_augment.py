@@ -178,3 +178,14 @@ def test_mixup_and_cutmix_weights():
     pasted = (cut.inputs != x).any(1)[0].float().mean().item()  # share of image 0 replaced by image 3
     assert math.isclose(cut.lam, 1 - pasted, abs_tol=1e-6)
     assert create_mix(dict(hflip=0.5)) is None
+
+
+@pytest.mark.parametrize("name", ["brightness", "color_jitter"])
+def test_strength_above_one_never_draws_a_negative_factor(name):
+    # torchvision's ColorJitter draws from [max(0, 1 - s), 1 + s]; a negative brightness factor
+    # would turn a sixth of these gray images black at s = 1.5 (factor < 0, then clamped).
+    x = torch.full((600, 3, 8, 8), 0.5)
+    out = create_augment({name: 1.5})(x, torch.Generator().manual_seed(0))
+    darkest = out.flatten(1).mean(1)
+    assert (darkest < 0.05).float().mean() < 0.1  # factors below 0.1: about 4% of [0, 2.5]
+    assert darkest.max() > 0.9  # the upper end is still drawn

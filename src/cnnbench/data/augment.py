@@ -454,18 +454,24 @@ def _blur_op(p: float, sigma: tuple[float, float]) -> Op:
     return op
 
 
+def _jitter_factors(g: torch.Generator, b: int, strength: float, device) -> torch.Tensor:
+    """Per-image factors in [max(0, 1 - strength), 1 + strength], as torchvision's ColorJitter
+    draws them: a strength above 1 never gives a negative (inverting) factor."""
+    return _uniform(g, b, max(0.0, 1.0 - strength), 1.0 + strength, device)
+
+
 def _jitter_op(strength: float) -> Op:
     def op(x, g):
         b = x.shape[0]
-        x = adjust_brightness(x, _uniform(g, b, 1 - strength, 1 + strength, x.device))
-        x = adjust_contrast(x, _uniform(g, b, 1 - strength, 1 + strength, x.device))
-        return adjust_saturation(x, _uniform(g, b, 1 - strength, 1 + strength, x.device))
+        x = adjust_brightness(x, _jitter_factors(g, b, strength, x.device))
+        x = adjust_contrast(x, _jitter_factors(g, b, strength, x.device))
+        return adjust_saturation(x, _jitter_factors(g, b, strength, x.device))
     return op
 
 
 def _brightness_op(b_range: float) -> Op:
     def op(x, g):
-        return adjust_brightness(x, _uniform(g, x.shape[0], 1 - b_range, 1 + b_range, x.device))
+        return adjust_brightness(x, _jitter_factors(g, x.shape[0], b_range, x.device))
     return op
 
 

@@ -190,7 +190,7 @@ class AugmentConfig:
     translate: float = 0.0
     """Maximum translation as a fraction of the image side."""
     brightness: float = 0.0
-    """Brightness factor drawn uniformly from [1 - b, 1 + b]."""
+    """Brightness factor drawn uniformly from [max(0, 1 - b), 1 + b] (as torchvision's ColorJitter)."""
     crop_padding: int = 0
     """Random crop after reflect-padding by this many pixels (CIFAR-style)."""
     random_resized_crop: tuple[float, float] | None = None
@@ -202,7 +202,7 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     """Sigma range for the Gaussian blur."""
     color_jitter: float = 0.0
-    """Strength of brightness/contrast/saturation jitter (0 turns it off)."""
+    """Strength s of brightness/contrast/saturation jitter: factors in [max(0, 1 - s), 1 + s] (0 turns it off)."""
     randaugment: tuple[int, int] | None = None
     """RandAugment (num_ops, magnitude), e.g. [2, 9]."""
     trivialaugment: bool = False
