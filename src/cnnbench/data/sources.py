@@ -4,8 +4,8 @@ A dataset arrives as an archive (zip, tar.gz), an extracted folder, or a folder 
 ``SourceTree`` gives readers one interface over all three — list the member names, read one
 member's bytes — so a reader knows file formats and nothing about containers (timm keeps
 readers apart from transforms the same way). Nothing here extracts: the readers stream the
-members straight out of the archive, and ``safe_extract`` (used by ``data download
---extract``) checks every member's path before it writes a single byte.
+members straight out of the archive, and the archive trees refuse any member whose path would
+leave the dataset's folder (``../``, absolute paths) when they open it; tar links are never read.
 """
 
 from __future__ import annotations
@@ -184,19 +184,6 @@ def open_tree(path: Path) -> SourceTree:
     if path.name.lower().endswith((".tar.gz", ".tgz", ".tar")):
         return TarTree(path)
     raise CnnbenchError(f"{path}: expected a .zip or .tar.gz archive or a folder")
-
-
-def safe_extract(archive: Path, target: Path) -> list[str]:
-    """Extract ``archive`` into ``target``; every member path is checked before anything is written."""
-    with open_tree(archive) as tree:  # the constructors reject unsafe member names up front
-        names = tree.names()
-        for name in names:
-            dest = target / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dest.with_name(dest.name + ".part")
-            tmp.write_bytes(tree.read(name))
-            os.replace(tmp, dest)
-    return names
 
 
 @dataclass(frozen=True)
