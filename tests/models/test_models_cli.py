@@ -71,3 +71,13 @@ def test_errors_exit_2_with_one_line(capsys):
     assert main(["models", "show", "alexnet", "--input-size", "28"]) == 2
     assert "smallest it accepts is 63 px" in capsys.readouterr().err
     assert main(["models", "show", "resnet18", "--option", "stem"]) == 2
+
+
+def test_cached_rows_go_stale_when_torchvision_changes(monkeypatch):
+    import torchvision
+
+    from cnnbench.models import summary
+
+    before = summary._code_fingerprint()
+    monkeypatch.setattr(torchvision, "__version__", torchvision.__version__ + "+other")
+    assert summary._code_fingerprint() != before  # torchvision's builders are half of every row

@@ -68,8 +68,11 @@ def _cache_file() -> Path:
 
 
 def _code_fingerprint() -> str:
-    """Hash of this package's source: a cached row is stale once any builder changes."""
-    digest = hashlib.sha256(torch.__version__.encode())
+    """Hash of this package's source and of torch's and torchvision's versions: a cached row is
+    stale once any builder changes, ours or torchvision's."""
+    import torchvision
+
+    digest = hashlib.sha256(f"{torch.__version__} {torchvision.__version__}".encode())
     for path in sorted(Path(__file__).parent.glob("*.py")):
         digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
