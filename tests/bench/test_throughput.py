@@ -63,3 +63,25 @@ def test_a_peak_read_only_in_this_run_makes_the_verdict_provisional(tmp_path, mo
     second, _ = section()
     assert not any("provisional" in n for n in second.notes)
     assert all(r["best_bf16_peak_gflops"] == 1900.0 for r in second.rows)
+
+
+def test_a_models_entry_may_carry_builder_options():
+    from cnnbench.bench.settings import model_spec
+
+    assert model_spec("resnet18") == ("resnet18", {})
+    assert model_spec("resnet18:stem=small,dropout=0.2") == ("resnet18", {"stem": "small", "dropout": 0.2})
+    small = throughput.create_seeded_model("resnet18:stem=small", 200, 64, 0)
+    plain = throughput.create_seeded_model("resnet18", 200, 64, 0)
+    assert small.conv1.stride == (1, 1) and plain.conv1.stride == (2, 2)
+    from cnnbench.bench.engine_runs import throughput_recipe  # the engine paths' recipe
+
+    name, options = model_spec("resnet18:stem=small")
+    assert throughput_recipe(name, 8, 64, "bf16", True, False, None, None, model_options=options).model.options == {"stem": "small"}
+
+
+@pytest.mark.parametrize("spec", ["resnet18:stem", ":stem=small", "resnet18:=small"])
+def test_a_malformed_models_entry_is_a_one_line_error(spec):
+    from cnnbench.errors import CnnbenchError
+
+    with pytest.raises(CnnbenchError, match="bench.models"):
+        build_config(BenchSettings, {"models": [spec]})

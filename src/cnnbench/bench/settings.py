@@ -34,7 +34,8 @@ class BenchSettings:
     data_workers: int = 2
     """DataLoader workers of the reference path (b); the issue fixes it at 2 on this 2-core CPU."""
     models: list[str] = field(default_factory=lambda: ["resnet18", "vgg_like", "densenet121", "squeezenet1_1"])
-    """Models of the training-throughput section (registered names)."""
+    """Models of the training-throughput section: registered names, each optionally with builder
+    options as NAME:KEY=VALUE[,KEY=VALUE] (e.g. resnet18:stem=small; values parsed as YAML)."""
     variants: list[str] = field(default_factory=lambda: list(VARIANTS))
     """cnnbench variants timed against the plain baseline: fp32, bf16, bf16_cl (+channels_last), bf16_cl_compile (+torch.compile)."""
     compile_models: list[str] = field(default_factory=lambda: ["resnet18"])
@@ -90,6 +91,8 @@ class BenchSettings:
                      "memory_steps"):
             if getattr(self, name) < 1:
                 raise CnnbenchError(f"bench.{name}: expected a positive integer, got {getattr(self, name)!r}")
+        for spec in self.models:
+            model_spec(spec)  # a malformed NAME:KEY=VALUE is an error before anything runs
         unknown = [v for v in self.variants if v not in VARIANTS]
         if unknown:
             raise CnnbenchError(f"bench.variants: unknown {unknown}; expected some of {', '.join(VARIANTS)}")
@@ -139,3 +142,13 @@ def build_settings(quick: bool = False, overrides: list[str] | None = None) -> B
     values = dict(QUICK) if quick else {}
     apply_overrides(values, overrides or [])
     return build_config(BenchSettings, values, "bench")
+
+
+def model_spec(spec: str) -> tuple[str, dict]:
+    """``"resnet18:stem=small"`` -> ``("resnet18", {"stem": "small"})``; a bare name has no options."""
+    from cnnbench.models.registry import parse_options
+
+    name, _, raw = spec.partition(":")
+    if not name.strip():
+        raise CnnbenchError(f"bench.models {spec!r}: expected a model name, optionally NAME:KEY=VALUE[,KEY=VALUE]")
+    return name.strip(), parse_options([part for part in raw.split(",") if part.strip()], f"bench.models {spec!r}:")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from cnnbench.bench.peaks import matmul_probe, training_flops_per_image, utilisation
 from cnnbench.bench.results import SectionResult, Target
+from cnnbench.bench.settings import model_spec
 from cnnbench.bench.stats import Stats, ratio
 from cnnbench.bench.suite import BenchContext, register_section
 
@@ -148,9 +149,10 @@ def variant_stepper(ctx: BenchContext, model_name: str, variant: Variant, input_
     from cnnbench.bench.engine_runs import EngineStepper, build_recipe_engine, throughput_recipe
 
     s = ctx.settings
-    recipe = throughput_recipe(model_name, s.batch_size, input_size or s.input_size,
+    name, options = model_spec(model_name)
+    recipe = throughput_recipe(name, s.batch_size, input_size or s.input_size,
                                "bf16" if variant.bf16 else "fp32", variant.channels_last, variant.compile,
-                               s.data, s.data_per_class, s.seed)
+                               s.data, s.data_per_class, s.seed, model_options=options)
     return EngineStepper(build_recipe_engine(recipe, ctx.dataset(s.data_per_class)))
 
 
@@ -172,13 +174,15 @@ def measure_paths(ctx: BenchContext, setup: ThroughputSetup, model_name: str, va
 
 
 def create_seeded_model(model_name: str, num_classes: int, input_size: int, seed: int):
-    """``create_model`` after seeding torch, so every path starts from the same weights."""
+    """``create_model`` for a ``bench.models`` entry (NAME or NAME:KEY=VALUE,...) after seeding
+    torch, so every path starts from the same weights."""
     import torch
 
     from cnnbench.models import create_model
 
+    name, options = model_spec(model_name)
     torch.manual_seed(seed)
-    return create_model(model_name, num_classes=num_classes, in_channels=3, input_size=input_size)
+    return create_model(name, num_classes=num_classes, in_channels=3, input_size=input_size, **options)
 
 
 def model_rows(ctx: BenchContext, setup: ThroughputSetup, model_name: str) -> list[dict]:

@@ -42,17 +42,9 @@ def _shape_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parse_options(items: list[str]) -> dict:
-    import yaml
+    from cnnbench.models.registry import parse_options
 
-    from cnnbench.errors import CnnbenchError
-
-    options = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise CnnbenchError(f"--option {item!r}: expected KEY=VALUE, e.g. stem=small")
-        options[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
-    return options
+    return parse_options(items, "--option")
 
 
 def _format_count(value) -> str:
