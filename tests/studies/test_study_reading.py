@@ -23,3 +23,20 @@ def test_spearman_gives_tied_values_their_average_rank():
 def test_tied_epochs_do_not_invent_a_trend():
     rows = [SimpleNamespace(epochs=e, difference=lambda d=d: d / 100) for e, d in zip([20, 20, 20, 20, 20, 8], [5, 4, 3, 2, 1, 3])]
     assert _epochs_sentence(rows) is None
+
+
+def test_overfitting_sentence_takes_train_and_val_from_the_compared_epoch():
+    # skoltech22's ResNet-18 row is compared at its best epoch (val 19.6%, train 48.1%); by the last
+    # epoch train was 83.9% and val 19.1%. The sentence once paired the best epoch's train top-1
+    # with the last epoch's gap ("train top-1 48.1%, 64.8 points above val").
+    from cnnbench.studies.reading import _gap_sentences
+    from cnnbench.studies.results import Stat
+
+    run = SimpleNamespace(values={"val_top1": 0.196, "train_top1": 0.481},
+                          diagnosis=SimpleNamespace(val_loss_rising_since=8, best_val_top1=0.196, not_learning=False,
+                                                    gap_at_last=0.839 - 0.191))
+    row = SimpleNamespace(label="ResNet-18", compare="best", epochs=20, full_epochs=20, runs=[run],
+                          published=SimpleNamespace(relation="=", values={"val_top1": 0.45}),
+                          difference=lambda: 0.196 - 0.45, stat=lambda metric: Stat.of([run.values[metric]]))
+    sentence = _gap_sentences([row])[0]
+    assert "train top-1 48.1% at its best epoch, 28.5 points above val" in sentence

@@ -106,10 +106,13 @@ def _gap_sentences(rows: list[ExperimentResult]) -> list[str]:
                 why.append(f"its best epoch reached {_pct(best)}, {_points(best - ours.mean):.1f} points over the last")
         if any(s.diagnosis.not_learning for s in r.runs):
             why.append("train accuracy stayed near chance (it did not learn in the epochs it had)")
-        gap = float(np.mean([s.diagnosis.gap_at_last for s in r.runs]))
+        # Train top-1 and its gap over val from the epoch the row compares (the last, or the best
+        # epoch for a row the report read off a curve's peak), so the sentence's numbers agree.
+        train = float(np.mean([s.values.get("train_top1", math.nan) for s in r.runs]))
+        gap = float(np.mean([s.values.get("train_top1", math.nan) - s.values.get("val_top1", math.nan) for s in r.runs]))
         if _points(gap) >= OVERFIT_POINTS:
-            train = float(np.mean([s.values.get("train_top1", math.nan) for s in r.runs]))
-            why.append(f"it fit its training images far better than val (train top-1 {_pct(train)}, "
+            at = " at its best epoch" if r.compare == "best" else ""
+            why.append(f"it fit its training images far better than val (train top-1 {_pct(train)}{at}, "
                        f"{_points(gap):.1f} points above val)")
         if r.epochs < r.full_epochs:
             why.append(f"it ran {r.epochs} of the report's {r.full_epochs} epochs")
