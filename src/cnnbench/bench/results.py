@@ -19,7 +19,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from cnnbench import files
+
+from cnnbench.files import write_text
 
 SCHEMA = "cnnbench.bench/1"
 
@@ -84,14 +85,9 @@ class SectionResult:
                    notes=d["notes"], targets=targets, seconds=d["seconds"], details=d.get("details", {}))
 
 
-def write_text(text: str, path: Path) -> None:
-    """Write ``text`` to ``path`` atomically (temp file in the same folder, then rename)."""
-    files.write_text(Path(path), text)
-
-
 def write_json(document: dict, path: Path) -> None:
     """Write ``document`` as indented JSON to ``path`` atomically."""
-    write_text(json.dumps(document, indent=2, default=_jsonable) + "\n", path)
+    write_text(Path(path), json.dumps(document, indent=2, default=_jsonable) + "\n")
 
 
 def _jsonable(value: Any) -> Any:

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from cnnbench.bench.results import SCHEMA, SectionResult, markdown_table, write_text
+from cnnbench.bench.results import SCHEMA, SectionResult, markdown_table
 from cnnbench.bench.settings import BenchSettings
 from cnnbench.errors import CnnbenchError
+from cnnbench.files import write_text
 
 SectionFn = Callable[["BenchContext"], SectionResult]
 SECTIONS: dict[str, SectionFn] = {}
@@ -98,7 +99,7 @@ class BenchContext:
             record = {}
         best = max(measured, float(record.get(key, {}).get(dtype, 0.0)))
         record.setdefault(key, {})[dtype] = best
-        write_text(json.dumps(record, indent=1), path)  # temp + rename: never a half-written record
+        write_text(path, json.dumps(record, indent=1))  # temp + rename: never a half-written record
         return best
 
     def dataset(self, per_class: int | None = None):

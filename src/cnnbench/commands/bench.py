@@ -28,7 +28,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from cnnbench.bench.results import write_json, write_text
+    from cnnbench.bench.results import write_json
+    from cnnbench.files import write_text
     from cnnbench.bench.settings import build_settings
     from cnnbench.bench.suite import markdown_report, run_suite
 
@@ -46,5 +47,5 @@ def run(args: argparse.Namespace) -> int:
         write_json(document, Path(args.out))
         print(f"results written to {args.out}")
     if args.markdown:
-        write_text(report, Path(args.markdown))
+        write_text(Path(args.markdown), report)
     return 0
