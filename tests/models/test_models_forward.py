@@ -180,3 +180,18 @@ def test_preact_blocks_pre_activate_where_preresnet_lua_does(stem):
         assert torch.allclose(second(x), _block_by_hand(second, x, preactivated_shortcut=False), atol=1e-5)
         down = model.layer2[0]
         assert torch.allclose(down(x), _block_by_hand(down, x, preactivated_shortcut=True), atol=1e-5)
+
+
+@pytest.mark.parametrize("name, fan_in_init", [("resnet18", False), ("vgg11", False), ("googlenet", False),
+                                               ("alexnet", True), ("densenet121", True)])
+def test_fresh_stem_for_grey_input_keeps_the_family_init_scale(name, fan_in_init):
+    # A fresh 1-channel stem must start where the family's init puts a 1-channel conv: the same
+    # std under fan-out or fixed-std inits, sqrt(3) larger under fan-in ones. Summing three fresh
+    # RGB filters (right for pretrained weights) made the fan-out stems sqrt(3) too large.
+    def stem_std(in_channels):
+        torch.manual_seed(0)
+        model = create_model(name, num_classes=10, in_channels=in_channels, input_size=64)
+        return model.get_submodule(model.first_conv_name).weight.std().item()
+
+    expected = stem_std(3) * (3 ** 0.5 if fan_in_init else 1.0)
+    assert stem_std(1) == pytest.approx(expected, rel=0.08)

@@ -19,6 +19,7 @@ class AlexNetAdapter(TorchvisionModel):
     """torchvision AlexNet/VGG layout: features, then avgpool + flatten + classifier MLP."""
 
     first_conv_name = "features.0"
+    init_scales_with_fan_in = True
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__(net, classifier_name="classifier.6", head_names=("avgpool", "classifier"))

@@ -18,6 +18,7 @@ class DenseNetAdapter(TorchvisionModel):
     """features = torchvision's ``features`` + final ReLU; head = global avgpool + (dropout) + FC."""
 
     first_conv_name = "features.conv0"
+    init_scales_with_fan_in = True
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__(net, classifier_name="classifier", head_names=("head_drop", "classifier"))

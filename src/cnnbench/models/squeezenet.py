@@ -19,6 +19,7 @@ class SqueezeNetAdapter(TorchvisionModel):
     """features = conv + Fire modules; head = dropout, 1x1 conv to classes, ReLU, global avgpool."""
 
     first_conv_name = "features.0"
+    init_scales_with_fan_in = True
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__(net, classifier_name="classifier.1", head_names=("classifier",))

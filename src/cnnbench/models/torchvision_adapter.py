@@ -32,6 +32,10 @@ class TorchvisionModel(ZooModel):
     """Base adapter: subclasses set ``first_conv_name`` and implement the feature/head split."""
 
     first_conv_name: str = ""
+    # Whether the family's own init scales the stem's weights with 1/sqrt(fan-in) (PyTorch's
+    # default and DenseNet's Kaiming fan-in), rather than with fan-out (ResNet, VGG) or a fixed
+    # std (GoogLeNet, Inception-V3): a fresh stem for other input channels must be rescaled then.
+    init_scales_with_fan_in: bool = False
 
     def __init__(self, net: nn.Module, classifier_name: str, head_names: tuple[str, ...]) -> None:
         super().__init__(classifier_name, head_names)
@@ -58,8 +62,9 @@ class TorchvisionModel(ZooModel):
         """Rebuild the stem convolution with other channels / kernel / stride / padding.
 
         When the kernel size is unchanged the old weights are kept, adapted to the new channel
-        count (summed over RGB for one channel, as timm's ``adapt_input_conv`` does); a new kernel
-        size starts from torchvision's ResNet conv init (Kaiming-normal, fan-out).
+        count: pretrained ones summed over RGB for one channel (as timm's ``adapt_input_conv``
+        does), fresh ones keeping the family's init scale for the new fan-in; a new kernel size
+        starts from torchvision's ResNet conv init (Kaiming-normal, fan-out).
         """
         name = self.first_conv_name
         old: nn.Conv2d = self.get_submodule(name)
@@ -70,7 +75,9 @@ class TorchvisionModel(ZooModel):
         same_kernel = new.weight.shape[2:] == old.weight.shape[2:]
         with torch.no_grad():
             if same_kernel:
-                new.weight.copy_(adapt_input_conv(old.weight, new.in_channels))
+                trained = f"{name}.weight" in self.pretrained_parameters
+                new.weight.copy_(adapt_input_conv(old.weight, new.in_channels, trained=trained,
+                                                  fan_in_init=self.init_scales_with_fan_in))
                 if old.bias is not None:
                     new.bias.copy_(old.bias)
             else:
@@ -96,15 +103,26 @@ class TorchvisionModel(ZooModel):
                     module.p = rate
 
 
-def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """(O, C, k, k) -> (O, in_channels, k, k): sum for one channel, else tile and rescale."""
+def adapt_input_conv(weight: torch.Tensor, in_channels: int, *, trained: bool = True,
+                     fan_in_init: bool = False) -> torch.Tensor:
+    """(O, C, k, k) -> (O, in_channels, k, k).
+
+    Trained weights: summed for one channel, else tiled and rescaled by C / in_channels, so a
+    grey or stacked input gets the response the RGB filters give (timm's ``adapt_input_conv``).
+    Fresh weights: tiled or sliced as drawn — a sum of three independent draws would start the
+    stem sqrt(3) too large — and rescaled by sqrt(C / in_channels) when the init's std goes as
+    1/sqrt(fan-in), so the stem starts where the family's init would put it for in_channels.
+    """
     channels = weight.shape[1]
     if in_channels == channels:
         return weight
-    if in_channels == 1:
+    if trained and in_channels == 1:
         return weight.sum(dim=1, keepdim=True)
     repeats = -(-in_channels // channels)
-    return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (channels / in_channels)
+    tiled = weight.repeat(1, repeats, 1, 1)[:, :in_channels]
+    if trained:
+        return tiled * (channels / in_channels)
+    return tiled * (channels / in_channels) ** 0.5 if fan_in_init else tiled
 
 
 def build_torchvision(adapter: type[TorchvisionModel], torchvision_name: str, *, num_classes: int,

@@ -18,6 +18,8 @@ from cnnbench.models.torchvision_adapter import TORCHVISION_OPTIONS, build_torch
 class VGGAdapter(AlexNetAdapter):
     """Same layout as AlexNet's (features, avgpool, classifier with the last Linear at index 6)."""
 
+    init_scales_with_fan_in = False  # torchvision's VGG init: Kaiming-normal, fan-out
+
     def use_small_stem(self) -> None:
         out_features = self.get_classifier().out_features
         self.replace_module("avgpool", nn.AdaptiveAvgPool2d(1))
