@@ -172,3 +172,13 @@ def test_cifar_label_outside_the_classes_is_named(capsys, tmp_path, fresh_home, 
     code, _out, err = run_cli(capsys, "data", "prepare", "cifar10", "--data", str(root))
     assert_one_line_error(code, err, f"{root / 'data_batch_2'}: label {label} is not one of the 10 classes")
     assert no_cache_left(fresh_home)
+
+
+def test_cifar_filenames_not_matching_the_images_are_named(capsys, tmp_path, fresh_home):
+    root = write_cifar_folder(tmp_path)
+    batch = cifar_batches()["test_batch"]
+    batch[b"filenames"] = batch[b"filenames"][:-1]
+    (root / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
+    code, _out, err = run_cli(capsys, "data", "prepare", "cifar10", "--data", str(root))
+    assert_one_line_error(code, err, f"{root / 'test_batch'}: 6 images but 5 filenames")
+    assert no_cache_left(fresh_home)

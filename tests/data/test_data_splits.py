@@ -83,3 +83,24 @@ def test_holdout_that_would_take_a_whole_class_is_refused(mnist_dir):
 def test_split_seed_must_be_a_non_negative_integer(mnist_dir, seed):
     with pytest.raises(CnnbenchError, match=rf"split_seed: expected a non-negative integer, got {seed}"):
         load_dataset("mnist", data=mnist_dir, val_split="half", split_seed=seed)
+
+
+def test_half_split_keeps_images_whose_cifar_file_names_repeat(tmp_path, fresh_home):
+    # CIFAR batches carry their own file names; two images under one name must still land in
+    # exactly one half each (the split file and the row lookup go by name).
+    import pickle
+
+    from data_formats import cifar_batches, write_cifar_folder
+
+    root = write_cifar_folder(tmp_path)
+    rng = np.random.default_rng(0)
+    test = cifar_batches()["test_batch"]
+    test[b"data"] = rng.integers(0, 256, size=(12, 3072), dtype=np.uint8)
+    test[b"labels"] = [i % 6 for i in range(12)]
+    test[b"filenames"] = [b"same.png", b"same.png"] + [f"t{i}.png".encode() for i in range(2, 12)]
+    (root / "test_batch").write_bytes(pickle.dumps(test, protocol=2))
+    ds = load_dataset("cifar10", data=root, val_split="half")
+    val, test_half = ds.split("val"), ds.split("test")
+    rows = np.concatenate([val.images, test_half.images]).reshape(len(val) + len(test_half), -1)
+    assert len(val) == len(test_half) == 6 and len(np.unique(rows, axis=0)) == 12
+    assert len(set(val.files) | set(test_half.files)) == 12

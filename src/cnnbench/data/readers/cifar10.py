@@ -32,9 +32,17 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def unique_names(named: list[tuple[str, str]]) -> list[str]:
+    """(file name, batch[index]) -> names, a repeated name qualified by its place in the batches."""
+    counts: dict[str, int] = {}
+    for name, _place in named:
+        counts[name] = counts.get(name, 0) + 1
+    return [name if counts[name] == 1 else f"{place}/{name}" for name, place in named]
+
+
 @register_reader("cifar10")
 class Cifar10Reader(Reader):
-    version = 1
+    version = 2  # 2: repeated file names made unique (the half split and row lookups go by name)
     image_size = (32, 32)
     source_channels = 3
     eval_split = "test"
@@ -76,8 +84,10 @@ class Cifar10Reader(Reader):
                     images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))  # planes -> (N, H, W, C)
                     labels.append(batch_labels)
                     names = batch.get(b"filenames") or [f"{rel}[{i}]".encode() for i in range(len(data))]
-                    files += [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-                self._arrays[split] = (np.concatenate(images), np.concatenate(labels), files)
+                    if len(names) != len(data):
+                        raise CnnbenchError(f"{where}: {len(data)} images but {len(names)} filenames")
+                    files += [(n.decode() if isinstance(n, bytes) else str(n), f"{rel}[{i}]") for i, n in enumerate(names)]
+                self._arrays[split] = (np.concatenate(images), np.concatenate(labels), unique_names(files))
         return [RawSplit(split, files, labels) for split, (_i, labels, files) in self._arrays.items()]
 
     def decode(self, split: RawSplit, start: int, stop: int) -> DecodedChunk:
