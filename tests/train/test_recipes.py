@@ -53,6 +53,9 @@ BAD_VALUES = [
      "schedule.gamma: expected a factor (plateau reduces the rate) in (0, 1), got 1.0"),
     (("optim.name=adam", "optim.eps=-1.0e-8"), "optim.eps: expected a non-negative number, got -1e-08"),
     ("schedule.patience=-1", "schedule.patience: expected a non-negative number, got -1"),
+    # clip_grad_norm_ takes these: a negative norm reverses every gradient, 0 zeroes them.
+    ("optim.grad_clip=-1", "optim.grad_clip: expected a positive number (or null for no clipping), got -1.0"),
+    ("optim.grad_clip=0", "optim.grad_clip: expected a positive number (or null for no clipping), got 0.0"),
 ]
 
 

@@ -137,6 +137,7 @@ class OptimConfig:
         _positive("optim", "weight_decay", self.weight_decay, allow_zero=True)
         _positive("optim", "l2", self.l2, allow_zero=True)
         _positive("optim", "eps", self.eps, allow_zero=True)
+        _positive("optim", "grad_clip", self.grad_clip, note="or null for no clipping")
         _within("optim", "momentum", self.momentum, "a value", 0, 1)
         self.betas = tuple(self.betas)
         for i, beta in enumerate(self.betas):
