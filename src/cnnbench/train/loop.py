@@ -28,7 +28,8 @@ AUX_WEIGHT = 0.4
 
 
 class NonFiniteLoss(CnnbenchError):
-    """The loss became NaN or infinite; the weights of this step were not updated."""
+    """The loss became NaN or infinite (the weights of this step were not updated), or a step left
+    non-finite weights behind (``check_finite_weights``, before a checkpoint)."""
 
 
 @dataclass
@@ -191,6 +192,16 @@ def train_one_epoch(engine: Engine, progress: Progress, stop: StopRequest | None
             return False
     bar.close()
     return True
+
+
+@torch.no_grad()
+def check_finite_weights(engine: Engine, progress: Progress) -> None:
+    """Raise ``NonFiniteLoss`` when a step left non-finite weights or BN statistics (a finite loss
+    whose gradients overflowed): the next step's loss check would see it, but a checkpoint taken
+    before that step (end of epoch, stop request) must not keep them as the last good one."""
+    state = [v for v in engine.model.state_dict().values() if v.is_floating_point()]
+    if state and not torch.stack([torch.isfinite(v).all() for v in state]).all().item():
+        raise NonFiniteLoss(f"weights became non-finite in epoch {progress.epoch + 1} (by global step {progress.step})")
 
 
 @torch.no_grad()
