@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from cnnbench.errors import CnnbenchError
 from cnnbench.evaluate.inference import batch_log_probs
-from cnnbench.train.distributed import StopRequest, all_reduce
+from cnnbench.train.distributed import StopRequest, all_reduce, broadcast_buffers
 
 # Inception-V3's auxiliary classifier: "the auxiliary loss is weighted by 0.4" (torchvision's
 # reference and Szegedy et al. 2016); used when a model with aux heads does not give weights.
@@ -208,7 +208,9 @@ def check_finite_weights(engine: Engine, progress: Progress) -> None:
 def evaluate(model: torch.nn.Module, loader, pipe, precision, tta: str = "none") -> dict[str, float]:
     """Loss, top-1 and top-5 over a whole split (summed over ranks), from the log-probabilities
     ``cnnbench evaluate`` computes (``batch_log_probs``: ``tta="flip"`` mirrors the uint8 image
-    before normalising and averages the two softmaxes; the loss is the NLL of that average)."""
+    before normalising and averages the two softmaxes; the loss is the NLL of that average).
+    Every rank evaluates with rank 0's BN statistics: rank 0's model is the one checkpointed."""
+    broadcast_buffers(model)
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)
     for images, labels in loader:
