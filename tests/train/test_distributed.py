@@ -13,12 +13,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 import yaml
 from torch.distributed.distributed_c10d import BackendConfig
 
+from cnnbench.data import BatchPipeline
 from cnnbench.train.checkpoint import load_checkpoint
 from cnnbench.train.config import load_recipe
+from cnnbench.train.device import Precision
 from cnnbench.train.distributed import process_group_backend
+from cnnbench.train.loop import evaluate
 from cnnbench.train.run import train_run
 
 from train_fixtures import TRAIN_PER_CLASS, VAL_PER_CLASS, tiny_recipe
@@ -35,6 +39,46 @@ def test_the_process_group_carries_cpu_tensors_on_every_device(device, backend):
     devices = BackendConfig(chosen).get_device_backend_map()
     assert devices["cpu"] == "gloo"
     assert devices["cuda"] == ("nccl" if device.startswith("cuda") else "gloo")
+
+
+def bn_net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(4, 3))
+
+
+def val_batch() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(1)
+    return torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=g), torch.arange(12) % 3
+
+
+def evaluate_on_rank(rank: int, init_file: str, out_dir: str) -> None:
+    """One of two gloo processes: evaluate this rank's half of val_batch() with a model whose BN
+    statistics are this rank's own, as DDP leaves them (it broadcasts rank 0's buffers before
+    each training forward, and each rank's forward then moves them with its own batch)."""
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        model = bn_net()
+        model[1].running_mean.fill_(float(rank))
+        images, labels = val_batch()
+        metrics = evaluate(model, [(images[rank::2], labels[rank::2])], BatchPipeline("none", channels_last=False),
+                           Precision("fp32", torch.device("cpu")))
+        torch.save(metrics, os.path.join(out_dir, f"eval{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_evaluate_with_rank_0s_bn_statistics(tmp_path):
+    # Only rank 0's weights are checkpointed; the val metrics must be that model's, on every shard,
+    # so that metrics.csv, the best.pt choice and `cnnbench evaluate` agree.
+    torch.multiprocessing.spawn(evaluate_on_rank, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2)
+    images, labels = val_batch()
+    model = bn_net()
+    model[1].running_mean.fill_(0.0)
+    reference = evaluate(model, [(images, labels)], BatchPipeline("none", channels_last=False),
+                         Precision("fp32", torch.device("cpu")))
+    for rank in (0, 1):
+        assert torch.load(tmp_path / f"eval{rank}.pt") == pytest.approx(reference), rank
 
 
 @pytest.mark.slow

@@ -48,12 +48,22 @@ BAD_VALUES = [
     ("optim.momentum=1", "optim.momentum: expected a value in [0, 1), got 1.0"),
     ("optim.betas=[0.9, 1.0]", "optim.betas[1]: expected a value in [0, 1), got 1.0"),
     ("optim.betas=[-0.1, 0.999]", "optim.betas[0]: expected a value in [0, 1), got -0.1"),
+    # Values torch itself refuses with a ValueError traceback, or takes and misuses.
+    (("schedule.name=plateau", "schedule.gamma=1"),
+     "schedule.gamma: expected a factor (plateau reduces the rate) in (0, 1), got 1.0"),
+    (("optim.name=adam", "optim.eps=-1.0e-8"), "optim.eps: expected a non-negative number, got -1e-08"),
+    ("schedule.patience=-1", "schedule.patience: expected a non-negative number, got -1"),
+    # clip_grad_norm_ takes these: a negative norm reverses every gradient, 0 zeroes them.
+    ("optim.grad_clip=-1", "optim.grad_clip: expected a positive number (or null for no clipping), got -1.0"),
+    ("optim.grad_clip=0", "optim.grad_clip: expected a positive number (or null for no clipping), got 0.0"),
 ]
 
 
-@pytest.mark.parametrize("override, message", BAD_VALUES, ids=[o for o, _ in BAD_VALUES])
+@pytest.mark.parametrize("override, message", BAD_VALUES, ids=[" ".join(o) if isinstance(o, tuple) else o
+                                                               for o, _ in BAD_VALUES])
 def test_out_of_range_values_are_refused_before_any_folder_is_written(override, message, tmp_path, capsys):
-    assert main(["train", str(RECIPES[0]), "--set", override, "--out", str(tmp_path / "x")]) == 2
+    sets = [arg for item in ((override,) if isinstance(override, str) else override) for arg in ("--set", item)]
+    assert main(["train", str(RECIPES[0]), *sets, "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert f"{RECIPES[0]}: {message}\n" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "x").exists()

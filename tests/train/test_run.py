@@ -194,6 +194,28 @@ def test_nan_loss_stops_naming_epoch_and_step_and_keeps_the_last_good_checkpoint
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
 
 
+@pytest.mark.parametrize("step, sig", [(2 * BATCHES_PER_EPOCH, None), (BATCHES_PER_EPOCH + 2, signal.SIGINT)],
+                         ids=["last-step-of-epoch", "stop-request"])
+def test_nan_weights_from_the_step_before_a_checkpoint_never_reach_it(tiny_data, tmp_path, step, sig):
+    # A step with a finite loss but overflowing gradients leaves NaN weights; the next loss check
+    # comes only after the end-of-epoch (or stop) checkpoint, which must not keep them as good.
+    recipe = load_recipe(values=tiny_recipe(tiny_data, train={"epochs": 3}))
+
+    def poison(engine, progress):
+        if progress.step == step:
+            next(iter(engine.model.parameters())).data.fill_(float("nan"))
+            if sig is not None:
+                os.kill(os.getpid(), sig)
+
+    with pytest.raises(CnnbenchError, match=r"weights became non-finite in epoch 2 .*last.pt \(end of epoch 1\)"):
+        train_run(recipe, tmp_path / "run", quiet=True, after_step=poison)
+    for which in ("last", "best"):
+        ckpt = load_checkpoint(tmp_path / "run" / "checkpoints" / f"{which}.pt")
+        assert ckpt["epoch"] == 1 and all(torch.isfinite(v).all() for v in ckpt["model"].values()), which
+    assert [r["epoch"] for r in read_metrics(tmp_path / "run")] == ["1"]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+
+
 def test_nan_in_epoch_1_says_no_checkpoint_exists_and_how_to_start_again(tiny_data, tmp_path, capsys):
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_data, train={"epochs": 2})))

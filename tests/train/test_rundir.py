@@ -1,5 +1,5 @@
-"""The run folder's small files: written atomically (temp file, fsync, os.replace), and a failed
-write leaves the previous file and no temporary file behind."""
+"""The run folder: its small files are written atomically (temp file, fsync, os.replace), and a failed
+write leaves the previous file and no temporary file behind; a bad --out is a one-line error."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from cnnbench.errors import CnnbenchError
 from cnnbench.train import rundir
 
 ROW = {"epoch": 1, "train_loss": 1.5, "train_top1": 0.25}
@@ -36,3 +37,13 @@ def test_files_reach_the_disk_before_they_replace_the_old_ones(tmp_path, monkeyp
     rundir.write_summary(tmp_path, {"status": "finished"})
     rundir.write_recipe(tmp_path, {"name": "tiny"})
     assert events == ["fsync", "replace"] * 2
+
+
+@pytest.mark.parametrize("out", ["notes.txt", "notes.txt/run"])
+def test_an_out_path_through_a_file_is_a_one_line_error(tmp_path, out):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(CnnbenchError, match=r"notes.txt(/run)?: (is a file, not a folder|cannot create the run folder)"):
+        rundir.prepare_run_dir(tmp_path / out, resume=False, overwrite=False)
+    with pytest.raises(CnnbenchError):
+        rundir.prepare_run_dir(tmp_path / out, resume=False, overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "keep me"

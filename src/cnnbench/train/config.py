@@ -136,6 +136,8 @@ class OptimConfig:
         _positive("optim", "lr", self.lr)
         _positive("optim", "weight_decay", self.weight_decay, allow_zero=True)
         _positive("optim", "l2", self.l2, allow_zero=True)
+        _positive("optim", "eps", self.eps, allow_zero=True)
+        _positive("optim", "grad_clip", self.grad_clip, note="or null for no clipping")
         _within("optim", "momentum", self.momentum, "a value", 0, 1)
         self.betas = tuple(self.betas)
         for i, beta in enumerate(self.betas):
@@ -174,7 +176,10 @@ class ScheduleConfig:
         _positive("schedule", "gamma", self.gamma)
         _positive("schedule", "warmup_epochs", self.warmup_epochs, allow_zero=True)
         _positive("schedule", "min_lr", self.min_lr, allow_zero=True)
+        _positive("schedule", "patience", self.patience, allow_zero=True)
         _within("schedule", "pct_start", self.pct_start, "a fraction", 0, 1, low_open=True)
+        if self.name == "plateau":  # ReduceLROnPlateau only reduces (it raises for a factor >= 1)
+            _within("schedule", "gamma", self.gamma, "a factor (plateau reduces the rate)", 0, 1, low_open=True)
 
 
 @dataclass

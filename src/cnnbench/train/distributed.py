@@ -73,6 +73,14 @@ def all_reduce(values: torch.Tensor, op: str = "sum") -> torch.Tensor:
     return values
 
 
+def broadcast_buffers(module: torch.nn.Module) -> None:
+    """Give every rank rank 0's buffers (BN statistics); nothing in a single process. DDP does so
+    only before a training forward, which then moves each rank's copy with its own batch."""
+    if dist.is_available() and dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, 0)
+
+
 def gather_to_all(value: torch.Tensor) -> torch.Tensor:
     """(world_size, *value.shape): every rank's ``value`` (same shape on all), stacked by rank."""
     if not (dist.is_available() and dist.is_initialized()):

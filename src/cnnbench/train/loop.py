@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from cnnbench.errors import CnnbenchError
 from cnnbench.evaluate.inference import batch_log_probs
-from cnnbench.train.distributed import StopRequest, all_reduce
+from cnnbench.train.distributed import StopRequest, all_reduce, broadcast_buffers
 
 # Inception-V3's auxiliary classifier: "the auxiliary loss is weighted by 0.4" (torchvision's
 # reference and Szegedy et al. 2016); used when a model with aux heads does not give weights.
@@ -28,7 +28,8 @@ AUX_WEIGHT = 0.4
 
 
 class NonFiniteLoss(CnnbenchError):
-    """The loss became NaN or infinite; the weights of this step were not updated."""
+    """The loss became NaN or infinite (the weights of this step were not updated), or a step left
+    non-finite weights behind (``check_finite_weights``, before a checkpoint)."""
 
 
 @dataclass
@@ -101,11 +102,16 @@ def classification_loss(outputs, labels_a: torch.Tensor, labels_b: torch.Tensor 
     return loss, main
 
 
-def _batch_sums(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def _batch_sums(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, mixed=None) -> torch.Tensor:
     """(loss * n, top-1 hits, top-5 hits, n) of one batch, brought to the CPU in one transfer —
-    the step's only device sync, which also serves the finite-loss check."""
+    the step's only device sync, which also serves the finite-loss check. A mixed batch
+    (mixup/CutMix) counts a hit on each of its two labels with that label's weight, lam and
+    1 - lam, as the loss does (mixup's reference code): its partner label is as much the answer."""
     with torch.no_grad():
         top1, top5 = topk_hits(logits.detach().float(), labels)
+        if mixed is not None:
+            hits_b = topk_hits(logits.detach().float(), mixed.labels_b)
+            top1, top5 = (mixed.lam * a + (1.0 - mixed.lam) * b for a, b in zip((top1, top5), hits_b))
         n = torch.tensor(float(labels.shape[0]), device=loss.device)
         return torch.stack([loss.detach().float() * n, top1.float(), top5.float(), n]).to("cpu", torch.float64)
 
@@ -121,7 +127,7 @@ def _step_flags(batch_sums: torch.Tensor, stop: StopRequest | None) -> tuple[boo
 
 def _forward_loss(e: Engine, view: int, images: torch.Tensor, labels: torch.Tensor):
     """uint8 batch -> pipeline (augment, resize, normalise) -> mixup/cutmix -> forward under
-    autocast -> loss (+ Keras L2); returns (loss, main logits)."""
+    autocast -> loss (+ Keras L2); returns (loss, main logits, the MixedBatch or None)."""
     x = e.train_pipes[view](images, e.generator)
     mix = e.train_mixes[view]
     mixed = mix(x, labels, e.generator) if mix is not None else None
@@ -131,7 +137,7 @@ def _forward_loss(e: Engine, view: int, images: torch.Tensor, labels: torch.Tens
                                        mixed.lam if mixed else 1.0, e.label_smoothing, e.aux_weights)
     if e.l2 is not None:
         loss = loss + e.l2()
-    return loss, logits
+    return loss, logits, mixed
 
 
 def _optimizer_step(e: Engine, loss: torch.Tensor) -> None:
@@ -162,8 +168,8 @@ def train_one_epoch(engine: Engine, progress: Progress, stop: StopRequest | None
     start = time.perf_counter() - progress.epoch_seconds
     images_before = progress.epoch_sums[3].item()
     for view, images, labels in stream:
-        loss, logits = _forward_loss(e, view, images, labels)
-        batch_sums = _batch_sums(loss, logits, labels)
+        loss, logits, mixed = _forward_loss(e, view, images, labels)
+        batch_sums = _batch_sums(loss, logits, labels, mixed)
         finite, stop_now = _step_flags(batch_sums, stop)
         if not finite:
             raise NonFiniteLoss(f"loss became {batch_sums[0].item() / batch_sums[3].item()} at epoch {progress.epoch + 1}, "
@@ -189,10 +195,22 @@ def train_one_epoch(engine: Engine, progress: Progress, stop: StopRequest | None
 
 
 @torch.no_grad()
+def check_finite_weights(engine: Engine, progress: Progress) -> None:
+    """Raise ``NonFiniteLoss`` when a step left non-finite weights or BN statistics (a finite loss
+    whose gradients overflowed): the next step's loss check would see it, but a checkpoint taken
+    before that step (end of epoch, stop request) must not keep them as the last good one."""
+    state = [v for v in engine.model.state_dict().values() if v.is_floating_point()]
+    if state and not torch.stack([torch.isfinite(v).all() for v in state]).all().item():
+        raise NonFiniteLoss(f"weights became non-finite in epoch {progress.epoch + 1} (by global step {progress.step})")
+
+
+@torch.no_grad()
 def evaluate(model: torch.nn.Module, loader, pipe, precision, tta: str = "none") -> dict[str, float]:
     """Loss, top-1 and top-5 over a whole split (summed over ranks), from the log-probabilities
     ``cnnbench evaluate`` computes (``batch_log_probs``: ``tta="flip"`` mirrors the uint8 image
-    before normalising and averages the two softmaxes; the loss is the NLL of that average)."""
+    before normalising and averages the two softmaxes; the loss is the NLL of that average).
+    Every rank evaluates with rank 0's BN statistics: rank 0's model is the one checkpointed."""
+    broadcast_buffers(model)
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)
     for images, labels in loader:

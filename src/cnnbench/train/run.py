@@ -34,7 +34,8 @@ from cnnbench.train.device import Precision, resolve_device, resolve_precision
 from cnnbench.train.distributed import (Ranks, StopRequest, all_reduce, init_distributed,
                                         ranks_from_env, shutdown_distributed)
 from cnnbench.train.gemm_conv import AUTO_MAX_AREA, use_gemm_convs
-from cnnbench.train.loop import Engine, NonFiniteLoss, Progress, evaluate, improved, sums_to_metrics, train_one_epoch
+from cnnbench.train.loop import (Engine, NonFiniteLoss, Progress, check_finite_weights, evaluate, improved,
+                                 sums_to_metrics, train_one_epoch)
 from cnnbench.train.optim import create_l2_penalty, create_optimizer
 from cnnbench.train.schedule import Horizon, create_schedule
 from cnnbench.train.views import ViewStream
@@ -253,11 +254,13 @@ def fit(engine: Engine, progress: Progress, recipe: Recipe, files: RunFiles | No
         if progress.epoch_lr is None:
             progress.epoch_lr = engine.optimizer.param_groups[0]["lr"]
         if not train_one_epoch(engine, progress, stop, show, after_step):
+            check_finite_weights(engine, progress)
             progress.epoch_sums = all_reduce(progress.epoch_sums.clone())
             rng_ranks = gather_rng_states(engine.generator)  # a collective: every rank joins
             if files:
                 files.save(engine, progress, "last", complete=False, rng_ranks=rng_ranks)
             return "stopped"
+        check_finite_weights(engine, progress)
         all_reduce(progress.epoch_sums)
         seconds = progress.epoch_seconds
         progress.seconds += seconds

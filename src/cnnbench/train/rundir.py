@@ -45,6 +45,8 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path:
         if not holds_run:
             raise CnnbenchError(f"{run_dir}: nothing to resume (no {RUN_MARKER}); start a run with --out {run_dir}")
         return run_dir
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CnnbenchError(f"{run_dir}: is a file, not a folder; give --out a new folder or a run folder")
     if run_dir.exists() and any(run_dir.iterdir()):
         if not overwrite:
             raise CnnbenchError(f"{run_dir}: folder exists and is not empty; use --resume {run_dir} to continue "
@@ -53,7 +55,10 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path:
             raise CnnbenchError(f"{run_dir}: --overwrite only replaces a run folder (one with {RUN_MARKER}); "
                                 "this folder holds something else")
         shutil.rmtree(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file on the way, no permission
+        raise CnnbenchError(f"{run_dir}: cannot create the run folder ({exc.strerror})") from None
     return run_dir
 
 
