@@ -89,6 +89,12 @@ def test_existing_run_folder_is_never_overwritten_silently(tiny_data, tmp_path, 
     assert f"cnnbench: error: {run}: folder exists and is not empty; use --resume {run}" in err
     assert (run / "summary.json").read_text() == before
     assert main(["train", str(recipe), "--out", str(run), "--quiet", "--overwrite"]) == 0
+    # a new recipe that fails to build (here: an L2 layer the model lacks) leaves the old run whole
+    before = {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    assert main(["train", str(recipe), "--out", str(run), "--quiet", "--overwrite",
+                 "--set", "optim.l2=0.0001", "--set", "optim.l2_layers=[nosuchlayer]"]) == 2
+    assert "optim.l2_layers: nosuchlayer are not layers" in capsys.readouterr().err
+    assert {p.relative_to(run): p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "notes.txt").write_text("keep me")
     assert main(["train", str(recipe), "--out", str(tmp_path / "other"), "--overwrite", "--quiet"]) == 2

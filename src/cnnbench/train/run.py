@@ -374,15 +374,14 @@ def train_run(recipe: Recipe | None, run_dir: str | Path, resume: bool = False, 
     t = recipe.train
     dev = init_distributed(ranks, resolve_device(device or t.device))
     precision = Precision(resolve_precision(t.precision, dev), dev)
-    if ranks.is_main:
-        rundir.prepare_run_dir(run_dir, resume, overwrite)
+    replaces_old_run = rundir.prepare_run_dir(run_dir, resume, overwrite) if ranks.is_main else False
     # Process-wide torch settings, put back afterwards so a caller (a study, a test) is unaffected.
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     try:
         if t.workers:
             torch.set_num_threads(t.workers)
         torch.use_deterministic_algorithms(t.deterministic)
-        result = _train(recipe, run_dir, ckpt, quiet, dev, precision, ranks, after_step)
+        result = _train(recipe, run_dir, ckpt, quiet, dev, precision, ranks, after_step, replaces_old_run)
         # Under DDP every rank returns only once rank 0 has written the run folder, so a caller on
         # any rank can read it (or resume it) at once. A CPU tensor: gloo carries it on every device.
         all_reduce(torch.zeros(1))
@@ -461,7 +460,7 @@ def _diverged_hint(run_dir: Path, last_saved: str | None) -> str:
 
 
 def _train(recipe: Recipe, run_dir: Path, ckpt: dict[str, Any] | None, quiet: bool, dev: torch.device,
-           precision: Precision, ranks: Ranks, after_step) -> RunResult:
+           precision: Precision, ranks: Ranks, after_step, replaces_old_run: bool = False) -> RunResult:
     resume = ckpt is not None
     d = recipe.data
     ds = load_dataset(d.name, data=d.path, grayscale=d.grayscale, train_per_class=d.train_per_class,
@@ -481,6 +480,8 @@ def _train(recipe: Recipe, run_dir: Path, ckpt: dict[str, Any] | None, quiet: bo
     if ranks.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
+        if replaces_old_run:  # only now: the new recipe has built, so --overwrite never loses a run for nothing
+            rundir.clear_old_run(run_dir)
         if not resume:
             rundir.write_recipe(run_dir, recipe.to_dict())
             rundir.write_classes(run_dir, ds.classes)

@@ -7,7 +7,7 @@ Every file is written to a temporary name in the same folder, fsynced and moved 
 ``os.replace`` (``cnnbench.files.write_atomic``), so a crash never leaves a half-written
 file that looks complete, nor a stray temporary file. A folder that
 already holds a run is never reused silently: ``--resume`` continues it, ``--overwrite``
-replaces it, anything else is an error.
+replaces it (only once the new recipe has built), anything else is an error.
 """
 
 from __future__ import annotations
@@ -37,14 +37,19 @@ SUMMARY_COLUMNS = ("run", "name", "model", "dataset", "seed", "params", "mflops"
 RUN_MARKER = "recipe.yaml"
 
 
-def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path:
-    """Create ``run_dir`` for a new run, or check it holds the run to resume."""
+def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
+    """Check ``run_dir`` can take a new run (or holds the run to resume), creating it if new.
+
+    Returns whether it holds an old run that ``--overwrite`` replaces: that one is removed only by
+    ``clear_old_run``, once the new recipe has built its data, model and engine, so a recipe that
+    fails to build never costs the old run.
+    """
     run_dir = Path(run_dir)
     holds_run = (run_dir / RUN_MARKER).exists()
     if resume:
         if not holds_run:
             raise CnnbenchError(f"{run_dir}: nothing to resume (no {RUN_MARKER}); start a run with --out {run_dir}")
-        return run_dir
+        return False
     if run_dir.exists() and not run_dir.is_dir():
         raise CnnbenchError(f"{run_dir}: is a file, not a folder; give --out a new folder or a run folder")
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -54,12 +59,21 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> Path:
         if not holds_run:
             raise CnnbenchError(f"{run_dir}: --overwrite only replaces a run folder (one with {RUN_MARKER}); "
                                 "this folder holds something else")
-        shutil.rmtree(run_dir)
+        return True
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a file on the way, no permission
         raise CnnbenchError(f"{run_dir}: cannot create the run folder ({exc.strerror})") from None
-    return run_dir
+    return False
+
+
+def clear_old_run(run_dir: Path) -> None:
+    """Empty a run folder ``prepare_run_dir`` found to hold the run ``--overwrite`` replaces."""
+    for entry in Path(run_dir).iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
 
 
 def write_recipe(run_dir: Path, recipe_dict: dict) -> None:
