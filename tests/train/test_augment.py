@@ -82,7 +82,7 @@ def _moved_one_by_one(x, padding, dy, dx, hflip, vflip):
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
-@pytest.mark.parametrize("padding", [0, 1, 4])
+@pytest.mark.parametrize("padding", [0, 1, 4, 6, 9])  # 6, 9: rows reflected past the window (2 * padding >= 12)
 def test_pixel_moves_equal_pad_crop_flip_image_by_image(dtype, padding):
     g = torch.Generator().manual_seed(padding)
     x = (torch.rand(40, 3, 12, 10, generator=g) * 255).to(dtype)

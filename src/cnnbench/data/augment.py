@@ -223,6 +223,8 @@ def move_pixels_cpu(x: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.T
     are filled for the whole batch with one fancy-indexed copy per distance k."""
     b, c, h, w = x.shape
     p = padding
+    if 2 * p >= h:  # a reflected row may mirror an image row cropped out of the window, which the row pass reads
+        return move_pixels_gather(x, padding, dy, dx, hflip, vflip)
     nhwc = x.permute(0, 2, 3, 1)  # (B, H, W, C)
     hs, vs = hflip.tolist(), vflip.tolist()
     # shift of each window's top-left corner from the image's, in its (maybe flipped) source
