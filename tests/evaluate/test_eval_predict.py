@@ -50,6 +50,13 @@ def test_predict_cli_json_and_a_file_that_is_not_an_image(run, tiny_data, tmp_pa
     assert err == f"cnnbench: error: {fake}: not an image (could not decode it as JPEG, PNG, GIF or WebP)\n"
 
 
+def test_predict_refuses_an_empty_image_file_in_one_line(run, tmp_path, capsys):
+    empty = tmp_path / "interrupted.png"  # e.g. a download that wrote nothing
+    empty.write_bytes(b"")
+    assert main(["predict", str(run), str(empty)]) == 2
+    assert capsys.readouterr().err == f"cnnbench: error: {empty}: empty file, not an image\n"
+
+
 def test_submission_has_one_line_per_test_image_in_challenge_format(run, tiny_data, tmp_path):
     out = tmp_path / "submission.txt"
     assert write_submission(run, out) == 5

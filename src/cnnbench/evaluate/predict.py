@@ -40,11 +40,14 @@ def decode_image_file(path: Path, channels: int, size: tuple[int, int]) -> torch
 
     path = Path(path)
     try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise CnnbenchError(f"{path}: image file not found") from None
     except IsADirectoryError:
         raise CnnbenchError(f"{path}: is a folder, expected an image file") from None
+    if not raw:  # torch.frombuffer refuses an empty buffer with a ValueError
+        raise CnnbenchError(f"{path}: empty file, not an image")
+    data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
     try:
         image = decode_image(data, mode=mode)  # (C, H, W) uint8
