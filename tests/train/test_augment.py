@@ -68,6 +68,13 @@ def test_center_crop_resize_is_torchvision_crop_then_resize(batch):
     assert torch.equal(out, expected)
 
 
+def test_random_resized_crop_interpolates_without_an_extra_blur(batch):
+    # torchvision's RandomResizedCrop (crop, then bilinear resize) returns a whole-image box unchanged;
+    # averaging several samples per output pixel blurred every crop, this one included.
+    whole = A.random_resized_crop(batch, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    torch.testing.assert_close(whole, batch, atol=1e-6, rtol=0)
+
+
 def _moved_one_by_one(x, padding, dy, dx, hflip, vflip):
     """The reference: torch's reflect pad, a slice, then torch's flips, image by image."""
     h, w = x.shape[-2:]

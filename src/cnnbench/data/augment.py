@@ -283,7 +283,9 @@ def random_resized_crop(x: torch.Tensor, g: torch.Generator, scale: tuple[float,
     x0 = torch.rand(b, generator=g, device=dev) * (w - cw)
     y0 = torch.rand(b, generator=g, device=dev) * (h - ch)
     boxes = torch.stack([torch.arange(b, device=dev, dtype=x0.dtype), x0, y0, x0 + cw, y0 + ch], 1)
-    return roi_align(x, boxes.to(x.dtype), output_size=(h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    # One bilinear sample at each output pixel's centre, as crop + bilinear resize: boxes are never
+    # larger than the output, and more samples per pixel would average neighbours (a blur).
+    return roi_align(x, boxes.to(x.dtype), output_size=(h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True)
 
 
 def center_crop_resize(x: torch.Tensor, fraction: float) -> torch.Tensor:
