@@ -54,6 +54,8 @@ def decode_image_file(path: Path, channels: int, size: tuple[int, int]) -> torch
     except (RuntimeError, ValueError):
         # torchvision's message carries its C++ source path; what the user needs is which file and what was expected.
         raise CnnbenchError(f"{path}: not an image (could not decode it as JPEG, PNG, GIF or WebP)") from None
+    if image.ndim == 4:  # an animated GIF is decoded as (frames, C, H, W): its first frame, as PIL opens it
+        image = image[0]
     if tuple(image.shape[-2:]) != tuple(size):
         image = resize(image, list(size), antialias=True)
     return image
