@@ -100,6 +100,14 @@ def test_ensemble_refuses_members_whose_data_settings_give_other_split_images(ru
     assert evaluate_ensemble([run, quick], tmp_path / "ens")["images"] == 12  # only train differs: same val
 
 
+def test_ensemble_out_folder_may_not_be_a_member(run, tiny_data, tmp_path):
+    second = write_checkpointed_run(tmp_path / "cnn-s1", tiny_data, seed=1)
+    own = evaluate_run(second)
+    with pytest.raises(CnnbenchError, match="--out .*cnn-s1: is one of the ensemble's members"):
+        evaluate_ensemble([run, second], tmp_path / "." / "cnn-s1")
+    assert read_evaluations(second)["val"] == own  # the member's own row is not replaced by the ensemble's
+
+
 def test_ensemble_members_run_in_their_own_precision(run, tiny_data, tmp_path, monkeypatch):
     import cnnbench.evaluate.evaluation as evaluation
 

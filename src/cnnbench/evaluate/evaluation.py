@@ -168,6 +168,8 @@ def evaluate_ensemble(run_dirs: list[Path], out: Path, options: EvalOptions | No
     run_dirs = [Path(r) for r in run_dirs]
     if len(run_dirs) < 2:
         raise CnnbenchError("--ensemble: give two or more run folders")
+    if Path(out).resolve() in {r.resolve() for r in run_dirs}:  # its evaluate/<tag>.json would become the ensemble's
+        raise CnnbenchError(f"--out {out}: is one of the ensemble's members; give the ensemble its own folder")
     classes = check_ensemble_classes(run_dirs)
     scorers = [load_scorer(r, options.checkpoint) for r in run_dirs]
     options, own_tta = resolve_tta(options, scorers)
