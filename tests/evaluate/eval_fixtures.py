@@ -61,10 +61,12 @@ def write_tiny_folder(root: Path, wnids=WNIDS, train: int = 6, val: int = 3, tes
 
 
 def recipe_dict(name: str, data: Path, model: str = "logreg", seed: int = 0, normalize: str = "standardize",
-                **train) -> dict:
-    """A 1-epoch fp32 recipe; ``train`` sets other train keys (tta="flip", precision="bf16", ...)."""
+                data_keys: dict | None = None, **train) -> dict:
+    """A 1-epoch fp32 recipe; ``train`` sets other train keys (tta="flip", precision="bf16", ...),
+    ``data_keys`` other data keys (holdout, grayscale, ...)."""
     return load_recipe(values={"name": name, "seed": seed,
-                               "data": {"name": "tiny-imagenet", "path": str(data), "normalize": normalize},
+                               "data": {"name": "tiny-imagenet", "path": str(data), "normalize": normalize,
+                                        **(data_keys or {})},
                                "model": {"name": model}, "train": {"epochs": 1, "precision": "fp32", **train}}).to_dict()
 
 
@@ -79,11 +81,12 @@ def checkpoint_state(recipe: dict, wnids, seed: int) -> dict:
 
 
 def write_checkpointed_run(folder: Path, data: Path, model: str = "logreg", seed: int = 0,
-                           wnids=WNIDS, snapshots: int = 0, normalize: str = "standardize", **train) -> Path:
+                           wnids=WNIDS, snapshots: int = 0, normalize: str = "standardize",
+                           data_keys: dict | None = None, **train) -> Path:
     """A run folder as `cnnbench train` leaves it (metrics.csv, summary.json, classes.json, recipe.yaml,
     checkpoints/best.pt and last.pt; snapshot-<k>.pt for k = 1..snapshots); ``train``: recipe train keys."""
     folder.mkdir(parents=True)
-    recipe = recipe_dict(folder.name, data, model, seed, normalize, **train)
+    recipe = recipe_dict(folder.name, data, model, seed, normalize, data_keys, **train)
     (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False))
     (folder / "classes.json").write_text(json.dumps([{"id": w, "name": n} for w, n in zip(wnids, NAMES * 3)]))
     (folder / "metrics.csv").write_text(

@@ -50,6 +50,26 @@ def test_predict_cli_json_and_a_file_that_is_not_an_image(run, tiny_data, tmp_pa
     assert err == f"cnnbench: error: {fake}: not an image (could not decode it as JPEG, PNG, GIF or WebP)\n"
 
 
+def test_predict_refuses_an_empty_image_file_in_one_line(run, tmp_path, capsys):
+    empty = tmp_path / "interrupted.png"  # e.g. a download that wrote nothing
+    empty.write_bytes(b"")
+    assert main(["predict", str(run), str(empty)]) == 2
+    assert capsys.readouterr().err == f"cnnbench: error: {empty}: empty file, not an image\n"
+
+
+def test_predict_takes_the_first_frame_of_an_animated_gif(run, tmp_path):
+    from PIL import Image
+
+    frames = [Image.new("RGB", (40, 30), colour) for colour in ((200, 40, 40), (40, 40, 200))]
+    gif, png = tmp_path / "anim.gif", tmp_path / "first.png"
+    frames[0].save(gif, save_all=True, append_images=frames[1:])  # decoded as (frames, C, H, W)
+    frames[0].save(png)
+    animated, first = predict_images(run, [gif, png], top=4)
+    assert animated["image"].shape == (64, 64, 3)
+    assert [g.id for g in animated["top"]] == [g.id for g in first["top"]]
+    assert [g.probability for g in animated["top"]] == pytest.approx([g.probability for g in first["top"]], abs=1e-6)
+
+
 def test_submission_has_one_line_per_test_image_in_challenge_format(run, tiny_data, tmp_path):
     out = tmp_path / "submission.txt"
     assert write_submission(run, out) == 5

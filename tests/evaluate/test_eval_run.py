@@ -89,6 +89,25 @@ def test_ensemble_averages_softmax_and_refuses_different_class_lists(run, tiny_d
     assert not (tmp_path / "bad").exists()
 
 
+def test_ensemble_refuses_members_whose_data_settings_give_other_split_images(run, tiny_data, tmp_path):
+    # holdout=0.5 makes val half of train: images `run` trained on; the split is read through the first member.
+    held = write_checkpointed_run(tmp_path / "held-s0", tiny_data, data_keys={"holdout": 0.5})
+    for members in ([held, run], [run, held]):
+        with pytest.raises(CnnbenchError, match=r"sees other 'val' images than .* \(data settings differ: data.holdout\)"):
+            evaluate_ensemble(members, tmp_path / "ens")
+    assert not (tmp_path / "ens").exists()
+    quick = write_checkpointed_run(tmp_path / "quick-s0", tiny_data, data_keys={"train_per_class": 3})
+    assert evaluate_ensemble([run, quick], tmp_path / "ens")["images"] == 12  # only train differs: same val
+
+
+def test_ensemble_out_folder_may_not_be_a_member(run, tiny_data, tmp_path):
+    second = write_checkpointed_run(tmp_path / "cnn-s1", tiny_data, seed=1)
+    own = evaluate_run(second)
+    with pytest.raises(CnnbenchError, match="--out .*cnn-s1: is one of the ensemble's members"):
+        evaluate_ensemble([run, second], tmp_path / "." / "cnn-s1")
+    assert read_evaluations(second)["val"] == own  # the member's own row is not replaced by the ensemble's
+
+
 def test_ensemble_members_run_in_their_own_precision(run, tiny_data, tmp_path, monkeypatch):
     import cnnbench.evaluate.evaluation as evaluation
 

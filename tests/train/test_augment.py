@@ -68,6 +68,13 @@ def test_center_crop_resize_is_torchvision_crop_then_resize(batch):
     assert torch.equal(out, expected)
 
 
+def test_random_resized_crop_interpolates_without_an_extra_blur(batch):
+    # torchvision's RandomResizedCrop (crop, then bilinear resize) returns a whole-image box unchanged;
+    # averaging several samples per output pixel blurred every crop, this one included.
+    whole = A.random_resized_crop(batch, torch.Generator().manual_seed(0), scale=(1.0, 1.0), ratio=(1.0, 1.0))
+    torch.testing.assert_close(whole, batch, atol=1e-6, rtol=0)
+
+
 def _moved_one_by_one(x, padding, dy, dx, hflip, vflip):
     """The reference: torch's reflect pad, a slice, then torch's flips, image by image."""
     h, w = x.shape[-2:]
@@ -82,7 +89,7 @@ def _moved_one_by_one(x, padding, dy, dx, hflip, vflip):
 
 
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
-@pytest.mark.parametrize("padding", [0, 1, 4])
+@pytest.mark.parametrize("padding", [0, 1, 4, 6, 9])  # 6, 9: rows reflected past the window (2 * padding >= 12)
 def test_pixel_moves_equal_pad_crop_flip_image_by_image(dtype, padding):
     g = torch.Generator().manual_seed(padding)
     x = (torch.rand(40, 3, 12, 10, generator=g) * 255).to(dtype)

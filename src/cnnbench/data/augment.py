@@ -223,6 +223,8 @@ def move_pixels_cpu(x: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.T
     are filled for the whole batch with one fancy-indexed copy per distance k."""
     b, c, h, w = x.shape
     p = padding
+    if 2 * p >= h:  # a reflected row may mirror an image row cropped out of the window, which the row pass reads
+        return move_pixels_gather(x, padding, dy, dx, hflip, vflip)
     nhwc = x.permute(0, 2, 3, 1)  # (B, H, W, C)
     hs, vs = hflip.tolist(), vflip.tolist()
     # shift of each window's top-left corner from the image's, in its (maybe flipped) source
@@ -281,7 +283,9 @@ def random_resized_crop(x: torch.Tensor, g: torch.Generator, scale: tuple[float,
     x0 = torch.rand(b, generator=g, device=dev) * (w - cw)
     y0 = torch.rand(b, generator=g, device=dev) * (h - ch)
     boxes = torch.stack([torch.arange(b, device=dev, dtype=x0.dtype), x0, y0, x0 + cw, y0 + ch], 1)
-    return roi_align(x, boxes.to(x.dtype), output_size=(h, w), spatial_scale=1.0, sampling_ratio=2, aligned=True)
+    # One bilinear sample at each output pixel's centre, as crop + bilinear resize: boxes are never
+    # larger than the output, and more samples per pixel would average neighbours (a blur).
+    return roi_align(x, boxes.to(x.dtype), output_size=(h, w), spatial_scale=1.0, sampling_ratio=1, aligned=True)
 
 
 def center_crop_resize(x: torch.Tensor, fraction: float) -> torch.Tensor:

@@ -143,18 +143,40 @@ def check_ensemble_classes(run_dirs: list[Path]) -> list:
     return first
 
 
+# Data settings that decide which images a split holds and with how many channels.
+SPLIT_KEYS = ("name", "grayscale", "skip_bad", "train_per_class", "val_split", "holdout")
+
+
+def check_same_split(scorers: list[Scorer], dataset: Dataset, options: EvalOptions, views: DatasetViews) -> None:
+    """Refuse members that see other images in the split than the first member, through whose data
+    settings it is read: a member trained with another holdout would be scored on its own training
+    images, one with another grayscale policy fed images with the wrong channel count."""
+    files = dataset.split(options.split).files
+    first = scorers[0]
+    for scorer in scorers[1:]:
+        own = views.load(scorer.recipe, options.data)
+        if own.channels != dataset.channels or own.split(options.split).files != files:
+            keys = [f"data.{k}" for k in SPLIT_KEYS if getattr(scorer.recipe.data, k) != getattr(first.recipe.data, k)]
+            raise CnnbenchError(f"ensemble: {scorer.run_dir} sees other {options.split!r} images than {first.run_dir} "
+                                f"(data settings differ: {', '.join(keys) or 'see their recipe.yaml'}); "
+                                f"members must be evaluated on the same images")
+
+
 def evaluate_ensemble(run_dirs: list[Path], out: Path, options: EvalOptions | None = None) -> dict[str, Any]:
     """Average the softmax outputs of several runs; writes ``OUT/evaluate/<tag>.*`` and OUT/classes.json."""
     options = options or EvalOptions()
     run_dirs = [Path(r) for r in run_dirs]
     if len(run_dirs) < 2:
         raise CnnbenchError("--ensemble: give two or more run folders")
+    if Path(out).resolve() in {r.resolve() for r in run_dirs}:  # its evaluate/<tag>.json would become the ensemble's
+        raise CnnbenchError(f"--out {out}: is one of the ensemble's members; give the ensemble its own folder")
     classes = check_ensemble_classes(run_dirs)
     scorers = [load_scorer(r, options.checkpoint) for r in run_dirs]
     options, own_tta = resolve_tta(options, scorers)
     views = DatasetViews()
     dataset = views.load(scorers[0].recipe, options.data)
     check_same_classes(dataset, classes, str(options.data or dataset.name))
+    check_same_split(scorers, dataset, options, views)
     log_probs, seconds = _score_split(scorers, dataset, options, views)
     facts = [_summary_facts(r) for r in run_dirs]
     base = {"run": str(out), "name": Path(out).name,

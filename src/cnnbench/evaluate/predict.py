@@ -40,17 +40,22 @@ def decode_image_file(path: Path, channels: int, size: tuple[int, int]) -> torch
 
     path = Path(path)
     try:
-        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise CnnbenchError(f"{path}: image file not found") from None
     except IsADirectoryError:
         raise CnnbenchError(f"{path}: is a folder, expected an image file") from None
+    if not raw:  # torch.frombuffer refuses an empty buffer with a ValueError
+        raise CnnbenchError(f"{path}: empty file, not an image")
+    data = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
     mode = ImageReadMode.RGB if channels == 3 else ImageReadMode.GRAY
     try:
         image = decode_image(data, mode=mode)  # (C, H, W) uint8
     except (RuntimeError, ValueError):
         # torchvision's message carries its C++ source path; what the user needs is which file and what was expected.
         raise CnnbenchError(f"{path}: not an image (could not decode it as JPEG, PNG, GIF or WebP)") from None
+    if image.ndim == 4:  # an animated GIF is decoded as (frames, C, H, W): its first frame, as PIL opens it
+        image = image[0]
     if tuple(image.shape[-2:]) != tuple(size):
         image = resize(image, list(size), antialias=True)
     return image
