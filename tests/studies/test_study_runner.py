@@ -68,6 +68,14 @@ def test_set_seed_with_several_seeds_plans_distinct_runs(tmp_path):
     assert row["seeds"] == 3 and row["ours_val_top1_std"] > 0
 
 
+def test_a_seed_that_is_not_a_number_is_a_one_line_error(tmp_path):
+    """`--set seed=abc` (or a recipe's `seed: null`) once raised a TypeError adding the seed offset."""
+    study = load_study("cambridge18_baselines")
+    for value in ("abc", ""):
+        with pytest.raises(CnnbenchError, match=r"vgg_like.yaml: seed: "):
+            plan_study(study, StudyOptions(seeds=2, only=("vgg_like",), overrides=(f"seed={value}",)), tmp_path)
+
+
 def test_a_plan_never_puts_two_runs_in_one_folder(tmp_path, monkeypatch):
     import cnnbench.studies.runner as runner
 
