@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -127,6 +128,15 @@ def test_bad_spaces_are_refused(files):
         (files / "bad.yaml").write_text(text)
         with pytest.raises(CnnbenchError, match=message):
             load_space(files / "bad.yaml", values)
+
+
+def test_a_storage_optuna_cannot_open_is_a_one_line_error(files):
+    """A plain path, an unknown dialect or a missing folder once surfaced as SQLAlchemy tracebacks."""
+    for storage, reason in (("runs/optuna.db", "Could not parse SQLAlchemy URL"), ("nosuchdb://host/x", "Can't load plugin"),
+                            (f"sqlite:///{files / 'missing' / 'optuna.db'}", "unable to open database file")):
+        options = TuneOptions(trials=1, out=files / "out", storage=storage)
+        with pytest.raises(CnnbenchError, match=rf"^--storage {re.escape(storage)}: .*{reason}.*sqlite:///PATH/optuna.db"):
+            tune_recipe(files / "recipe.yaml", files / "space.yaml", options, trainer=FakeEpochEngine())
 
 
 def test_tune_with_the_training_engine(tiny_zip, tmp_path):

@@ -298,6 +298,17 @@ def write_best_recipe(base: dict[str, Any], options: TuneOptions, params: dict[s
     return write_text(path, f"# {header}\n" + yaml.safe_dump(values, sort_keys=False))
 
 
+def open_study(optuna, name: str, storage: str):
+    """Create the study, or load it to continue; a storage Optuna cannot open is a one-line error."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    except (SQLAlchemyError, ValueError) as exc:  # an unparsable URL, an unknown dialect, a missing folder
+        raise CnnbenchError(f"--storage {storage}: {str(exc).splitlines()[0]} (expected a database URL Optuna "
+                            "can open, e.g. sqlite:///PATH/optuna.db in an existing folder)") from None
+
+
 def tune_recipe(recipe_path: Path, space_path: Path, options: TuneOptions,
                 trainer: EpochTrainer | None = None) -> TuneResult:
     """Run (or join, or continue) the search until the study holds ``options.trials`` trials."""
@@ -318,7 +329,7 @@ def tune_recipe(recipe_path: Path, space_path: Path, options: TuneOptions,
     coarse = max(1, round(options.trials * options.coarse_fraction))
     trainer = trainer or engine_epoch_trainer(options.quiet)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    study = open_study(optuna, name, storage)
     while len(study.trials) < options.trials:
         # The phase follows the trials already in storage, so machines sharing a search agree on it.
         if len(study.trials) < coarse:
