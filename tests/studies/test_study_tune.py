@@ -123,7 +123,12 @@ def test_bad_spaces_are_refused(files):
     bad = {"optim.lr: {type: float, low: 0.1, high: 0.01}": "expected numbers low < high",
            "optim.lr: {type: float, low: 0, high: 1, log: true}": "a log range needs low > 0",
            "optim.lr: {type: uniform, low: 0, high: 1}": "type: expected one of float, int, categorical",
-           "optim.learning_rate: {type: float, low: 0.001, high: 0.1}": "unknown key 'learning_rate'"}
+           "optim.learning_rate: {type: float, low: 0.001, high: 0.1}": "unknown key 'learning_rate'",
+           # a step Optuna refuses was once a ValueError / TypeError traceback at the first trial
+           "optim.momentum: {type: float, low: 0.0, high: 0.5, step: 0}": r"optim.momentum.step: expected a positive number, got 0",
+           "optim.momentum: {type: float, low: 0.0, high: 0.5, step: x}": r"optim.momentum.step: expected a positive number, got 'x'",
+           "train.epochs: {type: int, low: 8, high: 64, step: -8}": r"train.epochs.step: expected a positive whole number",
+           "train.epochs: {type: int, low: 8, high: 64, step: 0.5}": r"train.epochs.step: expected a positive whole number"}
     for text, message in bad.items():
         (files / "bad.yaml").write_text(text)
         with pytest.raises(CnnbenchError, match=message):

@@ -69,12 +69,16 @@ def _check_range(path: Path, key: str, spec: dict[str, Any]) -> ParamRange:
     low, high = spec.get("low"), spec.get("high")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
         raise CnnbenchError(f"{path}: {key}: expected numbers low < high, got low={low!r}, high={high!r}")
+    step = spec.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0
+                             or (kind == "int" and step != int(step))):
+        raise CnnbenchError(f"{path}: {key}.step: expected a positive {'whole ' if kind == 'int' else ''}number, got {step!r}")
     log = bool(spec.get("log", False))
     if log and low <= 0:
         raise CnnbenchError(f"{path}: {key}: a log range needs low > 0, got {low!r}")
     if log and spec.get("step") is not None:
         raise CnnbenchError(f"{path}: {key}: step and log cannot be combined (Optuna's rule)")
-    return ParamRange(key, kind, float(low), float(high), log, spec.get("step"))
+    return ParamRange(key, kind, float(low), float(high), log, step)
 
 
 def load_space(path: Path, recipe_values: dict[str, Any]) -> list[ParamRange]:
