@@ -187,6 +187,24 @@ def test_the_report_leaves_out_folders_trained_with_another_recipe(tmp_path):
     assert [r["experiment"] for r in json.loads((report / "results.json").read_text())["runs"]] == ["modern"]
 
 
+def test_a_new_report_removes_the_files_of_the_previous_one(tmp_path):
+    """An earlier report's compare/seeds.csv (n=2) and the curves of a row now left out once stayed
+    beside a page that said n=1 and showed no such row."""
+    study = load_study("cambridge18_baselines")
+    run_study(study, StudyOptions(scale=0.1, seeds=2, out=tmp_path, only=("vgg_like", "simple_cnn")),
+              trainer=FakeEngine(), log=quiet, sizer=size80)
+    report = tmp_path / "report"
+    assert (report / "compare" / "seeds.csv").exists() and (report / "figures" / "curves_vgg_like.png").exists()
+    run_study(study, StudyOptions(scale=0.1, out=tmp_path, only=("vgg_like", "simple_cnn")), trainer=FakeEngine(),
+              log=quiet, sizer=size80)
+    assert not (report / "compare" / "seeds.csv").exists()  # one seed per recipe: no seed groups
+    assert {p.name for p in (report / "compare").iterdir()} == {"compare.csv", "compare.md", "compare.json"}
+    run_study(study, StudyOptions(out=tmp_path, only=("modern",)), trainer=FakeEngine(), log=quiet, sizer=size80)
+    figures = {p.stem for p in (report / "figures").iterdir()}
+    assert figures == {"bubbles_tiny-imagenet", "curves_tiny-imagenet", "curves_modern"}  # the scale-0.1 rows are left out
+    assert (report / "report.html").read_text().count("data:image/png;base64,") == len(figures)
+
+
 def test_epochs_come_from_the_runs_own_summary(tmp_path):
     study = load_study("cambridge18_baselines")
     engine = FakeEngine(early_stop={"vgg_like": 3})  # early stopping ended it after 3 of its 40 epochs

@@ -234,4 +234,16 @@ def write_study_report(run: StudyRun, plan: list[PlannedRun] | None = None) -> d
         if note:  # the per-run comparison is a page of this report too: it carries the same line
             write_text(written["markdown"], f"> {note}\n\n" + written["markdown"].read_text())
         paths.update({f"compare_{k}": v for k, v in written.items()})
+    _remove_stale(out, paths.values())
     return paths
+
+
+def _remove_stale(out: Path, written) -> None:
+    """Delete the figures and comparison files an earlier report wrote and this one did not (the
+    curves of a row now left out, the seeds table of an earlier --seeds), so no file of the report
+    folder disagrees with its page."""
+    kept = {Path(p).resolve() for p in written}
+    for folder in (out / "figures", out / "compare"):
+        for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+            if path.is_file() and path.resolve() not in kept:
+                path.unlink()
