@@ -144,6 +144,24 @@ def test_a_storage_optuna_cannot_open_is_a_one_line_error(files):
             tune_recipe(files / "recipe.yaml", files / "space.yaml", options, trainer=FakeEpochEngine())
 
 
+def test_a_storage_password_is_neither_printed_nor_written_into_the_best_recipe(files, monkeypatch):
+    """A shared database URL with a password once went verbatim into best.yaml's header and the summary."""
+    storage = "postgresql://bob:s3cret@db.example/optuna"
+    with pytest.raises(CnnbenchError) as error:  # not reachable here: the message still names the URL
+        options = TuneOptions(trials=1, out=files / "a", storage=storage.replace("postgresql", "nosuchdb"))
+        tune_recipe(files / "recipe.yaml", files / "space.yaml", options, trainer=FakeEpochEngine())
+    assert "s3cret" not in str(error.value) and "nosuchdb://bob:***@db.example/optuna" in str(error.value)
+    # The same URL served by a local SQLite file, so the search runs and writes its best recipe.
+    local = f"sqlite:///{files / 'optuna.db'}"
+    for name in ("create_study", "load_study"):
+        monkeypatch.setattr(optuna, name, lambda *args, _real=getattr(optuna, name), **kwargs:
+                            _real(*args, **{**kwargs, "storage": local}))
+    result = tune_recipe(files / "recipe.yaml", files / "space.yaml", TuneOptions(trials=2, out=files / "b", storage=storage, seed=0),
+                         trainer=FakeEpochEngine())
+    assert result.storage == "postgresql://bob:***@db.example/optuna"
+    assert "s3cret" not in result.best_recipe.read_text() and "bob:***@db.example" in result.best_recipe.read_text()
+
+
 def test_tune_with_the_training_engine(tiny_zip, tmp_path):
     """Two tiny trials through `cnnbench tune` and the real training loop's per-epoch hook."""
     from cnnbench.cli import main

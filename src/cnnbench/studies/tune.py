@@ -302,6 +302,18 @@ def write_best_recipe(base: dict[str, Any], options: TuneOptions, params: dict[s
     return write_text(path, f"# {header}\n" + yaml.safe_dump(values, sort_keys=False))
 
 
+def shown_url(storage: str) -> str:
+    """The storage URL as printed and written into best.yaml, with its password (if any) masked:
+    a postgresql://user:password@host/db URL shared by several machines must not end up in a recipe."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(storage).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # not a URL: nothing to mask
+        return storage
+
+
 def open_study(optuna, name: str, storage: str):
     """Create the study, or load it to continue; a storage Optuna cannot open is a one-line error."""
     from sqlalchemy.exc import SQLAlchemyError
@@ -309,7 +321,7 @@ def open_study(optuna, name: str, storage: str):
     try:
         return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
     except (SQLAlchemyError, ValueError) as exc:  # an unparsable URL, an unknown dialect, a missing folder
-        raise CnnbenchError(f"--storage {storage}: {str(exc).splitlines()[0]} (expected a database URL Optuna "
+        raise CnnbenchError(f"--storage {shown_url(storage)}: {str(exc).splitlines()[0]} (expected a database URL Optuna "
                             "can open, e.g. sqlite:///PATH/optuna.db in an existing folder)") from None
 
 
@@ -348,12 +360,13 @@ def tune_recipe(recipe_path: Path, space_path: Path, options: TuneOptions,
                        catch=(CnnbenchError,))
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
-        raise CnnbenchError(f"study {name!r} in {storage}: no trial finished (all {len(study.trials)} were pruned or failed)")
+        raise CnnbenchError(f"study {name!r} in {shown_url(storage)}: no trial finished (all {len(study.trials)} were pruned or failed)")
     best = study.best_trial
-    header = f"cnnbench tune: trial {best.number} of study {name!r} ({storage}), best val top-1 {best.value:.4f}"
+    header = f"cnnbench tune: trial {best.number} of study {name!r} ({shown_url(storage)}), best val top-1 {best.value:.4f}"
     path = write_best_recipe(base, options, best.params, header, out / BEST_RECIPE)
     pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
-    return TuneResult(best.number, float(best.value), dict(best.params), path, storage, name, len(study.trials), pruned)
+    return TuneResult(best.number, float(best.value), dict(best.params), path, shown_url(storage), name,
+                      len(study.trials), pruned)
 
 
 def _seed(options: TuneOptions, study) -> int | None:
