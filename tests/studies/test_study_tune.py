@@ -133,6 +133,8 @@ def test_bad_spaces_are_refused(files):
         (files / "bad.yaml").write_text(text)
         with pytest.raises(CnnbenchError, match=message):
             load_space(files / "bad.yaml", values)
+    with pytest.raises(CnnbenchError, match=rf"^{re.escape(str(files))}: cannot read it \(Is a directory\)"):
+        load_space(files, values)  # --space given a folder was an IsADirectoryError traceback
 
 
 def test_a_storage_optuna_cannot_open_is_a_one_line_error(files):
