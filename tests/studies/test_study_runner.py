@@ -205,6 +205,17 @@ def test_a_new_report_removes_the_files_of_the_previous_one(tmp_path):
     assert (report / "report.html").read_text().count("data:image/png;base64,") == len(figures)
 
 
+def test_the_table_says_which_published_numbers_are_bounds_or_approximate(tmp_path):
+    """skoltech22's AlexNet 'never reached 20%' once read as a plain published 20.00 in the page's table."""
+    study = load_study("skoltech22_cnns")
+    run_study(study, StudyOptions(scale=0.1, out=tmp_path, only=("alexnet_lr1e-3",)), trainer=FakeEngine(), log=quiet, sizer=size80)
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "| compared at | published is | published top-1 % |" in markdown
+    assert "| AlexNet (+FC 1000->200), lr 0.001, step | tiny-imagenet | 2/20 | best | < | 20.00 |" in markdown
+    assert "| M1, augmentation set 1, lr 0.001 | tiny-imagenet | 2/20 | best | ~ | 22.00 |" in markdown
+    assert "| DenseNet-161, lr 0.001, step, 8 epochs | tiny-imagenet | 1/8 | best | = | 51.00 |" in markdown
+
+
 def test_epochs_come_from_the_runs_own_summary(tmp_path):
     study = load_study("cambridge18_baselines")
     engine = FakeEngine(early_stop={"vgg_like": 3})  # early stopping ended it after 3 of its 40 epochs

@@ -33,7 +33,7 @@ RESULTS_FILE = "results.json"
 
 TABLE_COLUMNS = [
     Column("label", "experiment"), Column("dataset", "dataset"), Column("epochs", "epochs (ours/report)"),
-    Column("compare", "compared at"),
+    Column("compare", "compared at"), Column("relation", "published is"),
     Column("published_val_top1", "published top-1 %", percent), Column("ours_val_top1", "ours top-1 % (mean ± std, n)"),
     Column("diff_val_top1", "Δ top-1 (points)", number(1)),
     Column("published_val_top5", "published top-5 %", percent), Column("ours_val_top5", "ours top-5 %"),
@@ -191,7 +191,9 @@ def build_study_page(run: StudyRun, results: list[ExperimentResult], rows: list[
     page.heading("Published vs ours")
     page.table(Table(TABLE_COLUMNS, rows))
     page.paragraph("Accuracies in percent on each dataset's validation split; Δ is ours minus published in points. "
-                   "'final' rows compare the last epoch, 'best' rows (peaks the report read off its curves) the best epoch.")
+                   "'final' rows compare the last epoch, 'best' rows (peaks the report read off its curves) the best epoch. "
+                   "'published is' = marks a number as printed, ~ one the report gave only approximately, "
+                   "< an upper bound ('never reached 20%').")
     page.heading("Reading")
     page.paragraph(reading)
     failures = [f"{r.label}: {f}" for r in results for f in r.failures]
