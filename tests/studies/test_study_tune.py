@@ -128,7 +128,11 @@ def test_bad_spaces_are_refused(files):
            "optim.momentum: {type: float, low: 0.0, high: 0.5, step: 0}": r"optim.momentum.step: expected a positive number, got 0",
            "optim.momentum: {type: float, low: 0.0, high: 0.5, step: x}": r"optim.momentum.step: expected a positive number, got 'x'",
            "train.epochs: {type: int, low: 8, high: 64, step: -8}": r"train.epochs.step: expected a positive whole number",
-           "train.epochs: {type: int, low: 8, high: 64, step: 0.5}": r"train.epochs.step: expected a positive whole number"}
+           "train.epochs: {type: int, low: 8, high: 64, step: 0.5}": r"train.epochs.step: expected a positive whole number",
+           # values a trial could draw that no recipe takes were found only when that trial started
+           "train.batch_size: {type: categorical, choices: [16, 0]}": r"bad.yaml: train.batch_size: expected a positive number, got 0",
+           "train.label_smoothing: {type: float, low: 0.0, high: 1.5}": r"bad.yaml: train.label_smoothing: expected a value in ",
+           "train.epochs: {type: int, low: 0.5, high: 3}": r"train.epochs: an int range needs whole numbers, got low=0.5"}
     for text, message in bad.items():
         (files / "bad.yaml").write_text(text)
         with pytest.raises(CnnbenchError, match=message):

@@ -69,6 +69,8 @@ def _check_range(path: Path, key: str, spec: dict[str, Any]) -> ParamRange:
     low, high = spec.get("low"), spec.get("high")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
         raise CnnbenchError(f"{path}: {key}: expected numbers low < high, got low={low!r}, high={high!r}")
+    if kind == "int" and not all(float(v).is_integer() for v in (low, high)):
+        raise CnnbenchError(f"{path}: {key}: an int range needs whole numbers, got low={low!r}, high={high!r}")
     step = spec.get("step")
     if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0
                              or (kind == "int" and step != int(step))):
@@ -82,7 +84,8 @@ def _check_range(path: Path, key: str, spec: dict[str, Any]) -> ParamRange:
 
 
 def load_space(path: Path, recipe_values: dict[str, Any]) -> list[ParamRange]:
-    """Read a search-space YAML; every key must be a valid recipe key (checked by building a recipe)."""
+    """Read a search-space YAML; every key must be a valid recipe key and every value it can take a
+    valid value (checked by building a recipe with each choice and each end of each range)."""
     path = Path(path)
     raw = read_yaml_mapping(path, "a mapping of recipe keys to ranges, e.g. optim.lr: {type: float, low: 1e-4, high: 0.1, log: true}")
     space = []
@@ -90,8 +93,11 @@ def load_space(path: Path, recipe_values: dict[str, Any]) -> list[ParamRange]:
         if not isinstance(spec, dict):
             raise CnnbenchError(f"{path}: {key}: expected a mapping with 'type'")
         space.append(_check_range(path, str(key), spec))
-    probe = {p.key: p.choices[0] if p.kind == "categorical" else (int(p.low) if p.kind == "int" else p.low) for p in space}
-    build_recipe(recipe_values, [], where=str(path), params=probe)
+    # Every choice and both ends of every range must make a valid recipe: a trial that draws an
+    # invalid one fails only when it starts, possibly hours into the search.
+    for p in space:
+        for value in p.choices if p.kind == "categorical" else (p.low, p.high):
+            build_recipe(recipe_values, [], where=str(path), params={p.key: int(value) if p.kind == "int" else value})
     return space
 
 
