@@ -78,6 +78,20 @@ def test_a_second_call_continues_the_same_search(files):
     assert result.trials == 4 and engine.epochs_trained <= 6  # only the one missing trial ran
 
 
+def test_a_new_storage_beside_an_earlier_searchs_trial_folders_is_refused_up_front(files):
+    """After deleting optuna.db, every trial once failed on its existing folder ('folder exists and is not
+    empty') and was stored as failed, so even a second attempt after clearing the folders ran nothing."""
+    tune_recipe(files / "recipe.yaml", files / "space.yaml", TuneOptions(trials=2, out=files / "out", seed=0),
+                trainer=FakeEpochEngine())
+    (files / "out" / "optuna.db").unlink()
+    engine = FakeEpochEngine()
+    with pytest.raises(CnnbenchError, match=r"trials/tiny_tune-0000: a trial folder of an earlier search of study "
+                                            r"'tiny_tune' that sqlite:///.*optuna.db does not hold \(2 such folders\)"):
+        tune_recipe(files / "recipe.yaml", files / "space.yaml", TuneOptions(trials=2, out=files / "out", seed=0), trainer=engine)
+    assert engine.epochs_trained == 0
+    assert optuna.load_study(study_name="tiny_tune", storage=f"sqlite:///{files / 'out' / 'optuna.db'}").trials == []
+
+
 def test_narrow_space_keeps_to_the_best_region():
     space = [ParamRange("optim.lr", "float", 1e-5, 1.0, log=True), ParamRange("train.epochs", "int", 1, 100),
              ParamRange("train.batch_size", "categorical", choices=(16, 32))]

@@ -331,6 +331,24 @@ def open_study(optuna, name: str, storage: str):
                             "can open, e.g. sqlite:///PATH/optuna.db in an existing folder)") from None
 
 
+def _refuse_stale_trials(out: Path, name: str, study, storage: str) -> None:
+    """Trial folders numbered past the study's trials belong to an earlier search whose storage is
+    gone (a deleted optuna.db, another --storage): each new trial would fail on its folder and be
+    stored as failed. The folders are listed before the trials are counted, so a folder that
+    another machine sharing the search just made is always counted as known."""
+    numbers = {}
+    for folder in (out / "trials").glob(f"{name}-*"):
+        suffix = folder.name[len(name) + 1:]
+        if suffix.isdigit():
+            numbers[int(suffix)] = folder
+    known = len(study.get_trials(deepcopy=False))
+    stale = sorted(n for n in numbers if n >= known)
+    if stale:
+        raise CnnbenchError(f"{numbers[stale[0]]}: a trial folder of an earlier search of study {name!r} that "
+                            f"{shown_url(storage)} does not hold ({len(stale)} such folders); remove them, "
+                            "or choose another --out or --study-name")
+
+
 def tune_recipe(recipe_path: Path, space_path: Path, options: TuneOptions,
                 trainer: EpochTrainer | None = None) -> TuneResult:
     """Run (or join, or continue) the search until the study holds ``options.trials`` trials."""
@@ -352,6 +370,7 @@ def tune_recipe(recipe_path: Path, space_path: Path, options: TuneOptions,
     trainer = trainer or engine_epoch_trainer(options.quiet)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = open_study(optuna, name, storage)
+    _refuse_stale_trials(out, name, study, storage)
     while len(study.trials) < options.trials:
         # The phase follows the trials already in storage, so machines sharing a search agree on it.
         if len(study.trials) < coarse:
