@@ -173,9 +173,9 @@ def test_a_storage_password_is_neither_printed_nor_written_into_the_best_recipe(
     assert "s3cret" not in str(error.value) and "nosuchdb://bob:***@db.example/optuna" in str(error.value)
     # The same URL served by a local SQLite file, so the search runs and writes its best recipe.
     local = f"sqlite:///{files / 'optuna.db'}"
-    for name in ("create_study", "load_study"):
-        monkeypatch.setattr(optuna, name, lambda *args, _real=getattr(optuna, name), **kwargs:
-                            _real(*args, **{**kwargs, "storage": local}))
+    real = {name: getattr(optuna, name) for name in ("create_study", "load_study")}
+    for name, function in real.items():
+        monkeypatch.setattr(optuna, name, lambda *args, _real=function, **kwargs: _real(*args, **{**kwargs, "storage": local}))
     result = tune_recipe(files / "recipe.yaml", files / "space.yaml", TuneOptions(trials=2, out=files / "b", storage=storage, seed=0),
                          trainer=FakeEpochEngine())
     assert result.storage == "postgresql://bob:***@db.example/optuna"
