@@ -68,6 +68,14 @@ def test_set_seed_with_several_seeds_plans_distinct_runs(tmp_path):
     assert row["seeds"] == 3 and row["ours_val_top1_std"] > 0
 
 
+def test_a_seed_that_is_not_a_number_is_a_one_line_error(tmp_path):
+    """`--set seed=abc` (or a recipe's `seed: null`) once raised a TypeError adding the seed offset."""
+    study = load_study("cambridge18_baselines")
+    for value in ("abc", ""):
+        with pytest.raises(CnnbenchError, match=r"vgg_like.yaml: seed: "):
+            plan_study(study, StudyOptions(seeds=2, only=("vgg_like",), overrides=(f"seed={value}",)), tmp_path)
+
+
 def test_a_plan_never_puts_two_runs_in_one_folder(tmp_path, monkeypatch):
     import cnnbench.studies.runner as runner
 
@@ -177,6 +185,35 @@ def test_the_report_leaves_out_folders_trained_with_another_recipe(tmp_path):
     markdown = (report / "report.md").read_text()
     assert "Run folders left out" in markdown and f"VGG-like: left out: {stale} holds another recipe" in markdown
     assert [r["experiment"] for r in json.loads((report / "results.json").read_text())["runs"]] == ["modern"]
+
+
+def test_a_new_report_removes_the_files_of_the_previous_one(tmp_path):
+    """An earlier report's compare/seeds.csv (n=2) and the curves of a row now left out once stayed
+    beside a page that said n=1 and showed no such row."""
+    study = load_study("cambridge18_baselines")
+    run_study(study, StudyOptions(scale=0.1, seeds=2, out=tmp_path, only=("vgg_like", "simple_cnn")),
+              trainer=FakeEngine(), log=quiet, sizer=size80)
+    report = tmp_path / "report"
+    assert (report / "compare" / "seeds.csv").exists() and (report / "figures" / "curves_vgg_like.png").exists()
+    run_study(study, StudyOptions(scale=0.1, out=tmp_path, only=("vgg_like", "simple_cnn")), trainer=FakeEngine(),
+              log=quiet, sizer=size80)
+    assert not (report / "compare" / "seeds.csv").exists()  # one seed per recipe: no seed groups
+    assert {p.name for p in (report / "compare").iterdir()} == {"compare.csv", "compare.md", "compare.json"}
+    run_study(study, StudyOptions(out=tmp_path, only=("modern",)), trainer=FakeEngine(), log=quiet, sizer=size80)
+    figures = {p.stem for p in (report / "figures").iterdir()}
+    assert figures == {"bubbles_tiny-imagenet", "curves_tiny-imagenet", "curves_modern"}  # the scale-0.1 rows are left out
+    assert (report / "report.html").read_text().count("data:image/png;base64,") == len(figures)
+
+
+def test_the_table_says_which_published_numbers_are_bounds_or_approximate(tmp_path):
+    """skoltech22's AlexNet 'never reached 20%' once read as a plain published 20.00 in the page's table."""
+    study = load_study("skoltech22_cnns")
+    run_study(study, StudyOptions(scale=0.1, out=tmp_path, only=("alexnet_lr1e-3",)), trainer=FakeEngine(), log=quiet, sizer=size80)
+    markdown = (tmp_path / "report" / "report.md").read_text()
+    assert "| compared at | published is | published top-1 % |" in markdown
+    assert "| AlexNet (+FC 1000->200), lr 0.001, step | tiny-imagenet | 2/20 | best | < | 20.00 |" in markdown
+    assert "| M1, augmentation set 1, lr 0.001 | tiny-imagenet | 2/20 | best | ~ | 22.00 |" in markdown
+    assert "| DenseNet-161, lr 0.001, step, 8 epochs | tiny-imagenet | 1/8 | best | = | 51.00 |" in markdown
 
 
 def test_epochs_come_from_the_runs_own_summary(tmp_path):

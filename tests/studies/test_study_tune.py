@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import replace
 
 import pytest
@@ -77,6 +78,20 @@ def test_a_second_call_continues_the_same_search(files):
     assert result.trials == 4 and engine.epochs_trained <= 6  # only the one missing trial ran
 
 
+def test_a_new_storage_beside_an_earlier_searchs_trial_folders_is_refused_up_front(files):
+    """After deleting optuna.db, every trial once failed on its existing folder ('folder exists and is not
+    empty') and was stored as failed, so even a second attempt after clearing the folders ran nothing."""
+    tune_recipe(files / "recipe.yaml", files / "space.yaml", TuneOptions(trials=2, out=files / "out", seed=0),
+                trainer=FakeEpochEngine())
+    (files / "out" / "optuna.db").unlink()
+    engine = FakeEpochEngine()
+    with pytest.raises(CnnbenchError, match=r"trials/tiny_tune-0000: a trial folder of an earlier search of study "
+                                            r"'tiny_tune' that sqlite:///.*optuna.db does not hold \(2 such folders\)"):
+        tune_recipe(files / "recipe.yaml", files / "space.yaml", TuneOptions(trials=2, out=files / "out", seed=0), trainer=engine)
+    assert engine.epochs_trained == 0
+    assert optuna.load_study(study_name="tiny_tune", storage=f"sqlite:///{files / 'out' / 'optuna.db'}").trials == []
+
+
 def test_narrow_space_keeps_to_the_best_region():
     space = [ParamRange("optim.lr", "float", 1e-5, 1.0, log=True), ParamRange("train.epochs", "int", 1, 100),
              ParamRange("train.batch_size", "categorical", choices=(16, 32))]
@@ -122,11 +137,49 @@ def test_bad_spaces_are_refused(files):
     bad = {"optim.lr: {type: float, low: 0.1, high: 0.01}": "expected numbers low < high",
            "optim.lr: {type: float, low: 0, high: 1, log: true}": "a log range needs low > 0",
            "optim.lr: {type: uniform, low: 0, high: 1}": "type: expected one of float, int, categorical",
-           "optim.learning_rate: {type: float, low: 0.001, high: 0.1}": "unknown key 'learning_rate'"}
+           "optim.learning_rate: {type: float, low: 0.001, high: 0.1}": "unknown key 'learning_rate'",
+           # a step Optuna refuses was once a ValueError / TypeError traceback at the first trial
+           "optim.momentum: {type: float, low: 0.0, high: 0.5, step: 0}": r"optim.momentum.step: expected a positive number, got 0",
+           "optim.momentum: {type: float, low: 0.0, high: 0.5, step: x}": r"optim.momentum.step: expected a positive number, got 'x'",
+           "train.epochs: {type: int, low: 8, high: 64, step: -8}": r"train.epochs.step: expected a positive whole number",
+           "train.epochs: {type: int, low: 8, high: 64, step: 0.5}": r"train.epochs.step: expected a positive whole number",
+           # values a trial could draw that no recipe takes were found only when that trial started
+           "train.batch_size: {type: categorical, choices: [16, 0]}": r"bad.yaml: train.batch_size: expected a positive number, got 0",
+           "train.label_smoothing: {type: float, low: 0.0, high: 1.5}": r"bad.yaml: train.label_smoothing: expected a value in ",
+           "train.epochs: {type: int, low: 0.5, high: 3}": r"train.epochs: an int range needs whole numbers, got low=0.5"}
     for text, message in bad.items():
         (files / "bad.yaml").write_text(text)
         with pytest.raises(CnnbenchError, match=message):
             load_space(files / "bad.yaml", values)
+    with pytest.raises(CnnbenchError, match=rf"^{re.escape(str(files))}: cannot read it \(Is a directory\)"):
+        load_space(files, values)  # --space given a folder was an IsADirectoryError traceback
+
+
+def test_a_storage_optuna_cannot_open_is_a_one_line_error(files):
+    """A plain path, an unknown dialect or a missing folder once surfaced as SQLAlchemy tracebacks."""
+    for storage, reason in (("runs/optuna.db", "Could not parse SQLAlchemy URL"), ("nosuchdb://host/x", "Can't load plugin"),
+                            (f"sqlite:///{files / 'missing' / 'optuna.db'}", "unable to open database file")):
+        options = TuneOptions(trials=1, out=files / "out", storage=storage)
+        with pytest.raises(CnnbenchError, match=rf"^--storage {re.escape(storage)}: .*{reason}.*sqlite:///PATH/optuna.db"):
+            tune_recipe(files / "recipe.yaml", files / "space.yaml", options, trainer=FakeEpochEngine())
+
+
+def test_a_storage_password_is_neither_printed_nor_written_into_the_best_recipe(files, monkeypatch):
+    """A shared database URL with a password once went verbatim into best.yaml's header and the summary."""
+    storage = "postgresql://bob:s3cret@db.example/optuna"
+    with pytest.raises(CnnbenchError) as error:  # not reachable here: the message still names the URL
+        options = TuneOptions(trials=1, out=files / "a", storage=storage.replace("postgresql", "nosuchdb"))
+        tune_recipe(files / "recipe.yaml", files / "space.yaml", options, trainer=FakeEpochEngine())
+    assert "s3cret" not in str(error.value) and "nosuchdb://bob:***@db.example/optuna" in str(error.value)
+    # The same URL served by a local SQLite file, so the search runs and writes its best recipe.
+    local = f"sqlite:///{files / 'optuna.db'}"
+    real = {name: getattr(optuna, name) for name in ("create_study", "load_study")}
+    for name, function in real.items():
+        monkeypatch.setattr(optuna, name, lambda *args, _real=function, **kwargs: _real(*args, **{**kwargs, "storage": local}))
+    result = tune_recipe(files / "recipe.yaml", files / "space.yaml", TuneOptions(trials=2, out=files / "b", storage=storage, seed=0),
+                         trainer=FakeEpochEngine())
+    assert result.storage == "postgresql://bob:***@db.example/optuna"
+    assert "s3cret" not in result.best_recipe.read_text() and "bob:***@db.example" in result.best_recipe.read_text()
 
 
 def test_tune_with_the_training_engine(tiny_zip, tmp_path):

@@ -160,6 +160,8 @@ def read_yaml_mapping(path: Path, expected: str) -> dict[str, Any]:
         value = yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise CnnbenchError(f"{path}: file not found") from None
+    except OSError as exc:  # a folder given for a file, no permission
+        raise CnnbenchError(f"{path}: cannot read it ({exc.strerror})") from None
     except yaml.YAMLError as exc:
         raise CnnbenchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(value, dict) or not value:

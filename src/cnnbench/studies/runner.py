@@ -164,7 +164,9 @@ def experiment_recipe(study: Study, experiment: str, options: StudyOptions, seed
     values["name"] = experiment
     apply_overrides(values, list(options.overrides))
     # After --set: with --set seed=5 --seeds 3 the runs are seeds 5, 6, 7, not three runs of seed 5.
-    values["seed"] = values.get("seed", 0) + seed_offset
+    seed = values.get("seed", 0)
+    if isinstance(seed, int) and not isinstance(seed, bool):  # any other value is build_config's to refuse
+        values["seed"] = seed + seed_offset
     try:
         return build_config(Recipe, values)
     except CnnbenchError as exc:

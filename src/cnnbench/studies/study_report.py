@@ -33,7 +33,7 @@ RESULTS_FILE = "results.json"
 
 TABLE_COLUMNS = [
     Column("label", "experiment"), Column("dataset", "dataset"), Column("epochs", "epochs (ours/report)"),
-    Column("compare", "compared at"),
+    Column("compare", "compared at"), Column("relation", "published is"),
     Column("published_val_top1", "published top-1 %", percent), Column("ours_val_top1", "ours top-1 % (mean ± std, n)"),
     Column("diff_val_top1", "Δ top-1 (points)", number(1)),
     Column("published_val_top5", "published top-5 %", percent), Column("ours_val_top5", "ours top-5 %"),
@@ -191,7 +191,9 @@ def build_study_page(run: StudyRun, results: list[ExperimentResult], rows: list[
     page.heading("Published vs ours")
     page.table(Table(TABLE_COLUMNS, rows))
     page.paragraph("Accuracies in percent on each dataset's validation split; Δ is ours minus published in points. "
-                   "'final' rows compare the last epoch, 'best' rows (peaks the report read off its curves) the best epoch.")
+                   "'final' rows compare the last epoch, 'best' rows (peaks the report read off its curves) the best epoch. "
+                   "'published is' = marks a number as printed, ~ one the report gave only approximately, "
+                   "< an upper bound ('never reached 20%').")
     page.heading("Reading")
     page.paragraph(reading)
     failures = [f"{r.label}: {f}" for r in results for f in r.failures]
@@ -234,4 +236,16 @@ def write_study_report(run: StudyRun, plan: list[PlannedRun] | None = None) -> d
         if note:  # the per-run comparison is a page of this report too: it carries the same line
             write_text(written["markdown"], f"> {note}\n\n" + written["markdown"].read_text())
         paths.update({f"compare_{k}": v for k, v in written.items()})
+    _remove_stale(out, paths.values())
     return paths
+
+
+def _remove_stale(out: Path, written) -> None:
+    """Delete the figures and comparison files an earlier report wrote and this one did not (the
+    curves of a row now left out, the seeds table of an earlier --seeds), so no file of the report
+    folder disagrees with its page."""
+    kept = {Path(p).resolve() for p in written}
+    for folder in (out / "figures", out / "compare"):
+        for path in sorted(folder.iterdir()) if folder.is_dir() else ():
+            if path.is_file() and path.resolve() not in kept:
+                path.unlink()

@@ -69,16 +69,23 @@ def _check_range(path: Path, key: str, spec: dict[str, Any]) -> ParamRange:
     low, high = spec.get("low"), spec.get("high")
     if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)) or not low < high:
         raise CnnbenchError(f"{path}: {key}: expected numbers low < high, got low={low!r}, high={high!r}")
+    if kind == "int" and not all(float(v).is_integer() for v in (low, high)):
+        raise CnnbenchError(f"{path}: {key}: an int range needs whole numbers, got low={low!r}, high={high!r}")
+    step = spec.get("step")
+    if step is not None and (isinstance(step, bool) or not isinstance(step, (int, float)) or not step > 0
+                             or (kind == "int" and step != int(step))):
+        raise CnnbenchError(f"{path}: {key}.step: expected a positive {'whole ' if kind == 'int' else ''}number, got {step!r}")
     log = bool(spec.get("log", False))
     if log and low <= 0:
         raise CnnbenchError(f"{path}: {key}: a log range needs low > 0, got {low!r}")
     if log and spec.get("step") is not None:
         raise CnnbenchError(f"{path}: {key}: step and log cannot be combined (Optuna's rule)")
-    return ParamRange(key, kind, float(low), float(high), log, spec.get("step"))
+    return ParamRange(key, kind, float(low), float(high), log, step)
 
 
 def load_space(path: Path, recipe_values: dict[str, Any]) -> list[ParamRange]:
-    """Read a search-space YAML; every key must be a valid recipe key (checked by building a recipe)."""
+    """Read a search-space YAML; every key must be a valid recipe key and every value it can take a
+    valid value (checked by building a recipe with each choice and each end of each range)."""
     path = Path(path)
     raw = read_yaml_mapping(path, "a mapping of recipe keys to ranges, e.g. optim.lr: {type: float, low: 1e-4, high: 0.1, log: true}")
     space = []
@@ -86,8 +93,11 @@ def load_space(path: Path, recipe_values: dict[str, Any]) -> list[ParamRange]:
         if not isinstance(spec, dict):
             raise CnnbenchError(f"{path}: {key}: expected a mapping with 'type'")
         space.append(_check_range(path, str(key), spec))
-    probe = {p.key: p.choices[0] if p.kind == "categorical" else (int(p.low) if p.kind == "int" else p.low) for p in space}
-    build_recipe(recipe_values, [], where=str(path), params=probe)
+    # Every choice and both ends of every range must make a valid recipe: a trial that draws an
+    # invalid one fails only when it starts, possibly hours into the search.
+    for p in space:
+        for value in p.choices if p.kind == "categorical" else (p.low, p.high):
+            build_recipe(recipe_values, [], where=str(path), params={p.key: int(value) if p.kind == "int" else value})
     return space
 
 
@@ -298,6 +308,47 @@ def write_best_recipe(base: dict[str, Any], options: TuneOptions, params: dict[s
     return write_text(path, f"# {header}\n" + yaml.safe_dump(values, sort_keys=False))
 
 
+def shown_url(storage: str) -> str:
+    """The storage URL as printed and written into best.yaml, with its password (if any) masked:
+    a postgresql://user:password@host/db URL shared by several machines must not end up in a recipe."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(storage).render_as_string(hide_password=True)
+    except (ArgumentError, ValueError):  # not a URL: nothing to mask
+        return storage
+
+
+def open_study(optuna, name: str, storage: str):
+    """Create the study, or load it to continue; a storage Optuna cannot open is a one-line error."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    except (SQLAlchemyError, ValueError) as exc:  # an unparsable URL, an unknown dialect, a missing folder
+        raise CnnbenchError(f"--storage {shown_url(storage)}: {str(exc).splitlines()[0]} (expected a database URL Optuna "
+                            "can open, e.g. sqlite:///PATH/optuna.db in an existing folder)") from None
+
+
+def _refuse_stale_trials(out: Path, name: str, study, storage: str) -> None:
+    """Trial folders numbered past the study's trials belong to an earlier search whose storage is
+    gone (a deleted optuna.db, another --storage): each new trial would fail on its folder and be
+    stored as failed. The folders are listed before the trials are counted, so a folder that
+    another machine sharing the search just made is always counted as known."""
+    numbers = {}
+    for folder in (out / "trials").glob(f"{name}-*"):
+        suffix = folder.name[len(name) + 1:]
+        if suffix.isdigit():
+            numbers[int(suffix)] = folder
+    known = len(study.get_trials(deepcopy=False))
+    stale = sorted(n for n in numbers if n >= known)
+    if stale:
+        raise CnnbenchError(f"{numbers[stale[0]]}: a trial folder of an earlier search of study {name!r} that "
+                            f"{shown_url(storage)} does not hold ({len(stale)} such folders); remove them, "
+                            "or choose another --out or --study-name")
+
+
 def tune_recipe(recipe_path: Path, space_path: Path, options: TuneOptions,
                 trainer: EpochTrainer | None = None) -> TuneResult:
     """Run (or join, or continue) the search until the study holds ``options.trials`` trials."""
@@ -318,7 +369,8 @@ def tune_recipe(recipe_path: Path, space_path: Path, options: TuneOptions,
     coarse = max(1, round(options.trials * options.coarse_fraction))
     trainer = trainer or engine_epoch_trainer(options.quiet)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=name, storage=storage, direction="maximize", load_if_exists=True)
+    study = open_study(optuna, name, storage)
+    _refuse_stale_trials(out, name, study, storage)
     while len(study.trials) < options.trials:
         # The phase follows the trials already in storage, so machines sharing a search agree on it.
         if len(study.trials) < coarse:
@@ -333,12 +385,13 @@ def tune_recipe(recipe_path: Path, space_path: Path, options: TuneOptions,
                        catch=(CnnbenchError,))
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     if not complete:
-        raise CnnbenchError(f"study {name!r} in {storage}: no trial finished (all {len(study.trials)} were pruned or failed)")
+        raise CnnbenchError(f"study {name!r} in {shown_url(storage)}: no trial finished (all {len(study.trials)} were pruned or failed)")
     best = study.best_trial
-    header = f"cnnbench tune: trial {best.number} of study {name!r} ({storage}), best val top-1 {best.value:.4f}"
+    header = f"cnnbench tune: trial {best.number} of study {name!r} ({shown_url(storage)}), best val top-1 {best.value:.4f}"
     path = write_best_recipe(base, options, best.params, header, out / BEST_RECIPE)
     pruned = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.PRUNED,)))
-    return TuneResult(best.number, float(best.value), dict(best.params), path, storage, name, len(study.trials), pruned)
+    return TuneResult(best.number, float(best.value), dict(best.params), path, shown_url(storage), name,
+                      len(study.trials), pruned)
 
 
 def _seed(options: TuneOptions, study) -> int | None:
