@@ -1,4 +1,5 @@
-"""The one atomic file writer: every file cnnbench writes for a user goes through it.
+"""The one atomic file writer: every file cnnbench writes for a user goes through it; and the
+YAML reader every recipe, option and settings file goes through.
 
 A checkpoint, a cache manifest, a report page or a bench result is either the complete new file
 or the previous one, never half of each: the content goes to a temporary name in the same
@@ -9,8 +10,11 @@ result gets the usual permissions (the umask's), not ``mkstemp``'s owner-only 06
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+import yaml
 
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
@@ -44,3 +48,21 @@ def write_bytes(path: Path, data: bytes) -> Path:
 def write_text(path: Path, text: str) -> Path:
     """Atomically write a text file."""
     return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, reading exponent floats without a dot (``1e-4``) as numbers.
+
+    PyYAML follows YAML 1.1, where ``1e-4`` is the string '1e-4' (only ``1.0e-4`` is a float);
+    YAML 1.2, JSON and Python read it as 0.0001, and so does everyone typing a learning rate.
+    """
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text safely (no object construction), with ``1e-4`` read as a number."""
+    return yaml.load(text, Loader=_Loader)

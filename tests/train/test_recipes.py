@@ -36,6 +36,17 @@ def test_unknown_keys_list_the_valid_ones(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_exponent_numbers_without_a_dot_are_numbers(tmp_path):
+    # PyYAML (YAML 1.1) reads 1e-4 as a string; a learning rate typed the way everyone types it
+    # must load, in a recipe file and in --set alike.
+    path = tmp_path / "r.yaml"
+    values = yaml.safe_load(RECIPES[0].read_text())
+    values.setdefault("optim", {})["weight_decay"] = "WD"
+    path.write_text(yaml.safe_dump(values).replace("weight_decay: WD", "weight_decay: 5e-4"))
+    recipe = load_recipe(path, ["optim.lr=3e-4", "optim.l2=1E-5"])
+    assert (recipe.optim.lr, recipe.optim.l2, recipe.optim.weight_decay) == (3e-4, 1e-5, 5e-4)
+
+
 BAD_VALUES = [
     ("train.eval_every=0", "train.eval_every: expected a positive number, got 0"),
     ("train.early_stopping=0", "train.early_stopping: expected a positive number (or null to never stop early), got 0"),

@@ -21,7 +21,7 @@ import numpy as np
 import yaml
 
 from cnnbench.errors import CnnbenchError
-from cnnbench.files import write_atomic, write_text
+from cnnbench.files import load_yaml, write_atomic, write_text
 
 METRICS_COLUMNS = ("epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1",
                    "val_top5", "lr", "epoch_seconds", "images_per_s")
@@ -119,7 +119,7 @@ def read_recipe(run_dir: Path) -> dict[str, Any]:
     if not path.exists():
         return {}
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise CnnbenchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(data, dict):

@@ -19,19 +19,18 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from cnnbench.errors import CnnbenchError
+from cnnbench.files import load_yaml
 
 
 def parse_options(items: list[str], where: str) -> dict[str, Any]:
     """Builder options from ``KEY=VALUE`` strings (values parsed as YAML: ``stem=small``,
     ``dropout=0.2``); ``where`` names the flag or setting in the one-line error."""
-    import yaml
-
     options = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise CnnbenchError(f"{where} {item!r}: expected KEY=VALUE, e.g. stem=small")
-        options[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+        options[key.strip()] = load_yaml(raw) if raw.strip() else None
     return options
 
 

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from cnnbench.errors import CnnbenchError
+from cnnbench.files import load_yaml
 from cnnbench.train.config import Recipe, load_recipe, load_recipe_dict
 
 STUDIES_DIR = Path(__file__).resolve().parent
@@ -157,7 +158,7 @@ def read_yaml_mapping(path: Path, expected: str) -> dict[str, Any]:
     """A YAML file holding one mapping; ``expected`` says what it should hold, for the error."""
     path = Path(path)
     try:
-        value = yaml.safe_load(path.read_text())
+        value = load_yaml(path.read_text())
     except FileNotFoundError:
         raise CnnbenchError(f"{path}: file not found") from None
     except OSError as exc:  # a folder given for a file, no permission

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 
 from cnnbench.errors import CnnbenchError
+from cnnbench.files import load_yaml
 
 
 def _choice(section: str, name: str, value: Any, allowed: tuple) -> None:
@@ -399,7 +400,7 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
             raise CnnbenchError(f"--set {item!r}: expected key=value, e.g. optim.lr=0.01")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw.strip() else None
+            value = load_yaml(raw) if raw.strip() else None
         except yaml.YAMLError as exc:
             raise CnnbenchError(f"--set {item!r}: value is not valid YAML ({exc.__class__.__name__})") from None
         node = values
@@ -423,7 +424,7 @@ def load_recipe_dict(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise CnnbenchError(f"{path}: cannot read recipe ({exc.strerror})") from None
     try:
-        values = yaml.safe_load(text)
+        values = load_yaml(text)
     except yaml.YAMLError as exc:
         raise CnnbenchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if values is None:
