@@ -168,6 +168,31 @@ def test_bad_published_file_names_the_line(tmp_path):
         read_published(path)
 
 
+def test_a_metric_may_be_compared_at_another_epoch(tmp_path):
+    # Report 003 quotes M1's val top-1 at its peak (epoch 7) beside its train accuracy "after 20
+    # epochs": the row compares at the best epoch, train top-1 at the last.
+    import numpy as np
+
+    from cnnbench.studies.results import compared_values
+
+    row = load_study("skoltech22_cnns").published["m1_sets12_lr1e-3"]
+    assert (row.compare, row.compare_for("val_top1"), row.compare_for("train_top1")) == ("best", "best", "final")
+    assert row.compare_text == "best; train_top1=final"
+    metrics = {"epoch": np.array([1, 2, 3]), "val_top1": np.array([0.1, 0.3, 0.2]),
+               "val_top5": np.array([0.2, 0.5, 0.4]), "val_loss": np.array([4.0, 3.0, 3.5]),
+               "train_top1": np.array([0.1, 0.4, 0.6])}
+    summary = {"best_epoch": 2, "val_top1": 0.2, "val_top5": 0.4, "val_loss": 3.5, "train_top1": 0.6}
+    values = compared_values(summary, metrics, row.compare, row.compare_metric)
+    assert (values["val_top1"], values["train_top1"]) == (0.3, 0.6)
+    assert compared_values(summary, metrics, "best")["train_top1"] == 0.4
+    path = tmp_path / "published.csv"
+    path.write_text("experiment,label,compare,val_top1,val_top5,val_loss,train_top1,relation,source,note\n"
+                    "a,A,best; train_acc=final,0.2,,,,=,Table 1,\n")
+    with pytest.raises(CnnbenchError, match=r"published.csv:2: compare: expected one of final, best, optionally "
+                                            r"followed by '; METRIC=MODE' with METRIC one of val_top1, .*'best; train_acc=final'"):
+        read_published(path)
+
+
 def test_unknown_study_lists_close_names():
     with pytest.raises(CnnbenchError, match="did you mean deepl18_vgg"):
         load_study("deepl18")

@@ -32,7 +32,10 @@ def test_overfitting_sentence_takes_train_and_val_from_the_compared_epoch():
     from cnnbench.studies.reading import _gap_sentences
     from cnnbench.studies.results import Stat
 
-    run = SimpleNamespace(values={"val_top1": 0.196, "train_top1": 0.481},
+    metrics = {"epoch": np.array([7, 20]), "val_top1": np.array([0.196, 0.191]), "train_top1": np.array([0.481, 0.839]),
+               "val_top5": np.array([0.4, 0.4]), "val_loss": np.array([3.6, 4.9])}
+    run = SimpleNamespace(values={"val_top1": 0.196, "train_top1": 0.481}, metrics=metrics,
+                          summary={"best_epoch": 7, "val_top1": 0.191, "train_top1": 0.839},
                           diagnosis=SimpleNamespace(val_loss_rising_since=8, best_val_top1=0.196, not_learning=False,
                                                     gap_at_last=0.839 - 0.191))
     row = SimpleNamespace(label="ResNet-18", compare="best", epochs=20, full_epochs=20, runs=[run],

@@ -30,7 +30,8 @@ PUBLISHED_FILE = "published.csv"
 PUBLISHED_METRICS = ("val_top1", "val_top5", "val_loss", "train_top1")
 PUBLISHED_COLUMNS = ("experiment", "label", "compare", *PUBLISHED_METRICS, "relation", "source", "note")
 # Which of our epochs a published number is compared with: the last one, or the best one
-# (reports that quote a peak read off a curve).
+# (reports that quote a peak read off a curve). A row may name another epoch for one metric:
+# "best; train_top1=final" (a peak val top-1 quoted beside the train accuracy "after 20 epochs").
 COMPARE_MODES = ("final", "best")
 # How exact the published number is: printed as is, read approximately off a figure or the text
 # ("almost 22%"), or only an upper bound ("never reached 20%").
@@ -51,6 +52,17 @@ class PublishedRow:
     relation: str
     source: str
     note: str
+    compare_metric: dict[str, str] = field(default_factory=dict)
+    """Metric -> compare mode, for the metrics the report gave at another epoch than ``compare``."""
+
+    def compare_for(self, metric: str) -> str:
+        """The epoch ('final' or 'best') this metric is compared at."""
+        return self.compare_metric.get(metric, self.compare)
+
+    @property
+    def compare_text(self) -> str:
+        """As written in published.csv: 'best', or 'best; train_top1=final'."""
+        return "; ".join([self.compare, *(f"{m}={mode}" for m, mode in self.compare_metric.items())])
 
 
 @dataclass
@@ -138,9 +150,24 @@ def read_published(path: Path) -> dict[str, PublishedRow]:
     return rows
 
 
+def _compare_modes(path: Path, line: int, text: str) -> tuple[str, dict[str, str]]:
+    """'best' or 'best; train_top1=final' -> ('best', {'train_top1': 'final'})."""
+    row_mode, *overrides = [part.strip() for part in (text or "").split(";")]
+    expected = f"one of {', '.join(COMPARE_MODES)}, optionally followed by '; METRIC=MODE'"
+    if row_mode not in COMPARE_MODES:
+        raise CnnbenchError(f"{path}:{line}: compare: expected {expected}, got {text!r}")
+    per_metric = {}
+    for item in overrides:
+        metric, _, mode = (part.strip() for part in item.partition("="))
+        if metric not in PUBLISHED_METRICS or mode not in COMPARE_MODES:
+            raise CnnbenchError(f"{path}:{line}: compare: expected {expected} with METRIC one of "
+                                f"{', '.join(PUBLISHED_METRICS)}, got {text!r}")
+        per_metric[metric] = mode
+    return row_mode, per_metric
+
+
 def _published_row(path: Path, line: int, raw: dict[str, str]) -> PublishedRow:
-    if raw["compare"] not in COMPARE_MODES:
-        raise CnnbenchError(f"{path}:{line}: compare: expected one of {', '.join(COMPARE_MODES)}, got {raw['compare']!r}")
+    compare, compare_metric = _compare_modes(path, line, raw["compare"])
     if raw["relation"] not in RELATIONS:
         raise CnnbenchError(f"{path}:{line}: relation: expected one of {', '.join(RELATIONS)}, got {raw['relation']!r}")
     values = {}
@@ -150,8 +177,9 @@ def _published_row(path: Path, line: int, raw: dict[str, str]) -> PublishedRow:
             values[column] = value
     if not values:
         raise CnnbenchError(f"{path}:{line}: row {raw['experiment']!r} has no published number")
-    return PublishedRow(experiment=raw["experiment"], label=raw["label"], compare=raw["compare"],
-                        values=values, relation=raw["relation"], source=raw["source"], note=raw["note"])
+    return PublishedRow(experiment=raw["experiment"], label=raw["label"], compare=compare,
+                        values=values, relation=raw["relation"], source=raw["source"], note=raw["note"],
+                        compare_metric=compare_metric)
 
 
 def read_yaml_mapping(path: Path, expected: str) -> dict[str, Any]:
@@ -216,7 +244,7 @@ def _published_text(row: PublishedRow | None) -> str:
         return "ours (no published row)"
     relation = {"=": "", "~": "~", "<": "<"}[row.relation]
     parts = [f"{k} {relation}{100 * v:.1f}%" if k != "val_loss" else f"{k} {v:.2f}" for k, v in row.values.items()]
-    return f"published ({row.compare}, {row.source}): " + ", ".join(parts)
+    return f"published ({row.compare_text}, {row.source}): " + ", ".join(parts)
 
 
 def describe_study(study: Study) -> str:

@@ -15,7 +15,7 @@ from itertools import combinations
 
 import numpy as np
 
-from cnnbench.studies.results import ExperimentResult
+from cnnbench.studies.results import ExperimentResult, compared_values
 
 # Training images per class in the official datasets the reports trained on (Tiny ImageNet
 # 100,000 / 200 classes; CIFAR-10 50,000 / 10; MNIST 60,000 / 10, about 6,000 per digit).
@@ -106,10 +106,12 @@ def _gap_sentences(rows: list[ExperimentResult]) -> list[str]:
                 why.append(f"its best epoch reached {_pct(best)}, {_points(best - ours.mean):.1f} points over the last")
         if any(s.diagnosis.not_learning for s in r.runs):
             why.append("train accuracy stayed near chance (it did not learn in the epochs it had)")
-        # Train top-1 and its gap over val from the epoch the row compares (the last, or the best
-        # epoch for a row the report read off a curve's peak), so the sentence's numbers agree.
-        train = float(np.mean([s.values.get("train_top1", math.nan) for s in r.runs]))
-        gap = float(np.mean([s.values.get("train_top1", math.nan) - s.values.get("val_top1", math.nan) for s in r.runs]))
+        # Train top-1 and its gap over val from the epoch the row compares val top-1 at (the last,
+        # or the best epoch for a row the report read off a curve's peak), so the sentence's
+        # numbers agree even where the table takes the report's train accuracy at another epoch.
+        at_epoch = [compared_values(s.summary, s.metrics, r.compare) for s in r.runs]
+        train = float(np.mean([v["train_top1"] for v in at_epoch]))
+        gap = float(np.mean([v["train_top1"] - v["val_top1"] for v in at_epoch]))
         if _points(gap) >= OVERFIT_POINTS:
             at = " at its best epoch" if r.compare == "best" else ""
             why.append(f"it fit its training images far better than val (train top-1 {_pct(train)}{at}, "

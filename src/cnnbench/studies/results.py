@@ -2,7 +2,8 @@
 
 Our number for a row is taken the way the report took its own: ``final`` rows use the run's
 final values (``summary.json``: the last epoch, with test-time augmentation when the recipe asks
-for it), ``best`` rows (peaks read off a curve) use ``metrics.csv`` at the run's best epoch.
+for it), ``best`` rows (peaks read off a curve) use ``metrics.csv`` at the run's best epoch; a
+metric the report gave at the other epoch (``best; train_top1=final``) is taken at that one.
 
 Only folders whose ``recipe.yaml`` is the planned recipe count: the report re-plans every
 experiment of the study folder with the current options, and a folder finished earlier with
@@ -81,6 +82,7 @@ class ExperimentResult:
     full_epochs: int
     """Epochs of the recipe as the report ran it."""
     compare: str
+    """The row's epoch ('final' or 'best'); ``compare_for`` gives a metric's own."""
     published: PublishedRow | None
     runs: list[SeedRun] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
@@ -90,6 +92,13 @@ class ExperimentResult:
     @property
     def ours(self) -> bool:
         return self.published is None
+
+    def compare_for(self, metric: str) -> str:
+        return self.published.compare_for(metric) if self.published else self.compare
+
+    @property
+    def compare_text(self) -> str:
+        return self.published.compare_text if self.published else self.compare
 
     def stat(self, metric: str) -> Stat:
         return Stat.of([r.values.get(metric, math.nan) for r in self.runs])
@@ -111,18 +120,22 @@ def _number(value: Any) -> float:
         return math.nan
 
 
-def compared_values(summary: dict[str, Any], metrics: dict[str, np.ndarray], compare: str) -> dict[str, float]:
-    """The values a published row is compared with: final (summary.json) or at the best epoch (metrics.csv)."""
-    if compare == "final":
-        return {m: _number(summary.get(m)) for m in COMPARED}
+def compared_values(summary: dict[str, Any], metrics: dict[str, np.ndarray], compare: str,
+                    per_metric: dict[str, str] | None = None) -> dict[str, float]:
+    """The values a published row is compared with: final (summary.json) or at the best epoch
+    (metrics.csv); ``per_metric`` names metrics taken at the other one."""
     best_epoch = summary.get("best_epoch")
     rows = np.flatnonzero(metrics["epoch"] == best_epoch) if best_epoch is not None else []
-    if not len(rows):
-        return {m: math.nan for m in COMPARED}
-    return {m: float(metrics[m][rows[0]]) for m in COMPARED}
+
+    def value(metric: str) -> float:
+        if (per_metric or {}).get(metric, compare) == "final":
+            return _number(summary.get(metric))
+        return float(metrics[metric][rows[0]]) if len(rows) else math.nan
+
+    return {m: value(m) for m in COMPARED}
 
 
-def load_seed_run(run_dir: Path, seed: int, compare: str) -> SeedRun | None:
+def load_seed_run(run_dir: Path, seed: int, compare: str, per_metric: dict[str, str] | None = None) -> SeedRun | None:
     """A finished run folder as a ``SeedRun``; None when it has not finished."""
     if not (run_dir / "summary.json").exists():
         return None
@@ -131,7 +144,7 @@ def load_seed_run(run_dir: Path, seed: int, compare: str) -> SeedRun | None:
         return None
     metrics = read_metrics(run_dir)
     num_classes = len(read_classes(run_dir))
-    return SeedRun(seed, run_dir, summary, metrics, compared_values(summary, metrics, compare),
+    return SeedRun(seed, run_dir, summary, metrics, compared_values(summary, metrics, compare, per_metric),
                    diagnose(metrics, num_classes), num_classes)
 
 
@@ -146,7 +159,7 @@ def collect_results(study: Study, plan: list[PlannedRun], failures: dict[tuple[s
             experiment=run.experiment, label=study.label(run.experiment), dataset=run.recipe.data.name,
             model=run.recipe.model.name, epochs=run.recipe.train.epochs, full_epochs=full.train.epochs,
             compare=compare, published=published))
-        seed_run = load_seed_run(run.run_dir, run.seed, compare)
+        seed_run = load_seed_run(run.run_dir, run.seed, compare, published.compare_metric if published else None)
         differing = recipe_differences(run.recipe.to_dict(), read_recipe(run.run_dir)) if seed_run else []
         if differing:
             result.left_out.append(f"left out: {run.run_dir} holds another recipe ({differing[0]} differs)")

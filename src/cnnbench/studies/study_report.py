@@ -61,7 +61,7 @@ def table_row(r: ExperimentResult, scale: float) -> dict[str, Any]:
     """One experiment's published and measured numbers as a flat row (fractions, as in metrics.csv)."""
     row: dict[str, Any] = {"experiment": r.experiment, "label": r.label, "dataset": r.dataset, "model": r.model,
                            "epochs": f"{r.epochs}/{r.full_epochs}" if r.published else f"{r.epochs}",
-                           "compare": r.compare, "relation": r.published.relation if r.published else "",
+                           "compare": r.compare_text, "relation": r.published.relation if r.published else "",
                            "scale": scale, "seeds": len(r.runs)}
     for metric in COMPARED:
         stat = r.stat(metric)
@@ -191,7 +191,8 @@ def build_study_page(run: StudyRun, results: list[ExperimentResult], rows: list[
     page.heading("Published vs ours")
     page.table(Table(TABLE_COLUMNS, rows))
     page.paragraph("Accuracies in percent on each dataset's validation split; Δ is ours minus published in points. "
-                   "'final' rows compare the last epoch, 'best' rows (peaks the report read off its curves) the best epoch. "
+                   "'final' rows compare the last epoch, 'best' rows (peaks the report read off its curves) the best epoch; "
+                   "'best; train_top1=final' takes the train top-1 at the last epoch, where the report gave it. "
                    "'published is' = marks a number as printed, ~ one the report gave only approximately, "
                    "< an upper bound ('never reached 20%').")
     page.heading("Reading")
