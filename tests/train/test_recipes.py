@@ -67,6 +67,11 @@ BAD_VALUES = [
     # clip_grad_norm_ takes these: a negative norm reverses every gradient, 0 zeroes them.
     ("optim.grad_clip=-1", "optim.grad_clip: expected a positive number (or null for no clipping), got -1.0"),
     ("optim.grad_clip=0", "optim.grad_clip: expected a positive number (or null for no clipping), got 0.0"),
+    # A bin past torchvision's 31 was an IndexError at the first batch; a negative one silently
+    # took the strongest bins; 0 ops turned RandAugment off.
+    ("augment.randaugment=[2, 31]", "augment.randaugment[1]: expected a magnitude bin in [0, 30], got 31"),
+    ("augment.randaugment=[2, -1]", "augment.randaugment[1]: expected a magnitude bin in [0, 30], got -1"),
+    ("augment.randaugment=[0, 9]", "augment.randaugment[0]: expected a positive number (number of ops), got 0"),
 ]
 
 
@@ -84,3 +89,5 @@ def test_edge_values_that_mean_something_are_accepted():
     recipe = load_recipe(RECIPES[0], ["train.early_stopping=null", "train.workers=0", "optim.momentum=0",
                                       "optim.betas=[0, 0.999]", "schedule.warmup_epochs=0", "schedule.min_lr=0"])
     assert recipe.train.early_stopping is None and recipe.train.workers == 0 and recipe.optim.momentum == 0.0
+    for magnitude in (0, 30):
+        assert load_recipe(RECIPES[0], [f"augment.randaugment=[1, {magnitude}]"]).augment.randaugment == (1, magnitude)

@@ -47,6 +47,11 @@ def _within(section: str, name: str, value: float | None, what: str, low: int, h
         raise CnnbenchError(f"{section}.{name}: expected {what} in {interval}, got {value!r}")
 
 
+# RandAugment's magnitude bins (cnnbench.data.augment.MAGNITUDE_BINS; written out here so loading
+# a recipe does not import torch, and a test keeps the two equal).
+RANDAUGMENT_BINS = 31
+
+
 @dataclass
 class DataConfig:
     """Which dataset, and how it is decoded, split and normalised."""
@@ -210,7 +215,7 @@ class AugmentConfig:
     color_jitter: float = 0.0
     """Strength s of brightness/contrast/saturation jitter: factors in [max(0, 1 - s), 1 + s] (0 turns it off)."""
     randaugment: tuple[int, int] | None = None
-    """RandAugment (num_ops, magnitude), e.g. [2, 9]."""
+    """RandAugment (num_ops, magnitude), e.g. [2, 9]: num_ops >= 1, magnitude a bin in [0, 30] (torchvision's 31 bins)."""
     trivialaugment: bool = False
     """TrivialAugmentWide."""
     random_erasing: float = 0.0
@@ -227,6 +232,10 @@ class AugmentConfig:
             _within("augment", name, getattr(self, name), "a probability", 0, 1, high_open=False)
         for name in ("rotate", "translate", "brightness", "color_jitter", "mixup", "cutmix"):
             _positive("augment", name, getattr(self, name), allow_zero=True)
+        if self.randaugment is not None:
+            _positive("augment", "randaugment[0]", self.randaugment[0], note="number of ops")
+            _within("augment", "randaugment[1]", self.randaugment[1], "a magnitude bin", 0, RANDAUGMENT_BINS - 1,
+                    high_open=False)
         for i, entry in enumerate(self.sets):
             if not isinstance(entry, dict):
                 raise CnnbenchError(f"augment.sets[{i}]: expected a mapping of augmentation settings, got {entry!r}")
