@@ -72,6 +72,9 @@ BAD_VALUES = [
     ("augment.randaugment=[2, 31]", "augment.randaugment[1]: expected a magnitude bin in [0, 30], got 31"),
     ("augment.randaugment=[2, -1]", "augment.randaugment[1]: expected a magnitude bin in [0, 30], got -1"),
     ("augment.randaugment=[0, 9]", "augment.randaugment[0]: expected a positive number (number of ops), got 0"),
+    # A fraction of the side: above 1 padded every image with a black border, 0 was accepted.
+    ("augment.center_crop=1.5", "augment.center_crop: expected a fraction of the side in (0, 1], got 1.5"),
+    ("augment.center_crop=0", "augment.center_crop: expected a fraction of the side in (0, 1], got 0.0"),
 ]
 
 
@@ -91,3 +94,4 @@ def test_edge_values_that_mean_something_are_accepted():
     assert recipe.train.early_stopping is None and recipe.train.workers == 0 and recipe.optim.momentum == 0.0
     for magnitude in (0, 30):
         assert load_recipe(RECIPES[0], [f"augment.randaugment=[1, {magnitude}]"]).augment.randaugment == (1, magnitude)
+    assert load_recipe(RECIPES[0], ["augment.center_crop=1"]).augment.center_crop == 1.0

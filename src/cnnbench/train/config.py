@@ -207,7 +207,7 @@ class AugmentConfig:
     random_resized_crop: tuple[float, float] | None = None
     """Scale range of a random resized crop back to the input size, e.g. [0.35, 1.0]."""
     center_crop: float | None = None
-    """Crop the central fraction and resize back (one report's 'central crop + resize')."""
+    """Crop the central fraction of the side, in (0, 1], and resize back (one report's 'central crop + resize')."""
     blur: float = 0.0
     """Probability of a Gaussian blur with kernel 5 and sigma uniform in blur_sigma."""
     blur_sigma: tuple[float, float] = (0.1, 2.0)
@@ -232,6 +232,9 @@ class AugmentConfig:
             _within("augment", name, getattr(self, name), "a probability", 0, 1, high_open=False)
         for name in ("rotate", "translate", "brightness", "color_jitter", "mixup", "cutmix"):
             _positive("augment", name, getattr(self, name), allow_zero=True)
+        # above 1 the crop is larger than the image and torchvision pads it with black
+        _within("augment", "center_crop", self.center_crop, "a fraction of the side", 0, 1, low_open=True,
+                high_open=False)
         if self.randaugment is not None:
             _positive("augment", "randaugment[0]", self.randaugment[0], note="number of ops")
             _within("augment", "randaugment[1]", self.randaugment[1], "a magnitude bin", 0, RANDAUGMENT_BINS - 1,
