@@ -75,6 +75,13 @@ BAD_VALUES = [
     # A fraction of the side: above 1 padded every image with a black border, 0 was accepted.
     ("augment.center_crop=1.5", "augment.center_crop: expected a fraction of the side in (0, 1], got 1.5"),
     ("augment.center_crop=0", "augment.center_crop: expected a fraction of the side in (0, 1], got 0.0"),
+    # Fractions of the image area: zero-area crops, crops larger than the image, a range upside down.
+    ("augment.random_resized_crop=[0, 1]",
+     "augment.random_resized_crop: expected a scale range with 0 < low <= high <= 1, got [0.0, 1.0]"),
+    ("augment.random_resized_crop=[0.5, 1.5]",
+     "augment.random_resized_crop: expected a scale range with 0 < low <= high <= 1, got [0.5, 1.5]"),
+    ("augment.random_resized_crop=[0.9, 0.2]",
+     "augment.random_resized_crop: expected a scale range with 0 < low <= high <= 1, got [0.9, 0.2]"),
 ]
 
 
@@ -95,3 +102,4 @@ def test_edge_values_that_mean_something_are_accepted():
     for magnitude in (0, 30):
         assert load_recipe(RECIPES[0], [f"augment.randaugment=[1, {magnitude}]"]).augment.randaugment == (1, magnitude)
     assert load_recipe(RECIPES[0], ["augment.center_crop=1"]).augment.center_crop == 1.0
+    assert load_recipe(RECIPES[0], ["augment.random_resized_crop=[1, 1]"]).augment.random_resized_crop == (1.0, 1.0)

@@ -47,6 +47,16 @@ def _within(section: str, name: str, value: float | None, what: str, low: int, h
         raise CnnbenchError(f"{section}.{name}: expected {what} in {interval}, got {value!r}")
 
 
+def _range(section: str, name: str, pair: tuple[float, float] | None, what: str, high: float | None = None) -> None:
+    """A [low, high] pair (None passes) with 0 < low <= high, and high <= ``high`` when given."""
+    if pair is None:
+        return
+    low_end, high_end = pair
+    if not (0 < low_end <= high_end and (high is None or high_end <= high)):
+        bound = f" <= {high}" if high is not None else ""
+        raise CnnbenchError(f"{section}.{name}: expected {what} with 0 < low <= high{bound}, got {list(pair)}")
+
+
 # RandAugment's magnitude bins (cnnbench.data.augment.MAGNITUDE_BINS; written out here so loading
 # a recipe does not import torch, and a test keeps the two equal).
 RANDAUGMENT_BINS = 31
@@ -205,7 +215,7 @@ class AugmentConfig:
     crop_padding: int = 0
     """Random crop after reflect-padding by this many pixels (CIFAR-style)."""
     random_resized_crop: tuple[float, float] | None = None
-    """Scale range of a random resized crop back to the input size, e.g. [0.35, 1.0]."""
+    """Scale range (fractions of the image area, 0 < low <= high <= 1) of a random resized crop back to the input size, e.g. [0.35, 1.0]."""
     center_crop: float | None = None
     """Crop the central fraction of the side, in (0, 1], and resize back (one report's 'central crop + resize')."""
     blur: float = 0.0
@@ -235,6 +245,8 @@ class AugmentConfig:
         # above 1 the crop is larger than the image and torchvision pads it with black
         _within("augment", "center_crop", self.center_crop, "a fraction of the side", 0, 1, low_open=True,
                 high_open=False)
+        # torchvision's RandomResizedCrop scale: a zero-area box, or one larger than the image, is no crop
+        _range("augment", "random_resized_crop", self.random_resized_crop, "a scale range", high=1)
         if self.randaugment is not None:
             _positive("augment", "randaugment[0]", self.randaugment[0], note="number of ops")
             _within("augment", "randaugment[1]", self.randaugment[1], "a magnitude bin", 0, RANDAUGMENT_BINS - 1,
