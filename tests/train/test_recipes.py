@@ -82,6 +82,10 @@ BAD_VALUES = [
      "augment.random_resized_crop: expected a scale range with 0 < low <= high <= 1, got [0.5, 1.5]"),
     ("augment.random_resized_crop=[0.9, 0.2]",
      "augment.random_resized_crop: expected a scale range with 0 < low <= high <= 1, got [0.9, 0.2]"),
+    # A sigma of 0 turned blurred images into NaN; a negative one blurred like its absolute value.
+    ("augment.blur_sigma=[0, 1]", "augment.blur_sigma: expected a sigma range with 0 < low <= high, got [0.0, 1.0]"),
+    ("augment.blur_sigma=[-1, 1]", "augment.blur_sigma: expected a sigma range with 0 < low <= high, got [-1.0, 1.0]"),
+    ("augment.blur_sigma=[2, 1]", "augment.blur_sigma: expected a sigma range with 0 < low <= high, got [2.0, 1.0]"),
 ]
 
 
@@ -103,3 +107,4 @@ def test_edge_values_that_mean_something_are_accepted():
         assert load_recipe(RECIPES[0], [f"augment.randaugment=[1, {magnitude}]"]).augment.randaugment == (1, magnitude)
     assert load_recipe(RECIPES[0], ["augment.center_crop=1"]).augment.center_crop == 1.0
     assert load_recipe(RECIPES[0], ["augment.random_resized_crop=[1, 1]"]).augment.random_resized_crop == (1.0, 1.0)
+    assert load_recipe(RECIPES[0], ["augment.blur_sigma=[3, 3]"]).augment.blur_sigma == (3.0, 3.0)

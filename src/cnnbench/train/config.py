@@ -221,7 +221,7 @@ class AugmentConfig:
     blur: float = 0.0
     """Probability of a Gaussian blur with kernel 5 and sigma uniform in blur_sigma."""
     blur_sigma: tuple[float, float] = (0.1, 2.0)
-    """Sigma range for the Gaussian blur."""
+    """Sigma range for the Gaussian blur, 0 < low <= high."""
     color_jitter: float = 0.0
     """Strength s of brightness/contrast/saturation jitter: factors in [max(0, 1 - s), 1 + s] (0 turns it off)."""
     randaugment: tuple[int, int] | None = None
@@ -247,6 +247,7 @@ class AugmentConfig:
                 high_open=False)
         # torchvision's RandomResizedCrop scale: a zero-area box, or one larger than the image, is no crop
         _range("augment", "random_resized_crop", self.random_resized_crop, "a scale range", high=1)
+        _range("augment", "blur_sigma", self.blur_sigma, "a sigma range")  # sigma 0 blurs to NaN
         if self.randaugment is not None:
             _positive("augment", "randaugment[0]", self.randaugment[0], note="number of ops")
             _within("augment", "randaugment[1]", self.randaugment[1], "a magnitude bin", 0, RANDAUGMENT_BINS - 1,
