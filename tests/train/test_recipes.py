@@ -86,6 +86,7 @@ BAD_VALUES = [
     ("augment.blur_sigma=[0, 1]", "augment.blur_sigma: expected a sigma range with 0 < low <= high, got [0.0, 1.0]"),
     ("augment.blur_sigma=[-1, 1]", "augment.blur_sigma: expected a sigma range with 0 < low <= high, got [-1.0, 1.0]"),
     ("augment.blur_sigma=[2, 1]", "augment.blur_sigma: expected a sigma range with 0 < low <= high, got [2.0, 1.0]"),
+    ("augment.crop_padding=-1", "augment.crop_padding: expected a non-negative number, got -1"),  # was silently off
 ]
 
 

@@ -213,7 +213,7 @@ class AugmentConfig:
     brightness: float = 0.0
     """Brightness factor drawn uniformly from [max(0, 1 - b), 1 + b] (as torchvision's ColorJitter)."""
     crop_padding: int = 0
-    """Random crop after reflect-padding by this many pixels (CIFAR-style)."""
+    """Random crop after reflect-padding by this many pixels (CIFAR-style); fewer than the dataset's image side (checked when the run builds)."""
     random_resized_crop: tuple[float, float] | None = None
     """Scale range (fractions of the image area, 0 < low <= high <= 1) of a random resized crop back to the input size, e.g. [0.35, 1.0]."""
     center_crop: float | None = None
@@ -240,7 +240,7 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         for name in ("hflip", "vflip", "blur", "random_erasing"):
             _within("augment", name, getattr(self, name), "a probability", 0, 1, high_open=False)
-        for name in ("rotate", "translate", "brightness", "color_jitter", "mixup", "cutmix"):
+        for name in ("rotate", "translate", "brightness", "color_jitter", "mixup", "cutmix", "crop_padding"):
             _positive("augment", name, getattr(self, name), allow_zero=True)
         # above 1 the crop is larger than the image and torchvision pads it with black
         _within("augment", "center_crop", self.center_crop, "a fraction of the side", 0, 1, low_open=True,
