@@ -175,7 +175,7 @@ class ScheduleConfig:
     warmup_epochs: float = 0.0
     """cosine/cyclic_cosine: linear warm-up from 0 over this many epochs."""
     min_lr: float = 0.0
-    """cosine/plateau: the floor."""
+    """cosine/plateau: the floor, at most optim.lr."""
     patience: int = 3
     """plateau: epochs without improvement before reducing."""
     cycles: int = 1
@@ -331,6 +331,12 @@ class Recipe:
     """The loop section."""
     notes: str = ""
     """Free text: where the settings come from, choices made where the source was silent."""
+
+    def __post_init__(self) -> None:
+        # Checks across sections. A floor above the peak makes cosine rise from lr to min_lr and
+        # plateau raise the rate to it on its first reduction.
+        if self.schedule.min_lr > self.optim.lr:
+            raise CnnbenchError(f"schedule.min_lr: expected at most optim.lr ({self.optim.lr}), got {self.schedule.min_lr!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain YAML-able data (tuples become lists)."""
