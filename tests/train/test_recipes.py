@@ -87,6 +87,9 @@ BAD_VALUES = [
     ("augment.blur_sigma=[-1, 1]", "augment.blur_sigma: expected a sigma range with 0 < low <= high, got [-1.0, 1.0]"),
     ("augment.blur_sigma=[2, 1]", "augment.blur_sigma: expected a sigma range with 0 < low <= high, got [2.0, 1.0]"),
     ("augment.crop_padding=-1", "augment.crop_padding: expected a non-negative number, got -1"),  # was silently off
+    # A shift of up to twice the side left many images entirely black; a negative one was silently off.
+    ("augment.translate=2", "augment.translate: expected a fraction of the side in [0, 1], got 2.0"),
+    ("augment.translate=-0.1", "augment.translate: expected a fraction of the side in [0, 1], got -0.1"),
     # Across sections: cosine rose from lr to min_lr instead of decaying.
     (("optim.lr=0.01", "schedule.name=cosine", "schedule.min_lr=0.1"),
      "schedule.min_lr: expected at most optim.lr (0.01), got 0.1"),
@@ -113,3 +116,4 @@ def test_edge_values_that_mean_something_are_accepted():
     assert load_recipe(RECIPES[0], ["augment.random_resized_crop=[1, 1]"]).augment.random_resized_crop == (1.0, 1.0)
     assert load_recipe(RECIPES[0], ["augment.blur_sigma=[3, 3]"]).augment.blur_sigma == (3.0, 3.0)
     assert load_recipe(RECIPES[0], ["optim.lr=0.01", "schedule.min_lr=0.01"]).schedule.min_lr == 0.01
+    assert load_recipe(RECIPES[0], ["augment.translate=1"]).augment.translate == 1.0

@@ -209,7 +209,7 @@ class AugmentConfig:
     rotate: float = 0.0
     """Maximum rotation in degrees (uniform in [-rotate, rotate])."""
     translate: float = 0.0
-    """Maximum translation as a fraction of the image side."""
+    """Maximum translation as a fraction of the image side, in [0, 1] (as torchvision's RandomAffine)."""
     brightness: float = 0.0
     """Brightness factor drawn uniformly from [max(0, 1 - b), 1 + b] (as torchvision's ColorJitter)."""
     crop_padding: int = 0
@@ -240,8 +240,10 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         for name in ("hflip", "vflip", "blur", "random_erasing"):
             _within("augment", name, getattr(self, name), "a probability", 0, 1, high_open=False)
-        for name in ("rotate", "translate", "brightness", "color_jitter", "mixup", "cutmix", "crop_padding"):
+        for name in ("rotate", "brightness", "color_jitter", "mixup", "cutmix", "crop_padding"):
             _positive("augment", name, getattr(self, name), allow_zero=True)
+        # beyond 1 the shift can move the whole image out of the frame: a black training image
+        _within("augment", "translate", self.translate, "a fraction of the side", 0, 1, high_open=False)
         # above 1 the crop is larger than the image and torchvision pads it with black
         _within("augment", "center_crop", self.center_crop, "a fraction of the side", 0, 1, low_open=True,
                 high_open=False)
