@@ -90,6 +90,11 @@ BAD_VALUES = [
     # A shift of up to twice the side left many images entirely black; a negative one was silently off.
     ("augment.translate=2", "augment.translate: expected a fraction of the side in [0, 1], got 2.0"),
     ("augment.translate=-0.1", "augment.translate: expected a fraction of the side in [0, 1], got -0.1"),
+    # A set's own values are checked like the section's, and the message says which set.
+    ("augment.sets=[{hflip: 0.5}, {center_crop: 2}]",
+     "augment.sets[1].center_crop: expected a fraction of the side in (0, 1], got 2.0"),
+    ("augment.sets=[{randaugment: [2, 40]}]", "augment.sets[0].randaugment[1]: expected a magnitude bin in [0, 30], got 40"),
+    ("augment.sets=[{hflip: yes}]", "augment.sets[0].hflip: expected a number, got True"),
     # Across sections: cosine rose from lr to min_lr instead of decaying.
     (("optim.lr=0.01", "schedule.name=cosine", "schedule.min_lr=0.1"),
      "schedule.min_lr: expected at most optim.lr (0.01), got 0.1"),

@@ -257,7 +257,13 @@ class AugmentConfig:
         for i, entry in enumerate(self.sets):
             if not isinstance(entry, dict):
                 raise CnnbenchError(f"augment.sets[{i}]: expected a mapping of augmentation settings, got {entry!r}")
-            build_config(AugmentConfig, {k: v for k, v in entry.items()}, f"augment.sets[{i}]")
+            try:
+                build_config(AugmentConfig, {k: v for k, v in entry.items()}, f"augment.sets[{i}]")
+            except CnnbenchError as exc:  # the checks above name augment.KEY: say which set holds it
+                message = str(exc)
+                if not message.startswith("augment.sets["):
+                    message = message.replace("augment.", f"augment.sets[{i}].", 1)
+                raise CnnbenchError(message) from None
             if "sets" in entry:
                 raise CnnbenchError(f"augment.sets[{i}]: a set cannot hold sets of its own")
 
