@@ -95,6 +95,7 @@ BAD_VALUES = [
      "augment.sets[1].center_crop: expected a fraction of the side in (0, 1], got 2.0"),
     ("augment.sets=[{randaugment: [2, 40]}]", "augment.sets[0].randaugment[1]: expected a magnitude bin in [0, 30], got 40"),
     ("augment.sets=[{hflip: yes}]", "augment.sets[0].hflip: expected a number, got True"),
+    ("seed=-1", "seed: expected a non-negative integer, got -1"),  # was numpy's ValueError at the first epoch
     # Across sections: cosine rose from lr to min_lr instead of decaying.
     (("optim.lr=0.01", "schedule.name=cosine", "schedule.min_lr=0.1"),
      "schedule.min_lr: expected at most optim.lr (0.01), got 0.1"),

@@ -324,7 +324,7 @@ class Recipe:
     name: str = "run"
     """A short name for the run (used for the run folder and in reports)."""
     seed: int = 0
-    """Seeds model init, data order and augmentation."""
+    """Seeds model init, data order and augmentation (a non-negative integer)."""
     data: DataConfig = field(default_factory=DataConfig)
     """The dataset section."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -341,6 +341,8 @@ class Recipe:
     """Free text: where the settings come from, choices made where the source was silent."""
 
     def __post_init__(self) -> None:
+        if self.seed < 0:  # numpy seeds the data order and refuses it, at the first epoch
+            raise CnnbenchError(f"seed: expected a non-negative integer, got {self.seed!r}")
         # Checks across sections. A floor above the peak makes cosine rise from lr to min_lr and
         # plateau raise the rate to it on its first reduction.
         if self.schedule.min_lr > self.optim.lr:
