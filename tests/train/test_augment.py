@@ -165,11 +165,11 @@ def test_randaugment_magnitudes_are_torchvision_bins():
 
     from cnnbench.train.config import RANDAUGMENT_BINS
     assert A.MAGNITUDE_BINS == RANDAUGMENT_BINS == RandAugment().num_magnitude_bins
-    create_augment(dict(randaugment=[1, A.MAGNITUDE_BINS - 1]))
+    create_augment({"randaugment": [1, A.MAGNITUDE_BINS - 1]})
     for settings, bad in [([2, A.MAGNITUDE_BINS], "magnitude bin 31"), ([2, -1], "magnitude bin -1"),
                           ([0, 9], "num_ops 0")]:
         with pytest.raises(ValueError, match=bad):
-            create_augment(dict(randaugment=settings))
+            create_augment({"randaugment": settings})
 
 
 def test_trivialaugment_uses_torchvision_op_table():
