@@ -159,6 +159,19 @@ def test_augment_replays_from_generator_state_and_stays_in_range():
         create_augment({"hflipp": 0.5})
 
 
+def test_randaugment_magnitudes_are_torchvision_bins():
+    # Recipes are checked against config's copy of the bin count; both must stay torchvision's.
+    from torchvision.transforms.v2 import RandAugment
+
+    from cnnbench.train.config import RANDAUGMENT_BINS
+    assert A.MAGNITUDE_BINS == RANDAUGMENT_BINS == RandAugment().num_magnitude_bins
+    create_augment({"randaugment": [1, A.MAGNITUDE_BINS - 1]})
+    for settings, bad in [([2, A.MAGNITUDE_BINS], "magnitude bin 31"), ([2, -1], "magnitude bin -1"),
+                          ([0, 9], "num_ops 0")]:
+        with pytest.raises(ValueError, match=bad):
+            create_augment({"randaugment": settings})
+
+
 def test_trivialaugment_uses_torchvision_op_table():
     aug = create_augment(dict(trivialaugment=True)).ops[0][1]
     assert list(aug.space) == ["Identity", "ShearX", "ShearY", "TranslateX", "TranslateY", "Rotate", "Brightness",

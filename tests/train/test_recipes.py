@@ -67,6 +67,38 @@ BAD_VALUES = [
     # clip_grad_norm_ takes these: a negative norm reverses every gradient, 0 zeroes them.
     ("optim.grad_clip=-1", "optim.grad_clip: expected a positive number (or null for no clipping), got -1.0"),
     ("optim.grad_clip=0", "optim.grad_clip: expected a positive number (or null for no clipping), got 0.0"),
+    # A bin past torchvision's 31 was an IndexError at the first batch; a negative one silently
+    # took the strongest bins; 0 ops turned RandAugment off.
+    ("augment.randaugment=[2, 31]", "augment.randaugment[1]: expected a magnitude bin in [0, 30], got 31"),
+    ("augment.randaugment=[2, -1]", "augment.randaugment[1]: expected a magnitude bin in [0, 30], got -1"),
+    ("augment.randaugment=[0, 9]", "augment.randaugment[0]: expected a positive number (number of ops), got 0"),
+    # A fraction of the side: above 1 padded every image with a black border, 0 was accepted.
+    ("augment.center_crop=1.5", "augment.center_crop: expected a fraction of the side in (0, 1], got 1.5"),
+    ("augment.center_crop=0", "augment.center_crop: expected a fraction of the side in (0, 1], got 0.0"),
+    # Fractions of the image area: zero-area crops, crops larger than the image, a range upside down.
+    ("augment.random_resized_crop=[0, 1]",
+     "augment.random_resized_crop: expected a scale range with 0 < low <= high <= 1, got [0.0, 1.0]"),
+    ("augment.random_resized_crop=[0.5, 1.5]",
+     "augment.random_resized_crop: expected a scale range with 0 < low <= high <= 1, got [0.5, 1.5]"),
+    ("augment.random_resized_crop=[0.9, 0.2]",
+     "augment.random_resized_crop: expected a scale range with 0 < low <= high <= 1, got [0.9, 0.2]"),
+    # A sigma of 0 turned blurred images into NaN; a negative one blurred like its absolute value.
+    ("augment.blur_sigma=[0, 1]", "augment.blur_sigma: expected a sigma range with 0 < low <= high, got [0.0, 1.0]"),
+    ("augment.blur_sigma=[-1, 1]", "augment.blur_sigma: expected a sigma range with 0 < low <= high, got [-1.0, 1.0]"),
+    ("augment.blur_sigma=[2, 1]", "augment.blur_sigma: expected a sigma range with 0 < low <= high, got [2.0, 1.0]"),
+    ("augment.crop_padding=-1", "augment.crop_padding: expected a non-negative number, got -1"),  # was silently off
+    # A shift of up to twice the side left many images entirely black; a negative one was silently off.
+    ("augment.translate=2", "augment.translate: expected a fraction of the side in [0, 1], got 2.0"),
+    ("augment.translate=-0.1", "augment.translate: expected a fraction of the side in [0, 1], got -0.1"),
+    # A set's own values are checked like the section's, and the message says which set.
+    ("augment.sets=[{hflip: 0.5}, {center_crop: 2}]",
+     "augment.sets[1].center_crop: expected a fraction of the side in (0, 1], got 2.0"),
+    ("augment.sets=[{randaugment: [2, 40]}]", "augment.sets[0].randaugment[1]: expected a magnitude bin in [0, 30], got 40"),
+    ("augment.sets=[{hflip: yes}]", "augment.sets[0].hflip: expected a number, got True"),
+    ("seed=-1", "seed: expected a non-negative integer, got -1"),  # was numpy's ValueError at the first epoch
+    # Across sections: cosine rose from lr to min_lr instead of decaying.
+    (("optim.lr=0.01", "schedule.name=cosine", "schedule.min_lr=0.1"),
+     "schedule.min_lr: expected at most optim.lr (0.01), got 0.1"),
 ]
 
 
@@ -84,3 +116,10 @@ def test_edge_values_that_mean_something_are_accepted():
     recipe = load_recipe(RECIPES[0], ["train.early_stopping=null", "train.workers=0", "optim.momentum=0",
                                       "optim.betas=[0, 0.999]", "schedule.warmup_epochs=0", "schedule.min_lr=0"])
     assert recipe.train.early_stopping is None and recipe.train.workers == 0 and recipe.optim.momentum == 0.0
+    for magnitude in (0, 30):
+        assert load_recipe(RECIPES[0], [f"augment.randaugment=[1, {magnitude}]"]).augment.randaugment == (1, magnitude)
+    assert load_recipe(RECIPES[0], ["augment.center_crop=1"]).augment.center_crop == 1.0
+    assert load_recipe(RECIPES[0], ["augment.random_resized_crop=[1, 1]"]).augment.random_resized_crop == (1.0, 1.0)
+    assert load_recipe(RECIPES[0], ["augment.blur_sigma=[3, 3]"]).augment.blur_sigma == (3.0, 3.0)
+    assert load_recipe(RECIPES[0], ["optim.lr=0.01", "schedule.min_lr=0.01"]).schedule.min_lr == 0.01
+    assert load_recipe(RECIPES[0], ["augment.translate=1"]).augment.translate == 1.0

@@ -101,6 +101,23 @@ def test_existing_run_folder_is_never_overwritten_silently(tiny_data, tmp_path, 
     assert (tmp_path / "other" / "notes.txt").read_text() == "keep me"
 
 
+@pytest.mark.parametrize("augment, key", [({"crop_padding": 64}, "augment.crop_padding"),
+                                          ({"sets": [{"hflip": 1.0}, {"crop_padding": 70}]}, "augment.sets[1].crop_padding")])
+def test_crop_padding_as_large_as_the_images_is_refused_before_the_run_is_written(tiny_data, tmp_path, capsys,
+                                                                                  augment, key):
+    # Only the dataset knows the image side (64 here; the recipe resizes to 12 after augmenting):
+    # reflect padding that large was a ValueError traceback at the first batch.
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_data, augment=augment)))
+    run = tmp_path / "run"
+    assert main(["train", str(recipe), "--out", str(run), "--quiet"]) == 2
+    padding = augment.get("crop_padding") or augment["sets"][1]["crop_padding"]
+    err = capsys.readouterr().err
+    assert err == f"cnnbench: error: {key}: expected fewer pixels than the image side (64 x 64 images), got {padding}\n"
+    assert not (run / "recipe.yaml").exists()
+    run_module.check_views_fit([{"crop_padding": 63}, {"hflip": 0.5}], (64, 64))  # one pixel less is fine
+
+
 def interrupt_at(step: int, sig: int):
     """An after_step hook that sends ``sig`` to this process after optimiser step ``step``."""
     def hook(engine, progress):

@@ -318,6 +318,10 @@ def random_erasing(x: torch.Tensor, g: torch.Generator, p: float, area: tuple[fl
 
 
 # --------------------------------------------------------------------------- RandAugment / TrivialAugment
+# Magnitude bins, as torchvision's num_magnitude_bins default: RandAugment's magnitude picks bin
+# 0..30. cnnbench.train.config checks recipes against the same number (a test keeps them equal).
+MAGNITUDE_BINS = 31
+
 # The op tables (magnitude ranges, which ops take a random sign) are torchvision's own, read
 # from its classes so both stay identical; the per-sample application below is ours.
 def _magnitudes(space: dict, name: str, bins: int, h: int, w: int) -> torch.Tensor | None:
@@ -366,7 +370,15 @@ class AutoAugmentBatch:
     space: dict
     num_ops: int
     magnitude_bin: int | None  # None: uniform over bins per sample (TrivialAugment)
-    bins: int = 31
+    bins: int = MAGNITUDE_BINS
+
+    def __post_init__(self):
+        # A bin past the table is an IndexError at the first batch; a negative one silently
+        # indexes from the end (the strongest bins).
+        if self.magnitude_bin is not None and not 0 <= self.magnitude_bin < self.bins:
+            raise ValueError(f"magnitude bin {self.magnitude_bin}: expected 0..{self.bins - 1}")
+        if self.num_ops < 1:
+            raise ValueError(f"num_ops {self.num_ops}: expected at least 1")
 
     def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         b, _, h, w = x.shape

@@ -47,6 +47,21 @@ def _within(section: str, name: str, value: float | None, what: str, low: int, h
         raise CnnbenchError(f"{section}.{name}: expected {what} in {interval}, got {value!r}")
 
 
+def _range(section: str, name: str, pair: tuple[float, float] | None, what: str, high: float | None = None) -> None:
+    """A [low, high] pair (None passes) with 0 < low <= high, and high <= ``high`` when given."""
+    if pair is None:
+        return
+    low_end, high_end = pair
+    if not (0 < low_end <= high_end and (high is None or high_end <= high)):
+        bound = f" <= {high}" if high is not None else ""
+        raise CnnbenchError(f"{section}.{name}: expected {what} with 0 < low <= high{bound}, got {list(pair)}")
+
+
+# RandAugment's magnitude bins (cnnbench.data.augment.MAGNITUDE_BINS; written out here so loading
+# a recipe does not import torch, and a test keeps the two equal).
+RANDAUGMENT_BINS = 31
+
+
 @dataclass
 class DataConfig:
     """Which dataset, and how it is decoded, split and normalised."""
@@ -160,7 +175,7 @@ class ScheduleConfig:
     warmup_epochs: float = 0.0
     """cosine/cyclic_cosine: linear warm-up from 0 over this many epochs."""
     min_lr: float = 0.0
-    """cosine/plateau: the floor."""
+    """cosine/plateau: the floor, at most optim.lr."""
     patience: int = 3
     """plateau: epochs without improvement before reducing."""
     cycles: int = 1
@@ -194,23 +209,23 @@ class AugmentConfig:
     rotate: float = 0.0
     """Maximum rotation in degrees (uniform in [-rotate, rotate])."""
     translate: float = 0.0
-    """Maximum translation as a fraction of the image side."""
+    """Maximum translation as a fraction of the image side, in [0, 1] (as torchvision's RandomAffine)."""
     brightness: float = 0.0
     """Brightness factor drawn uniformly from [max(0, 1 - b), 1 + b] (as torchvision's ColorJitter)."""
     crop_padding: int = 0
-    """Random crop after reflect-padding by this many pixels (CIFAR-style)."""
+    """Random crop after reflect-padding by this many pixels (CIFAR-style); fewer than the dataset's image side (checked when the run builds)."""
     random_resized_crop: tuple[float, float] | None = None
-    """Scale range of a random resized crop back to the input size, e.g. [0.35, 1.0]."""
+    """Scale range (fractions of the image area, 0 < low <= high <= 1) of a random resized crop back to the input size, e.g. [0.35, 1.0]."""
     center_crop: float | None = None
-    """Crop the central fraction and resize back (one report's 'central crop + resize')."""
+    """Crop the central fraction of the side, in (0, 1], and resize back (one report's 'central crop + resize')."""
     blur: float = 0.0
     """Probability of a Gaussian blur with kernel 5 and sigma uniform in blur_sigma."""
     blur_sigma: tuple[float, float] = (0.1, 2.0)
-    """Sigma range for the Gaussian blur."""
+    """Sigma range for the Gaussian blur, 0 < low <= high."""
     color_jitter: float = 0.0
     """Strength s of brightness/contrast/saturation jitter: factors in [max(0, 1 - s), 1 + s] (0 turns it off)."""
     randaugment: tuple[int, int] | None = None
-    """RandAugment (num_ops, magnitude), e.g. [2, 9]."""
+    """RandAugment (num_ops, magnitude), e.g. [2, 9]: num_ops >= 1, magnitude a bin in [0, 30] (torchvision's 31 bins)."""
     trivialaugment: bool = False
     """TrivialAugmentWide."""
     random_erasing: float = 0.0
@@ -225,12 +240,30 @@ class AugmentConfig:
     def __post_init__(self) -> None:
         for name in ("hflip", "vflip", "blur", "random_erasing"):
             _within("augment", name, getattr(self, name), "a probability", 0, 1, high_open=False)
-        for name in ("rotate", "translate", "brightness", "color_jitter", "mixup", "cutmix"):
+        for name in ("rotate", "brightness", "color_jitter", "mixup", "cutmix", "crop_padding"):
             _positive("augment", name, getattr(self, name), allow_zero=True)
+        # beyond 1 the shift can move the whole image out of the frame: a black training image
+        _within("augment", "translate", self.translate, "a fraction of the side", 0, 1, high_open=False)
+        # above 1 the crop is larger than the image and torchvision pads it with black
+        _within("augment", "center_crop", self.center_crop, "a fraction of the side", 0, 1, low_open=True,
+                high_open=False)
+        # torchvision's RandomResizedCrop scale: a zero-area box, or one larger than the image, is no crop
+        _range("augment", "random_resized_crop", self.random_resized_crop, "a scale range", high=1)
+        _range("augment", "blur_sigma", self.blur_sigma, "a sigma range")  # sigma 0 blurs to NaN
+        if self.randaugment is not None:
+            _positive("augment", "randaugment[0]", self.randaugment[0], note="number of ops")
+            _within("augment", "randaugment[1]", self.randaugment[1], "a magnitude bin", 0, RANDAUGMENT_BINS - 1,
+                    high_open=False)
         for i, entry in enumerate(self.sets):
             if not isinstance(entry, dict):
                 raise CnnbenchError(f"augment.sets[{i}]: expected a mapping of augmentation settings, got {entry!r}")
-            build_config(AugmentConfig, {k: v for k, v in entry.items()}, f"augment.sets[{i}]")
+            try:
+                build_config(AugmentConfig, {k: v for k, v in entry.items()}, f"augment.sets[{i}]")
+            except CnnbenchError as exc:  # the checks above name augment.KEY: say which set holds it
+                message = str(exc)
+                if not message.startswith("augment.sets["):
+                    message = message.replace("augment.", f"augment.sets[{i}].", 1)
+                raise CnnbenchError(message) from None
             if "sets" in entry:
                 raise CnnbenchError(f"augment.sets[{i}]: a set cannot hold sets of its own")
 
@@ -291,7 +324,7 @@ class Recipe:
     name: str = "run"
     """A short name for the run (used for the run folder and in reports)."""
     seed: int = 0
-    """Seeds model init, data order and augmentation."""
+    """Seeds model init, data order and augmentation (a non-negative integer)."""
     data: DataConfig = field(default_factory=DataConfig)
     """The dataset section."""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -306,6 +339,14 @@ class Recipe:
     """The loop section."""
     notes: str = ""
     """Free text: where the settings come from, choices made where the source was silent."""
+
+    def __post_init__(self) -> None:
+        if self.seed < 0:  # numpy seeds the data order and refuses it, at the first epoch
+            raise CnnbenchError(f"seed: expected a non-negative integer, got {self.seed!r}")
+        # Checks across sections. A floor above the peak makes cosine rise from lr to min_lr and
+        # plateau raise the rate to it on its first reduction.
+        if self.schedule.min_lr > self.optim.lr:
+            raise CnnbenchError(f"schedule.min_lr: expected at most optim.lr ({self.optim.lr}), got {self.schedule.min_lr!r}")
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved recipe as plain YAML-able data (tuples become lists)."""

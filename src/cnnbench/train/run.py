@@ -94,6 +94,17 @@ def _augment_views(recipe: Recipe) -> list[dict]:
     return [base] + [dict(entry) for entry in recipe.augment.sets]
 
 
+def check_views_fit(views: list[dict], image_size: tuple[int, int]) -> None:
+    """What a recipe cannot check alone: the augmentation runs on the dataset's images (before the
+    resize to the input size), and reflect padding must be smaller than their side."""
+    for k, view in enumerate(views):
+        padding = view.get("crop_padding", 0)
+        if padding >= min(image_size):
+            key = "augment.crop_padding" if k == 0 else f"augment.sets[{k - 1}].crop_padding"
+            raise CnnbenchError(f"{key}: expected fewer pixels than the image side ({image_size[0]} x {image_size[1]} "
+                                f"images), got {padding}")
+
+
 def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.device, precision: Precision,
                  ranks: Ranks) -> Engine:
     """Loaders, pipelines, optimiser, schedule, scaler, EMA and the wrapped network for a run."""
@@ -104,6 +115,7 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
     input_size = model.cnnbench_cfg["input_size"]
     train_split = ds.split("train")
     views = _augment_views(recipe)
+    check_views_fit(views, ds.image_size)
     loaders = [BatchLoader(train_split, per_rank, shuffle=True, seed=recipe.seed + 100_003 * k, drop_last=True,
                            device=str(device), rank=ranks.rank, world_size=ranks.world_size) for k in range(len(views))]
     if len(loaders[0]) == 0:
