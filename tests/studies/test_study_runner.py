@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -187,6 +188,19 @@ def test_the_report_leaves_out_folders_trained_with_another_recipe(tmp_path):
     assert [r["experiment"] for r in json.loads((report / "results.json").read_text())["runs"]] == ["modern"]
 
 
+def test_the_report_counts_the_seeds_of_an_earlier_larger_seeds(tmp_path):
+    """`--seeds 3` for one experiment, then `--only` another with the default one seed: the report
+    once counted n=1 for the first, leaving out two finished seeds without a word."""
+    study = load_study("cambridge18_baselines")
+    run_study(study, StudyOptions(scale=0.1, seeds=3, out=tmp_path, only=("vgg_like",)), trainer=FakeEngine(),
+              log=quiet, sizer=size80)
+    engine = FakeEngine()
+    run_study(study, StudyOptions(scale=0.1, out=tmp_path, only=("simple_cnn",)), trainer=engine, log=quiet, sizer=size80)
+    assert engine.calls == [("simple_cnn", 0, False)]  # trains only what was asked
+    rows = {r["experiment"]: r for r in json.loads((tmp_path / "report" / "results.json").read_text())["rows"]}
+    assert rows["vgg_like"]["seeds"] == 3 and rows["simple_cnn"]["seeds"] == 1
+
+
 def test_a_new_report_removes_the_files_of_the_previous_one(tmp_path):
     """An earlier report's compare/seeds.csv (n=2) and the curves of a row now left out once stayed
     beside a page that said n=1 and showed no such row."""
@@ -195,6 +209,8 @@ def test_a_new_report_removes_the_files_of_the_previous_one(tmp_path):
               trainer=FakeEngine(), log=quiet, sizer=size80)
     report = tmp_path / "report"
     assert (report / "compare" / "seeds.csv").exists() and (report / "figures" / "curves_vgg_like.png").exists()
+    for experiment in ("vgg_like", "simple_cnn"):
+        shutil.rmtree(tmp_path / "runs" / experiment / "seed1")
     run_study(study, StudyOptions(scale=0.1, out=tmp_path, only=("vgg_like", "simple_cnn")), trainer=FakeEngine(),
               log=quiet, sizer=size80)
     assert not (report / "compare" / "seeds.csv").exists()  # one seed per recipe: no seed groups

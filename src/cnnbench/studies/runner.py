@@ -303,6 +303,21 @@ def run_study(study: Study, options: StudyOptions, trainer: Trainer | None = Non
         dataset = outcome.planned.recipe.data.name
         if outcome.ok and dataset not in result.train_per_class:
             result.train_per_class[dataset] = sizer(outcome.planned.recipe)
-    # The report covers every experiment of the study folder, also those --only left out this time.
-    result.report = write_study_report(result, plan_study(study, replace(options, only=()), out))
+    # The report covers every experiment of the study folder, also those --only left out this time,
+    # and every seed trained into it, also those of an earlier, larger --seeds.
+    everything = replace(options, only=())
+    result.report = write_study_report(result, plan_study(study, replace(everything, seeds=seeds_in(study, everything, out)), out))
     return result
+
+
+def seeds_in(study: Study, options: StudyOptions, out: Path) -> int:
+    """``options.seeds``, or more where an experiment's folder holds the run folders of more seeds
+    (seed{s}, seed{s+1}, ... from the recipe's seed s, as ``--seeds`` names them)."""
+    most = options.seeds
+    for experiment in study.experiments:
+        first = experiment_recipe(study, experiment, options).seed
+        count = options.seeds
+        while (out / RUNS_DIR / experiment / f"seed{first + count}").is_dir():
+            count += 1
+        most = max(most, count)
+    return most
