@@ -108,6 +108,13 @@ def test_ensemble_out_folder_may_not_be_a_member(run, tiny_data, tmp_path):
     assert read_evaluations(second)["val"] == own  # the member's own row is not replaced by the ensemble's
 
 
+def test_ensemble_member_named_twice_is_refused(run, tmp_path):
+    # listed twice (here once through "./"), a run would be averaged in twice, outweighing the rest
+    with pytest.raises(CnnbenchError, match=r"--ensemble: .* is given more than once; name each member once"):
+        evaluate_ensemble([run, run.parent / "." / run.name], tmp_path / "ens")
+    assert not (tmp_path / "ens").exists()
+
+
 def test_ensemble_members_run_in_their_own_precision(run, tiny_data, tmp_path, monkeypatch):
     import cnnbench.evaluate.evaluation as evaluation
 

@@ -168,6 +168,10 @@ def evaluate_ensemble(run_dirs: list[Path], out: Path, options: EvalOptions | No
     run_dirs = [Path(r) for r in run_dirs]
     if len(run_dirs) < 2:
         raise CnnbenchError("--ensemble: give two or more run folders")
+    resolved = [r.resolve() for r in run_dirs]
+    twice = next((r for r, path in zip(run_dirs, resolved) if resolved.count(path) > 1), None)
+    if twice is not None:  # averaged in twice, it would silently outweigh the other members
+        raise CnnbenchError(f"--ensemble: {twice} is given more than once; name each member once")
     if Path(out).resolve() in {r.resolve() for r in run_dirs}:  # its evaluate/<tag>.json would become the ensemble's
         raise CnnbenchError(f"--out {out}: is one of the ensemble's members; give the ensemble its own folder")
     classes = check_ensemble_classes(run_dirs)
