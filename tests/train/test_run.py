@@ -33,13 +33,17 @@ def read_metrics(run_dir) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_cli_writes_the_run_folder(tiny_data, tmp_path, capsys):
+def test_cli_writes_the_run_folder(tiny_data, tmp_path, capsys, monkeypatch):
+    # train.deterministic (the fixture's) also fixes cuBLAS's workspace, which CUDA needs for it
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # records the original, restored after the test
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     recipe = tmp_path / "tiny.yaml"
     recipe.write_text(yaml.safe_dump(tiny_recipe(tiny_data)))
     run = tmp_path / "run"
     assert main(["train", str(recipe), "--out", str(run), "--quiet", "--set", "train.epochs=2", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "epoch 2/2 train_loss" in out and f"finished: {run}" in out
+    assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
 
     assert sorted(p.name for p in run.iterdir()) == ["checkpoints", "classes.json", "env.json", "metrics.csv",
                                                      "recipe.yaml", "summary.json", "tb"]

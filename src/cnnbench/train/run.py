@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -392,6 +393,8 @@ def train_run(recipe: Recipe | None, run_dir: str | Path, resume: bool = False, 
     try:
         if t.workers:
             torch.set_num_threads(t.workers)
+        if t.deterministic:  # cuBLAS needs a fixed workspace for reproducible matmuls; read at its first handle
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(t.deterministic)
         result = _train(recipe, run_dir, ckpt, quiet, dev, precision, ranks, after_step, replaces_old_run)
         # Under DDP every rank returns only once rank 0 has written the run folder, so a caller on
