@@ -85,3 +85,15 @@ def test_a_malformed_models_entry_is_a_one_line_error(spec):
 
     with pytest.raises(CnnbenchError, match="bench.models"):
         build_config(BenchSettings, {"models": [spec]})
+
+
+def test_the_plain_baseline_trains_at_the_input_size_of_the_cnnbench_paths(tiny_zip, tmp_path):
+    """--set input_size=32: the plain loop's batches are 32 px like the engine's, not the files' 64 px
+    (it compared 64 px steps with 32 px ones, a ~4x difference in work, and ran FLOPs counted at 32)."""
+    settings = build_config(BenchSettings, {"data": str(tiny_zip), "input_size": 32, "batch_size": 4, "data_per_class": 4,
+                                            "models": ["logreg"], "data_workers": 0}, "bench")
+    ctx = BenchContext(settings, log=lambda m: None, work_dir=tmp_path)
+    stepper = throughput.baseline_stepper(ctx, throughput.prepare_setup(ctx), "logreg")
+    images, _ = next(stepper.batches)
+    assert tuple(images.shape) == (4, 3, 32, 32)
+    assert stepper.seconds(1) > 0  # logreg sized for 32 px takes them

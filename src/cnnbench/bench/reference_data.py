@@ -106,20 +106,21 @@ def _first_per_class(members: list[tuple[str, str]], per_class: int | None) -> l
 
 
 def imagefolder_loader(train_dir: Path, batch_size: int, mean, std, num_workers: int = 2, seed: int = 0,
-                       augment: bool = True):
-    """(b): ``ImageFolder`` + PIL + per-image transforms + ``DataLoader(num_workers)`` at 64 px.
+                       augment: bool = True, input_size: int = 64):
+    """(b): ``ImageFolder`` + PIL + per-image transforms + ``DataLoader(num_workers)`` at ``input_size`` px.
 
     The augmentation matches ``standard_augment()`` (reflect-pad 4 and crop, horizontal flip)
     so both paths do the same work (``augment=False``: ToTensor + Normalize only); images are
-    converted to RGB because ~2% of Tiny ImageNet is grayscale. Workers are persistent (started once, not per epoch): the kindest setting
+    converted to RGB because ~2% of Tiny ImageNet is grayscale. Another ``input_size`` than the
+    files' 64 px resizes after augmenting (bilinear, antialiased), as ``BatchPipeline`` does. Workers are persistent (started once, not per epoch): the kindest setting
     for this path, so its ratio to cnnbench is not inflated by start-up costs.
     """
     import torch
     from torchvision import datasets, transforms
 
     flip_crop = [transforms.RandomCrop(64, padding=4, padding_mode="reflect"), transforms.RandomHorizontalFlip()]
-    transform = transforms.Compose((flip_crop if augment else []) + [
-        transforms.ToTensor(),
+    resize = [transforms.Resize((input_size, input_size), antialias=True)] if input_size != 64 else []
+    transform = transforms.Compose((flip_crop if augment else []) + [transforms.ToTensor()] + resize + [
         transforms.Normalize(mean, std),
     ])
     dataset = datasets.ImageFolder(str(train_dir), transform=transform, loader=_pil_rgb)

@@ -140,7 +140,8 @@ def baseline_stepper(ctx: BenchContext, setup: ThroughputSetup, model_name: str)
     model = create_seeded_model(model_name, setup.ds.num_classes, s.input_size, s.seed)
     stats = setup.ds.stats
     loader = reference_data.imagefolder_loader(setup.train_dir, s.batch_size, list(stats["channel_mean"]),
-                                               list(stats["channel_std"]), num_workers=s.data_workers, seed=s.seed)
+                                               list(stats["channel_std"]), num_workers=s.data_workers, seed=s.seed,
+                                               input_size=s.input_size)
     return PlainStepper(plain_train_step(model), loader)
 
 
