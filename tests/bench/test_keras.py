@@ -36,3 +36,29 @@ def test_keras_arrays_and_fit_rate():
     assert y.tolist() == [0, 1, 2, 3]
     rate = measure_keras_fit(build_keras_vgg_like(6, 64), x, y, batch_size=2, epochs=3)
     assert len(rate.runs) == 2 and rate.unit == "images/s" and rate.median > 0  # first epoch not counted
+
+
+def test_keras_section_feeds_its_model_at_the_input_size(tiny_zip, tmp_path, monkeypatch):
+    """--set input_size=48: the Keras model is built for 48 px, so its arrays are resized to 48 px
+    (they stayed 64 px and model.fit failed on the shape)."""
+    from cnnbench.bench import keras_vgg
+    from cnnbench.bench.settings import BenchSettings
+    from cnnbench.bench.stats import Stats
+    from cnnbench.bench.suite import BenchContext
+    from cnnbench.train.config import build_config
+
+    shapes = []
+
+    def fake_fit(model, x, y, batch_size, epochs):
+        shapes.append((x.shape, model.input_shape))
+        return Stats.of([1.0], "images/s")
+
+    monkeypatch.setattr(keras_vgg, "measure_keras_fit", fake_fit)
+    monkeypatch.setattr(keras_vgg, "cnnbench_rates", lambda ctx, setup: {})
+    settings = build_config(BenchSettings, {"data": str(tiny_zip), "input_size": 48, "batch_size": 4,
+                                            "data_per_class": 4, "keras_images": 8}, "bench")
+    keras_vgg.keras_section(BenchContext(settings, log=lambda m: None, work_dir=tmp_path))
+    assert shapes == [((8, 48, 48, 3), (None, 48, 48, 3))]
+    x, _ = keras_arrays(type("Split", (), {"images": np.full((2, 64, 64, 3), 255, np.uint8), "labels": [0, 1]}),
+                        {"channel_mean": [0.5] * 3, "channel_std": [0.25] * 3}, count=2, input_size=32)
+    assert x.shape == (2, 32, 32, 3) and np.allclose(x, 2.0, atol=1e-5)  # a flat image stays flat

@@ -78,11 +78,19 @@ def measure_keras_fit(model, x, y, batch_size: int, epochs: int) -> Stats:
     return Stats.of([len(x) / s for s in seconds[1:]], "images/s")
 
 
-def keras_arrays(split, stats: dict, count: int):
-    """The first ``count`` training images as standardised float32 NHWC arrays, and labels."""
+def keras_arrays(split, stats: dict, count: int, input_size: int | None = None):
+    """The first ``count`` training images as standardised float32 NHWC arrays, and labels;
+    resized (bilinear, antialiased, as ``BatchPipeline`` does) when ``input_size`` differs."""
     import numpy as np
 
     images = np.asarray(split.images[:count], dtype=np.float32) / 255.0
+    if input_size is not None and images.shape[1:3] != (input_size, input_size):
+        import torch
+        import torch.nn.functional as F
+
+        nchw = torch.from_numpy(images).permute(0, 3, 1, 2)
+        images = F.interpolate(nchw, size=(input_size, input_size), mode="bilinear", align_corners=False,
+                               antialias=input_size < max(images.shape[1:3])).permute(0, 2, 3, 1).numpy()
     mean = np.asarray(stats["channel_mean"], dtype=np.float32)
     std = np.asarray(stats["channel_std"], dtype=np.float32)
     return (images - mean) / std, np.asarray(split.labels[:count])
@@ -108,7 +116,7 @@ def keras_section(ctx: BenchContext) -> SectionResult:
 
     s = ctx.settings
     setup = prepare_setup(ctx)
-    x, y = keras_arrays(setup.ds.split("train"), setup.ds.stats, s.keras_images)
+    x, y = keras_arrays(setup.ds.split("train"), setup.ds.stats, s.keras_images, s.input_size)
     ctx.log(f"keras: model.fit on {len(x)} images x {s.keras_epochs} epochs")
     keras_rate = measure_keras_fit(build_keras_vgg_like(setup.ds.num_classes, s.input_size), x, y,
                                    s.batch_size, s.keras_epochs)
