@@ -127,3 +127,16 @@ def test_bench_command_rejects_unknown_section(capsys):
     assert main(["bench", "--only", "nope"]) == 2
     assert "unknown section(s) nope; valid: peaks, data, memory, train, keras, scaling, tta" in capsys.readouterr().err
 
+
+
+@pytest.mark.parametrize("override", ["peak_sizes=[]", "peak_sizes=[0]", "warmup_steps=-1", "data_workers=-1",
+                                      "data_per_class=0", "scaling_per_class=[0, 4]", "scaling_sizes=[-32, 64]",
+                                      "scaling_sizes_per_class=0", "tta_recipes=[]", "tta_val_limit=0", "tta_threads=-1",
+                                      "linearity_tolerance=-1"])
+def test_bench_refuses_a_bad_setting_in_one_line(override, capsys):
+    """Values that used to end in a traceback (an empty peak_sizes: 'NoneType' has no attribute
+    'row'; DataLoader(num_workers=-1); no tta recipe: labels[-1]) or in nonsense (n=0 peaks of
+    0 GFLOP/s, a negative warm-up meaning none) are refused before anything runs."""
+    assert main(["bench", "--only", "peaks", "--set", override]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cnnbench: error: bench.{override.split('=')[0]}:") and len(err.strip().splitlines()) == 1

@@ -88,9 +88,22 @@ class BenchSettings:
 
     def __post_init__(self) -> None:
         for name in ("repeats", "batch_size", "steps", "keras_images", "keras_epochs", "scaling_repeats", "input_size",
-                     "memory_steps"):
+                     "memory_steps", "scaling_sizes_per_class"):
             if getattr(self, name) < 1:
                 raise CnnbenchError(f"bench.{name}: expected a positive integer, got {getattr(self, name)!r}")
+        for name in ("warmup_steps", "data_workers"):
+            if getattr(self, name) < 0:
+                raise CnnbenchError(f"bench.{name}: expected 0 or more, got {getattr(self, name)!r}")
+        for name in ("data_per_class", "tta_val_limit", "tta_threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise CnnbenchError(f"bench.{name}: expected a positive integer, got {getattr(self, name)!r}")
+        for name in ("peak_sizes", "scaling_per_class", "scaling_sizes"):
+            if not getattr(self, name) or min(getattr(self, name)) < 1:
+                raise CnnbenchError(f"bench.{name}: expected positive integers, got {getattr(self, name)!r}")
+        if not self.tta_recipes:
+            raise CnnbenchError("bench.tta_recipes: expected at least one recipe (the last is the reference)")
+        if not 0 < self.linearity_tolerance < 1:
+            raise CnnbenchError(f"bench.linearity_tolerance: expected a fraction in (0, 1), got {self.linearity_tolerance!r}")
         for spec in self.models:
             model_spec(spec)  # a malformed NAME:KEY=VALUE is an error before anything runs
         unknown = [v for v in self.variants if v not in VARIANTS]
