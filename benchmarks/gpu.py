@@ -67,6 +67,14 @@ class GpuSettings:
                    recipe_overrides=["train.epochs=1", "train.batch_size=8", "model.options={}", "train.tta=none"])
 
 
+def exact_fp32(device: torch.device) -> None:
+    """On CUDA, fp32 matmuls and convolutions stay fp32 (no TF32), so the fp32 rows and the fp32
+    peak measure the same arithmetic: cuDNN convolutions default to TF32 even with matmuls off."""
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
 def synchronizer(device: torch.device):
     return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -170,9 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     s = GpuSettings.tiny() if args.tiny else GpuSettings()
     if args.models:
         s.models = args.models
-    if device.type == "cuda":
-        # fp32 matmuls stay fp32 (no TF32), so the fp32 rows and peak measure the same arithmetic
-        torch.backends.cuda.matmul.allow_tf32 = False
+    exact_fp32(device)
     log = lambda message: print(message, file=sys.stderr, flush=True)  # noqa: E731
     document = {"machine": machine_info(), "device": str(device), "load_before": load_average(), "sections": {}}
     peaks = {dtype: measure_matmul_peak(dtype, str(device), sizes=s.peak_sizes, repeats=max(3, s.repeats))

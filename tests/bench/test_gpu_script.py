@@ -36,11 +36,31 @@ def test_device_resident_loader_matches_batch_loader(tiny_zip):
     assert sizes == [5] * 6 + [2] and np.array_equal(torch.cat([y for _, y in tail]).numpy(), split.labels)
 
 
-def test_gpu_script_smoke_on_cpu(tiny_zip, tmp_path, capsys, monkeypatch):
+def load_script(monkeypatch):
     spec = importlib.util.spec_from_file_location("gpu_bench", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, "gpu_bench", module)  # dataclasses look their module up there
     spec.loader.exec_module(module)
+    return module
+
+
+def test_fp32_rows_run_no_tf32_on_cuda(monkeypatch):
+    """The plain loop and 'cnnbench fp32' rows are fp32: cuDNN's convolutions, TF32 by default
+    (torch.backends.cudnn.allow_tf32), were left on when only the matmuls were switched off."""
+    module = load_script(monkeypatch)
+    flags = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+        module.exact_fp32(torch.device("cpu"))
+        assert torch.backends.cudnn.allow_tf32 and torch.backends.cuda.matmul.allow_tf32  # a CPU run changes nothing
+        module.exact_fp32(torch.device("cuda"))
+        assert not torch.backends.cudnn.allow_tf32 and not torch.backends.cuda.matmul.allow_tf32
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = flags
+
+
+def test_gpu_script_smoke_on_cpu(tiny_zip, tmp_path, capsys, monkeypatch):
+    module = load_script(monkeypatch)
     out = tmp_path / "gpu.json"
     assert module.main(["--device", "cpu", "--tiny", "--data", str(tiny_zip), "--out", str(out)]) == 0
     saved = json.loads(out.read_text())
