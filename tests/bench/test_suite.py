@@ -140,3 +140,18 @@ def test_bench_refuses_a_bad_setting_in_one_line(override, capsys):
     assert main(["bench", "--only", "peaks", "--set", override]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"cnnbench: error: bench.{override.split('=')[0]}:") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("option", ["--out", "--markdown"])
+def test_bench_refuses_an_unwritable_output_before_running(option, tmp_path, capsys, monkeypatch):
+    """An --out that is a folder (or lies where no file can be made) ended the command with an
+    IsADirectoryError traceback after every section had run, and the results were lost."""
+    from cnnbench.bench import suite
+
+    monkeypatch.setattr(suite, "run_suite", lambda *a, **k: pytest.fail("ran before checking the output path"))
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    for target in (tmp_path, blocker / "under-a-file.json"):
+        assert main(["bench", "--only", "peaks", option, str(target)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"cnnbench: error: {option} {target}: ") and len(err.strip().splitlines()) == 1

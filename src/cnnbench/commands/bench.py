@@ -34,6 +34,9 @@ def run(args: argparse.Namespace) -> int:
     from cnnbench.bench.suite import markdown_report, run_suite
 
     settings = build_settings(quick=args.quick, overrides=args.overrides)
+    for option, value in (("--out", args.out), ("--markdown", args.markdown)):
+        if value:
+            check_writable(option, Path(value))  # now, not after a run of many minutes
     if args.data:
         settings.data = args.data
     command = " ".join(["cnnbench bench"] + (["--quick"] if args.quick else [])
@@ -49,3 +52,19 @@ def run(args: argparse.Namespace) -> int:
     if args.markdown:
         write_text(Path(args.markdown), report)
     return 0
+
+
+def check_writable(option: str, path) -> None:
+    """Refuse an output ``path`` that is a folder or whose folder cannot take a new file."""
+    import tempfile
+
+    from cnnbench.errors import CnnbenchError
+
+    if path.is_dir():
+        raise CnnbenchError(f"{option} {path}: is a folder; expected a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise CnnbenchError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
