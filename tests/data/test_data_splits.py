@@ -78,6 +78,14 @@ def test_holdout_that_would_take_a_whole_class_is_refused(mnist_dir):
     assert len(load_dataset("mnist", data=mnist_dir, train_per_class=2, holdout=0.6).split("train")) == 10
 
 
+def test_holdout_that_would_hold_out_nothing_is_refused(mnist_dir):
+    """One image per class and holdout 0.4: round(0.4) = 0 in every class, so val was empty and a
+    run trained on it reported val top-1 0% and val loss 0 as if it had evaluated."""
+    with pytest.raises(CnnbenchError, match=r"holdout 0.4: holds out no image at all .* val would be empty"):
+        load_dataset("mnist", data=mnist_dir, train_per_class=1, holdout=0.4)
+    assert len(load_dataset("mnist", data=mnist_dir, train_per_class=3, holdout=0.4).split("val")) == 10
+
+
 
 @pytest.mark.parametrize("seed", [-1, 1.5])
 def test_split_seed_must_be_a_non_negative_integer(mnist_dir, seed):

@@ -71,7 +71,8 @@ def test_evaluate_reproduces_the_training_evaluation_with_flip_tta(tmp_path, cap
     assert main(["evaluate", str(run), "--checkpoint", "last", "--json"]) == 0
     row = json.loads(capsys.readouterr().out)
     last = list(csv.DictReader(open(run / "metrics.csv")))[-1]
-    assert (row["tta"], row["tag"]) == ("flip", "val")
+    # the tag names the checkpoint: `val` stays best.pt's row, the one compare reads by default
+    assert (row["tta"], row["tag"], row["checkpoint"]) == ("flip", "val-last", "last")
     assert row["top1"] == pytest.approx(float(last["val_top1"])) and row["top5"] == pytest.approx(float(last["val_top5"]))
     assert row["loss"] == pytest.approx(float(last["val_loss"]), rel=1e-5)
     assert 0.1 < row["loss"] and 0 < row["top1"] < 1  # a model still unsure: averaging logits would differ

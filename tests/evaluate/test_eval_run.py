@@ -38,6 +38,15 @@ def test_evaluate_row_and_files_match_a_direct_forward_pass(run, tiny_data):
     assert len(examples.mistake_index) == 12 - np.trace(confusion)
 
 
+def test_evaluating_another_checkpoint_keeps_the_best_row(run):
+    """`--checkpoint last` wrote its row as `val`, replacing best.pt's, which compare then read."""
+    best = evaluate_run(run)
+    last = evaluate_run(run, EvalOptions(checkpoint="last"))
+    assert (best["tag"], last["tag"], last["checkpoint"]) == ("val", "val-last", "last")
+    assert json.loads((run / "evaluate" / "val.json").read_text()) == best
+    assert (run / "evaluate" / "val-last_confusion.npy").exists()
+
+
 def test_flip_tta_averages_the_softmax_of_both_views(run, tiny_data):
     row = evaluate_run(run, EvalOptions(tta="flip"))
     plain, labels = reference_log_probs(run, tiny_data)

@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     help="evaluate the per-cycle snapshots of a cyclic_cosine run as an ensemble")
     ev.add_argument("--out", type=Path, metavar="DIR",
                     help="ensemble folder (default: ensemble-<first>-<n> beside the first run)")
-    ev.add_argument("--tag", help="name of the output files (default: split[-<tta> when not the run's own][-<data hash>])")
+    ev.add_argument("--tag", help="name of the output files (default: split[-<checkpoint> when not best]"
+                                     "[-<tta> when not the run's own][-<data hash>])")
     ev.add_argument("--batch-size", type=int, default=256)
     ev.add_argument("--json", action="store_true", help="print the rows as JSON lines")
     _add_common(ev)

@@ -80,7 +80,8 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[
     """(keep, holdout) index arrays: ``round(n * fraction)`` of each class held out, seeded.
 
     A class so small that this would take all of its images is refused: training without the
-    class would still score it on val and test.
+    class would still score it on val and test. A fraction that rounds to no image in every class
+    is refused too: the run would "evaluate" on an empty val split and report 0% and loss 0.
     """
     rng = np.random.default_rng(seed)
     keep, held = [], []
@@ -92,4 +93,9 @@ def stratified_holdout(labels: np.ndarray, fraction: float, seed: int) -> tuple[
                                 "none to train on; use a smaller holdout or more training images per class")
         held.append(members[:k])
         keep.append(members[k:])
+    if not sum(len(h) for h in held):
+        largest = int(np.bincount(labels).max())
+        raise CnnbenchError(f"holdout {fraction}: holds out no image at all (round(n * {fraction}) is 0 for every "
+                            f"class, the largest having {largest} training image(s)), so val would be empty; "
+                            "use a larger holdout or more training images per class")
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))

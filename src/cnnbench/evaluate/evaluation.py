@@ -44,7 +44,8 @@ class EvalOptions:
     batch_size: int = 256
     device: str = "auto"
     tag: str | None = None
-    """Name of the output files (default: split, -<tta> when it is not the run's own, -<data hash> with --data)."""
+    """Name of the output files (default: split, -<checkpoint> when not best, -<tta> when it is not the run's own,
+    -<data hash> with --data)."""
 
 
 def resolve_tta(options: EvalOptions, scorers: list[Scorer]) -> tuple[EvalOptions, str | None]:
@@ -61,16 +62,19 @@ def resolve_tta(options: EvalOptions, scorers: list[Scorer]) -> tuple[EvalOption
 
 
 def default_tag(options: EvalOptions, dataset: Dataset, own_tta: str | None = "none") -> str:
-    """``val``, ``val-flip``, ``test-<hash8>`` (another dataset), ... unless ``options.tag`` is set.
+    """``val``, ``val-flip``, ``val-last``, ``test-<hash8>`` (another dataset), ... unless ``options.tag`` is set.
 
-    The TTA is named only when it is not the runs' own ``train.tta``: ``val`` is the split as the
-    run evaluates it (what ``compare`` reads by default), ``val-flip`` or ``val-none`` the other mode.
+    The checkpoint is named only when it is not ``best`` and the TTA only when it is not the runs'
+    own ``train.tta``: ``val`` is the split as the run evaluates it with best.pt (what ``compare``
+    reads by default), so evaluating ``last`` or a snapshot never replaces that row.
     """
     if options.tag:
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", options.tag):
             raise CnnbenchError(f"--tag {options.tag!r}: expected letters, digits, '.', '_' or '-'")
         return options.tag
     tag = options.split
+    if options.checkpoint != "best":
+        tag += f"-{options.checkpoint}"
     if options.tta != own_tta:
         tag += f"-{options.tta}"
     if options.data is not None:
@@ -235,5 +239,5 @@ def evaluate_snapshots(run_dir: Path, options: EvalOptions | None = None) -> dic
             "data": str(options.data) if options.data else "",
             "snapshot_top1": " ".join(f"{score_predictions(lp, split.labels).top1:.6f}" for lp in singles)}
     base["model"] = base["model"] or scorers[0].recipe.model.name
-    return _write(Path(run_dir), default_tag(options, dataset, own_tta) + "-snapshots", base, average_probabilities(singles),
+    return _write(Path(run_dir), default_tag(replace(options, checkpoint="best"), dataset, own_tta) + "-snapshots", base, average_probabilities(singles),
                   dataset, options.split, seconds, scorers[0].classes)

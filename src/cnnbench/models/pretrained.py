@@ -92,8 +92,8 @@ def load_pretrained(torchvision_name: str, weights: str | os.PathLike | None = N
                 raise CnnbenchError(
                     f"ImageNet weights for {torchvision_name} are not cached and cannot be downloaded "
                     f"({exc.__class__.__name__}): expected {path} — copy {os.path.basename(path)} "
-                    f"(from {entry.url}) into {path.parent}, or pass a local file with --weights FILE "
-                    f"(model.weights)") from None
+                    f"(from {entry.url}) into {path.parent}, or pass a local file in the recipe: "
+                    f"model.weights: FILE (--set model.weights=FILE)") from None
     return PretrainedWeights(state_dict=read_state_dict(path), source=str(path),
                              mean=list(preset.mean), std=list(preset.std))
 

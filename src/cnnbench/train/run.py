@@ -387,6 +387,7 @@ def train_run(recipe: Recipe | None, run_dir: str | Path, resume: bool = False, 
     t = recipe.train
     dev = init_distributed(ranks, resolve_device(device or t.device))
     precision = Precision(resolve_precision(t.precision, dev), dev)
+    created = rundir.missing_folders(run_dir) if ranks.is_main and not resume else []
     replaces_old_run = rundir.prepare_run_dir(run_dir, resume, overwrite) if ranks.is_main else False
     # Process-wide torch settings, put back afterwards so a caller (a study, a test) is unaffected.
     threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
@@ -401,6 +402,9 @@ def train_run(recipe: Recipe | None, run_dir: str | Path, resume: bool = False, 
         # any rank can read it (or resume it) at once. A CPU tensor: gloo carries it on every device.
         all_reduce(torch.zeros(1))
         return result
+    except BaseException:
+        rundir.remove_empty(created)  # refused before anything was written (data, model): no empty run folder
+        raise
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)

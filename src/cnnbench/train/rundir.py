@@ -67,6 +67,21 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
     return False
 
 
+def missing_folders(run_dir: Path) -> list[Path]:
+    """``run_dir`` and those of its parents that do not exist yet (``prepare_run_dir`` creates them), deepest first."""
+    run_dir = Path(run_dir).absolute()
+    return [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove the folders (deepest first) that a run which stopped before writing anything created."""
+    for folder in folders:
+        try:
+            folder.rmdir()  # only an empty folder goes
+        except OSError:
+            return
+
+
 def clear_old_run(run_dir: Path) -> None:
     """Empty a run folder ``prepare_run_dir`` found to hold the run ``--overwrite`` replaces."""
     for entry in Path(run_dir).iterdir():
