@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from cnnbench import __version__
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("cnnbench: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cnnbench models list | head`: the reader left; no traceback for that
+        # Python flushes stdout again at exit: point it at devnull so that flush cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a command killed by a closed pipe
     return int(result or 0)
 
 

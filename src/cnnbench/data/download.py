@@ -67,7 +67,7 @@ def _verify(path: Path, official: OfficialFile, origin: str) -> None:
 
 def _manual_hint(spec: DownloadSpec, official: OfficialFile, target: Path) -> str:
     return (f"download {official.urls[0]} by hand and put it at {target} "
-            f"(or run `cnnbench data download {spec.dataset} --from FILE`, or pass --data PATH to any command)")
+            f"(or run `cnnbench data download {spec.dataset} --from FILE`, or point --data PATH / data.path at a copy you have)")
 
 
 def fetch(url: str, part: Path, timeout: float, progress: bool) -> None:
