@@ -209,3 +209,29 @@ def test_strength_above_one_never_draws_a_negative_factor(name):
     darkest = out.flatten(1).mean(1)
     assert (darkest < 0.05).float().mean() < 0.1  # factors below 0.1: about 4% of [0, 2.5]
     assert darkest.max() > 0.9  # the upper end is still drawn
+
+
+def test_color_jitter_applies_each_images_own_order_as_torchvision_does(monkeypatch):
+    # torchvision's ColorJitter permutes brightness/contrast/saturation on every call; on a batch
+    # each image gets its own order. The order matters: contrast blends with the image's mean.
+    import itertools
+
+    from cnnbench.data.augment import color_jitter
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(6, 3, 8, 8, generator=g)
+    factors = 0.5 + torch.rand(6, 3, generator=g)
+    order = torch.tensor(list(itertools.permutations(range(3))))  # all six orders, one per image
+    out = color_jitter(x, factors, order)
+    adjust = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation)
+    for i in range(6):
+        expected = x[i]
+        for j in order[i].tolist():
+            expected = adjust[j](expected, factors[i, j].item())
+        torch.testing.assert_close(out[i], expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(out[0], color_jitter(x[:1], factors[:1], order[5:6])[0], atol=1e-3)
+    # the batch op draws every image's order: all six turn up in a batch of 600
+    seen = []
+    monkeypatch.setattr(A, "color_jitter", lambda x, f, o: seen.append(o) or color_jitter(x, f, o))
+    create_augment({"color_jitter": 0.4})(torch.rand(600, 3, 8, 8, generator=g), torch.Generator().manual_seed(1))
+    assert {tuple(row) for row in seen[0].tolist()} == set(itertools.permutations(range(3)))

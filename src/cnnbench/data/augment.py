@@ -476,12 +476,28 @@ def _jitter_factors(g: torch.Generator, b: int, strength: float, device) -> torc
     return _uniform(g, b, max(0.0, 1.0 - strength), 1.0 + strength, device)
 
 
+JITTER_ADJUSTMENTS = (adjust_brightness, adjust_contrast, adjust_saturation)
+
+
+def color_jitter(x: torch.Tensor, factors: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """Per image i, apply ``JITTER_ADJUSTMENTS[order[i, k]]`` with ``factors[i, order[i, k]]`` for
+    k = 0, 1, 2: torchvision's ColorJitter with each image's own order (it permutes the order on
+    every call; the order matters, contrast and saturation blend with image statistics)."""
+    x = x.clone()  # written in place below, per group of images
+    for k in range(order.shape[1]):
+        for j, adjust in enumerate(JITTER_ADJUSTMENTS):
+            idx = (order[:, k] == j).nonzero().flatten()
+            if idx.numel():
+                x[idx] = adjust(x[idx], factors[idx, j])
+    return x
+
+
 def _jitter_op(strength: float) -> Op:
     def op(x, g):
         b = x.shape[0]
-        x = adjust_brightness(x, _jitter_factors(g, b, strength, x.device))
-        x = adjust_contrast(x, _jitter_factors(g, b, strength, x.device))
-        return adjust_saturation(x, _jitter_factors(g, b, strength, x.device))
+        factors = torch.stack([_jitter_factors(g, b, strength, x.device) for _ in JITTER_ADJUSTMENTS], dim=1)
+        order = torch.rand(b, len(JITTER_ADJUSTMENTS), generator=g, device=x.device).argsort(dim=1)
+        return color_jitter(x, factors, order)
     return op
 
 
