@@ -176,7 +176,7 @@ def evaluate_ensemble(run_dirs: list[Path], out: Path, options: EvalOptions | No
     twice = next((r for r, path in zip(run_dirs, resolved) if resolved.count(path) > 1), None)
     if twice is not None:  # averaged in twice, it would silently outweigh the other members
         raise CnnbenchError(f"--ensemble: {twice} is given more than once; name each member once")
-    if Path(out).resolve() in {r.resolve() for r in run_dirs}:  # its evaluate/<tag>.json would become the ensemble's
+    if Path(out).resolve() in resolved:  # its evaluate/<tag>.json would become the ensemble's
         raise CnnbenchError(f"--out {out}: is one of the ensemble's members; give the ensemble its own folder")
     classes = check_ensemble_classes(run_dirs)
     scorers = [load_scorer(r, options.checkpoint) for r in run_dirs]

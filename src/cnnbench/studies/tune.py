@@ -78,7 +78,7 @@ def _check_range(path: Path, key: str, spec: dict[str, Any]) -> ParamRange:
     log = bool(spec.get("log", False))
     if log and low <= 0:
         raise CnnbenchError(f"{path}: {key}: a log range needs low > 0, got {low!r}")
-    if log and spec.get("step") is not None:
+    if log and step is not None:
         raise CnnbenchError(f"{path}: {key}: step and log cannot be combined (Optuna's rule)")
     return ParamRange(key, kind, float(low), float(high), log, step)
 

@@ -108,9 +108,10 @@ def _batch_sums(loss: torch.Tensor, logits: torch.Tensor, labels: torch.Tensor, 
     (mixup/CutMix) counts a hit on each of its two labels with that label's weight, lam and
     1 - lam, as the loss does (mixup's reference code): its partner label is as much the answer."""
     with torch.no_grad():
-        top1, top5 = topk_hits(logits.detach().float(), labels)
+        scores = logits.detach().float()
+        top1, top5 = topk_hits(scores, labels)
         if mixed is not None:
-            hits_b = topk_hits(logits.detach().float(), mixed.labels_b)
+            hits_b = topk_hits(scores, mixed.labels_b)
             top1, top5 = (mixed.lam * a + (1.0 - mixed.lam) * b for a, b in zip((top1, top5), hits_b))
         n = torch.tensor(float(labels.shape[0]), device=loss.device)
         return torch.stack([loss.detach().float() * n, top1.float(), top5.float(), n]).to("cpu", torch.float64)

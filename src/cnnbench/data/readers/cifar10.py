@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from collections import Counter
 
 import numpy as np
 
@@ -34,9 +35,7 @@ class _ArrayOnlyUnpickler(pickle.Unpickler):
 
 def unique_names(named: list[tuple[str, str]]) -> list[str]:
     """(file name, batch[index]) -> names, a repeated name qualified by its place in the batches."""
-    counts: dict[str, int] = {}
-    for name, _place in named:
-        counts[name] = counts.get(name, 0) + 1
+    counts = Counter(name for name, _place in named)
     return [name if counts[name] == 1 else f"{place}/{name}" for name, place in named]
 
 
