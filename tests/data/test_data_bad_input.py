@@ -79,6 +79,21 @@ def test_corrupt_jpeg_is_named_and_skip_bad_counts_it(capsys, tmp_path, fresh_ho
     assert bad not in ds.split("train").files
 
 
+def test_empty_jpeg_file_is_named_and_skip_bad_counts_it(capsys, tmp_path, fresh_home):
+    """A 0-byte image (an extraction or copy cut short) is a bad image, not a ValueError traceback."""
+    bad = "train/n01443537/images/n01443537_3.JPEG"
+    source = write_tiny_zip(tmp_path / "tiny-imagenet-200.zip", TinySpec(replace={bad: b""}))
+    code, _out, err = prepare(capsys, source)
+    assert_one_line_error(code, err, f"tiny-imagenet-200/{bad}: empty file, expected a JPEG", "--skip-bad")
+    assert no_cache_left(fresh_home)
+    code, out, _err = prepare(capsys, source, "--skip-bad")
+    assert code == 0 and "skipped bad 1" in out
+    ds = load_dataset("tiny-imagenet", data=source, skip_bad=True)
+    assert len(ds.split("train")) == 35 and bad not in ds.split("train").files
+    assert ds.split("train").files[14:16] == ["train/n01443537/images/n01443537_2.JPEG",
+                                              "train/n01443537/images/n01443537_4.JPEG"]
+
+
 def test_annotation_with_unknown_class(capsys, tmp_path, fresh_home):
     source = write_tiny_zip(tmp_path / "tiny-imagenet-200.zip",
                             TinySpec(extra_annotation="val_99.JPEG\tn00000000\t0\t0\t10\t10\n"))
