@@ -15,7 +15,7 @@ from cnnbench.cli import main
 from cnnbench.data import load_dataset
 from cnnbench.data.sources import open_tree
 from cnnbench.errors import CnnbenchError
-from data_formats import (TinySpec, cifar_batches, jpeg, write_cifar_folder, write_mnist, write_tiny_folder,
+from data_formats import (CIFAR_NAMES, TinySpec, cifar_batches, jpeg, write_cifar_folder, write_mnist, write_tiny_folder,
                           write_tiny_zip)
 
 
@@ -196,4 +196,26 @@ def test_cifar_filenames_not_matching_the_images_are_named(capsys, tmp_path, fre
     (root / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
     code, _out, err = run_cli(capsys, "data", "prepare", "cifar10", "--data", str(root))
     assert_one_line_error(code, err, f"{root / 'test_batch'}: 6 images but 5 filenames")
+    assert no_cache_left(fresh_home)
+
+
+def _without_labels(batch: dict) -> dict:
+    del batch[b"labels"]
+    return batch
+
+
+@pytest.mark.parametrize("member, content, expected", [
+    ("data_batch_2", lambda batch: [1, 2, 3], "not a CIFAR-10 python batch (a pickled list, expected a dict)"),
+    ("data_batch_2", _without_labels, "labels must be a list of class numbers 0-9"),
+    ("data_batch_2", lambda batch: batch | {b"labels": [b"cat"] * 6}, "labels must be a list of class numbers 0-9"),
+    ("batches.meta", lambda batch: "airplane", "not a CIFAR-10 python batch (a pickled str, expected a dict)"),
+    ("batches.meta", lambda batch: {b"label_names": [n.decode() for n in CIFAR_NAMES]}, "expected 10 label_names"),
+])
+def test_cifar_pickle_of_the_wrong_shape_is_named(capsys, tmp_path, fresh_home, member, content, expected):
+    """A pickle that loads but is not the official dict of bytes and lists: one line, not an AttributeError."""
+    root = write_cifar_folder(tmp_path)
+    batch = cifar_batches()["data_batch_2"] if member != "batches.meta" else {}
+    (root / member).write_bytes(pickle.dumps(content(batch), protocol=2))
+    code, _out, err = run_cli(capsys, "data", "prepare", "cifar10", "--data", str(root))
+    assert_one_line_error(code, err, f"{root / member}: {expected}")
     assert no_cache_left(fresh_home)
