@@ -102,6 +102,16 @@ def test_annotation_with_unknown_class(capsys, tmp_path, fresh_home):
     assert no_cache_left(fresh_home)
 
 
+def test_annotation_listing_a_val_image_twice(capsys, tmp_path, fresh_home):
+    """val_0 is class 0 (n02124075) on line 1; a second line naming another class must not relabel it."""
+    source = write_tiny_zip(tmp_path / "tiny-imagenet-200.zip",
+                            TinySpec(extra_annotation="val_0.JPEG\tn01443537\t0\t0\t10\t10\n"))
+    code, _out, err = prepare(capsys, source)
+    assert_one_line_error(code, err, "val/val_annotations.txt line 13", "val_0.JPEG is listed twice (line 1 and 13)",
+                          "expected one line per val image")
+    assert no_cache_left(fresh_home)
+
+
 def test_image_of_the_wrong_size(capsys, tmp_path, fresh_home):
     odd = "val/images/val_2.JPEG"
     source = write_tiny_zip(tmp_path / "tiny-imagenet-200.zip", TinySpec(replace={odd: jpeg((1, 2, 3), (32, 48))}))
