@@ -164,6 +164,16 @@ def test_corrupt_compressed_data_is_named(capsys, tmp_path, fresh_home, monkeypa
     assert no_cache_left(fresh_home)
 
 
+def test_mnist_file_cut_inside_its_header_says_truncated(capsys, tmp_path, fresh_home):
+    """The magic number is right, the dimension sizes are cut off: 'truncated', not 'magic 2049, expected 2049'."""
+    folder = write_mnist(tmp_path / "mnist", gz=False)
+    short = folder / "train-labels-idx1-ubyte"
+    short.write_bytes(short.read_bytes()[:6])
+    code, _out, err = run_cli(capsys, "data", "prepare", "mnist", "--data", str(folder))
+    assert_one_line_error(code, err, f"{short}: truncated: 6 bytes, shorter than the 8-byte idx header")
+    assert no_cache_left(fresh_home)
+
+
 def open_handles(path: Path) -> int:
     """How many of this process's file descriptors point at ``path`` (Linux /proc)."""
     fds = Path("/proc/self/fd")
