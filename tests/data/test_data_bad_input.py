@@ -15,7 +15,7 @@ from cnnbench.cli import main
 from cnnbench.data import load_dataset
 from cnnbench.data.sources import open_tree
 from cnnbench.errors import CnnbenchError
-from data_formats import (TinySpec, cifar_batches, jpeg, write_cifar_folder, write_mnist, write_tiny_folder,
+from data_formats import (CIFAR_NAMES, TinySpec, cifar_batches, jpeg, write_cifar_folder, write_mnist, write_tiny_folder,
                           write_tiny_zip)
 
 
@@ -79,11 +79,36 @@ def test_corrupt_jpeg_is_named_and_skip_bad_counts_it(capsys, tmp_path, fresh_ho
     assert bad not in ds.split("train").files
 
 
+def test_empty_jpeg_file_is_named_and_skip_bad_counts_it(capsys, tmp_path, fresh_home):
+    """A 0-byte image (an extraction or copy cut short) is a bad image, not a ValueError traceback."""
+    bad = "train/n01443537/images/n01443537_3.JPEG"
+    source = write_tiny_zip(tmp_path / "tiny-imagenet-200.zip", TinySpec(replace={bad: b""}))
+    code, _out, err = prepare(capsys, source)
+    assert_one_line_error(code, err, f"tiny-imagenet-200/{bad}: empty file, expected a JPEG", "--skip-bad")
+    assert no_cache_left(fresh_home)
+    code, out, _err = prepare(capsys, source, "--skip-bad")
+    assert code == 0 and "skipped bad 1" in out
+    ds = load_dataset("tiny-imagenet", data=source, skip_bad=True)
+    assert len(ds.split("train")) == 35 and bad not in ds.split("train").files
+    assert ds.split("train").files[14:16] == ["train/n01443537/images/n01443537_2.JPEG",
+                                              "train/n01443537/images/n01443537_4.JPEG"]
+
+
 def test_annotation_with_unknown_class(capsys, tmp_path, fresh_home):
     source = write_tiny_zip(tmp_path / "tiny-imagenet-200.zip",
                             TinySpec(extra_annotation="val_99.JPEG\tn00000000\t0\t0\t10\t10\n"))
     code, _out, err = prepare(capsys, source)
     assert_one_line_error(code, err, "val/val_annotations.txt line 13", "'n00000000'", "not in wnids.txt")
+    assert no_cache_left(fresh_home)
+
+
+def test_annotation_listing_a_val_image_twice(capsys, tmp_path, fresh_home):
+    """val_0 is class 0 (n02124075) on line 1; a second line naming another class must not relabel it."""
+    source = write_tiny_zip(tmp_path / "tiny-imagenet-200.zip",
+                            TinySpec(extra_annotation="val_0.JPEG\tn01443537\t0\t0\t10\t10\n"))
+    code, _out, err = prepare(capsys, source)
+    assert_one_line_error(code, err, "val/val_annotations.txt line 13", "val_0.JPEG is listed twice (line 1 and 13)",
+                          "expected one line per val image")
     assert no_cache_left(fresh_home)
 
 
@@ -139,6 +164,16 @@ def test_corrupt_compressed_data_is_named(capsys, tmp_path, fresh_home, monkeypa
     assert no_cache_left(fresh_home)
 
 
+def test_mnist_file_cut_inside_its_header_says_truncated(capsys, tmp_path, fresh_home):
+    """The magic number is right, the dimension sizes are cut off: 'truncated', not 'magic 2049, expected 2049'."""
+    folder = write_mnist(tmp_path / "mnist", gz=False)
+    short = folder / "train-labels-idx1-ubyte"
+    short.write_bytes(short.read_bytes()[:6])
+    code, _out, err = run_cli(capsys, "data", "prepare", "mnist", "--data", str(folder))
+    assert_one_line_error(code, err, f"{short}: truncated: 6 bytes, shorter than the 8-byte idx header")
+    assert no_cache_left(fresh_home)
+
+
 def open_handles(path: Path) -> int:
     """How many of this process's file descriptors point at ``path`` (Linux /proc)."""
     fds = Path("/proc/self/fd")
@@ -181,4 +216,26 @@ def test_cifar_filenames_not_matching_the_images_are_named(capsys, tmp_path, fre
     (root / "test_batch").write_bytes(pickle.dumps(batch, protocol=2))
     code, _out, err = run_cli(capsys, "data", "prepare", "cifar10", "--data", str(root))
     assert_one_line_error(code, err, f"{root / 'test_batch'}: 6 images but 5 filenames")
+    assert no_cache_left(fresh_home)
+
+
+def _without_labels(batch: dict) -> dict:
+    del batch[b"labels"]
+    return batch
+
+
+@pytest.mark.parametrize("member, content, expected", [
+    ("data_batch_2", lambda batch: [1, 2, 3], "not a CIFAR-10 python batch (a pickled list, expected a dict)"),
+    ("data_batch_2", _without_labels, "labels must be a list of class numbers 0-9"),
+    ("data_batch_2", lambda batch: batch | {b"labels": [b"cat"] * 6}, "labels must be a list of class numbers 0-9"),
+    ("batches.meta", lambda batch: "airplane", "not a CIFAR-10 python batch (a pickled str, expected a dict)"),
+    ("batches.meta", lambda batch: {b"label_names": [n.decode() for n in CIFAR_NAMES]}, "expected 10 label_names"),
+])
+def test_cifar_pickle_of_the_wrong_shape_is_named(capsys, tmp_path, fresh_home, member, content, expected):
+    """A pickle that loads but is not the official dict of bytes and lists: one line, not an AttributeError."""
+    root = write_cifar_folder(tmp_path)
+    batch = cifar_batches()["data_batch_2"] if member != "batches.meta" else {}
+    (root / member).write_bytes(pickle.dumps(content(batch), protocol=2))
+    code, _out, err = run_cli(capsys, "data", "prepare", "cifar10", "--data", str(root))
+    assert_one_line_error(code, err, f"{root / member}: {expected}")
     assert no_cache_left(fresh_home)

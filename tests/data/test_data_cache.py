@@ -5,6 +5,8 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,6 +58,23 @@ def test_force_rebuilds_in_place(tiny_zip, fresh_home):
     again = prepare_dataset("tiny-imagenet", tiny_zip, force=True)
     assert again.built and again.folder == first.folder
     assert [p.name for p in again.folder.parent.iterdir()] == [first.folder.name]
+
+
+def test_force_keeps_a_cache_in_place_while_the_old_one_is_deleted(tiny_zip, fresh_home, monkeypatch):
+    """Another process that loads while --force deletes the old cache (seconds for a large one)
+    reuses a complete cache; it used to find no folder and decode the whole dataset again."""
+    first = prepare_dataset("tiny-imagenet", tiny_zip)
+    rmtree, during = shutil.rmtree, []
+
+    def rmtree_with_a_concurrent_load(path, *args, **kwargs):
+        if Path(path).name.startswith(".tmp-old-") and not during:
+            during.append(prepare_dataset("tiny-imagenet", tiny_zip))
+        rmtree(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", rmtree_with_a_concurrent_load)
+    again = prepare_dataset("tiny-imagenet", tiny_zip, force=True)
+    assert len(during) == 1 and not during[0].built and during[0].folder == first.folder
+    assert again.built and sorted(p.name for p in (fresh_home / "cache").iterdir()) == [first.folder.name]
 
 
 def test_full_disk_leaves_nothing(tiny_zip, fresh_home, monkeypatch):

@@ -59,3 +59,14 @@ def test_show_refuses_a_negative_seed(capsys, tiny_zip, tmp_path):
     assert main(["data", "show", "tiny-imagenet", "--data", str(tiny_zip), "--seed", "-1", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip()
     assert err == "cnnbench: error: --seed: expected a non-negative integer, got -1" and not out.exists()
+
+
+def test_show_out_that_cannot_be_written_is_a_one_line_error(capsys, tiny_zip, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for out, expected in [(tmp_path, "is a folder; expected a file name"),
+                          (blocker / "grid.png", "cannot write there")]:
+        assert main(["data", "show", "tiny-imagenet", "--data", str(tiny_zip), "--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"cnnbench: error: --out {out}: {expected}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]

@@ -117,3 +117,13 @@ def test_from_folder_verifies_the_official_mnist_files(tmp_path, mnist_dir, real
     # the fixture's files carry the official names but not the official bytes
     with pytest.raises(CnnbenchError, match="checksum mismatch for t10k-images-idx3-ubyte.gz"):
         download_dataset("mnist", dest=tmp_path / "other", from_path=mnist_dir)
+
+
+def test_dest_that_is_not_a_folder_is_a_one_line_error(capsys, tmp_path, mnist_dir):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    assert main(["data", "download", "mnist", "--dest", str(blocker), "--from", str(mnist_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"cnnbench: error: {blocker / 'mnist'}: cannot create the download folder (Not a directory); "
+                   "expected a writable folder (--dest DIR)"]
+    assert blocker.read_text() == "x"

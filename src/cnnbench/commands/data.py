@@ -96,6 +96,7 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
+    from cnnbench.commands.bench import check_writable
     from cnnbench.data.gallery import save_sample_grid
     from cnnbench.errors import CnnbenchError
 
@@ -103,6 +104,7 @@ def run_show(args: argparse.Namespace) -> int:
         raise CnnbenchError(f"--n: expected a positive number, got {args.n}")
     if args.seed < 0:
         raise CnnbenchError(f"--seed: expected a non-negative integer, got {args.seed}")
+    check_writable("--out", args.out)  # before decoding, not an OSError traceback after it
     ds = _load(args)
     rows = save_sample_grid(ds, args.split, args.n, args.out, seed=args.seed)
     print(f"wrote {args.out} ({len(rows)} {args.split} images of {ds.name})")

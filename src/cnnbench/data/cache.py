@@ -312,16 +312,21 @@ def build_cache(reader_cls: type[Reader], location: DatasetLocation, fingerprint
         manifest["seconds"] = round(time.perf_counter() - started, 2)
         manifest["bytes"] = sum(f.stat().st_size for f in tmp.iterdir())
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
+        old = None
         if replace and dest.exists():
             old = dest.with_name(f"{TMP_PREFIX}old-{dest.name}-{os.getpid()}")
             os.replace(dest, old)
-            shutil.rmtree(old, ignore_errors=True)  # open memory maps of the old files stay valid on POSIX
         try:
             os.replace(tmp, dest)
         except OSError as exc:
             if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not (dest / "manifest.json").exists():
                 raise
             shutil.rmtree(tmp)  # another process finished the same cache first; use theirs
+        if old is not None:
+            # only now that the new cache is in place: while a large cache is being deleted, another
+            # process must find one at dest, not build its own or read a half-deleted folder.
+            # Open memory maps of the old files stay valid on POSIX.
+            shutil.rmtree(old, ignore_errors=True)
         return dest
     except OSError as exc:
         if writer is not None:

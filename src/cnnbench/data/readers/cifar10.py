@@ -53,13 +53,17 @@ class Cifar10Reader(Reader):
     def _load(self, rel: str) -> dict:
         name = self.require(rel)
         try:
-            return _ArrayOnlyUnpickler(io.BytesIO(self.tree.read(name)), encoding="bytes").load()
+            batch = _ArrayOnlyUnpickler(io.BytesIO(self.tree.read(name)), encoding="bytes").load()
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
             raise CnnbenchError(f"{self.tree.describe(name)}: not a CIFAR-10 python batch ({exc})") from None
+        if not isinstance(batch, dict):
+            raise CnnbenchError(f"{self.tree.describe(name)}: not a CIFAR-10 python batch (a pickled "
+                                f"{type(batch).__name__}, expected a dict)")
+        return batch
 
     def classes(self) -> list[ClassInfo]:
         names = self._load("batches.meta").get(b"label_names")
-        if not names or len(names) != 10:
+        if not isinstance(names, list) or len(names) != 10 or not all(isinstance(n, bytes) for n in names):
             raise CnnbenchError(f"{self.tree.describe(self.member('batches.meta'))}: expected 10 label_names")
         return [ClassInfo(id=n.decode(), name=n.decode(), synonyms=[n.decode()]) for n in names]
 
@@ -74,7 +78,12 @@ class Cifar10Reader(Reader):
                     data = np.asarray(batch.get(b"data"))
                     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
                         raise CnnbenchError(f"{where}: data is {data.dtype} {data.shape}, expected uint8 (N, 3072) = 32x32 RGB")
-                    batch_labels = np.asarray(batch.get(b"labels"), dtype=np.int64)
+                    try:
+                        batch_labels = np.asarray(batch.get(b"labels"), dtype=np.int64)
+                    except (TypeError, ValueError):  # missing (None), or not numbers
+                        batch_labels = None
+                    if batch_labels is None or batch_labels.ndim != 1:
+                        raise CnnbenchError(f"{where}: labels must be a list of class numbers 0-9, one per image")
                     if len(batch_labels) != len(data):
                         raise CnnbenchError(f"{where}: {len(data)} images but {len(batch_labels)} labels")
                     outside = batch_labels[(batch_labels < 0) | (batch_labels > 9)]

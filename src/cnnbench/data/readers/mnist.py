@@ -26,6 +26,8 @@ DIGITS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight"
 def parse_idx(data: bytes, where: str, dims: int) -> np.ndarray:
     """An idx array of uint8 with ``dims`` dimensions; truncated or mistyped files are named."""
     magic = 0x800 + dims
+    if int.from_bytes(data[:4], "big") == magic and len(data) < 4 + 4 * dims:
+        raise CnnbenchError(f"{where}: truncated: {len(data)} bytes, shorter than the {4 + 4 * dims}-byte idx header")
     if len(data) < 4 + 4 * dims or int.from_bytes(data[:4], "big") != magic:
         got = int.from_bytes(data[:4], "big") if len(data) >= 4 else None
         raise CnnbenchError(f"{where}: not an idx file of uint8 with {dims} dimension(s) "

@@ -102,14 +102,18 @@ class TinyImageNetReader(Reader):
         rel = "val/val_annotations.txt"
         where = self.tree.describe(self.member(rel))
         boxes = self._boxes(rel, wnid_column=True)
-        labels_by_file = {}
+        labels_by_file, line_of = {}, {}
         for number, line in enumerate(self.read_text(rel).splitlines(), 1):
             parts = line.split()
             if not parts:
                 continue
             if parts[1] not in index:
                 raise CnnbenchError(f"{where} line {number}: class {parts[1]!r} of {parts[0]} is not in wnids.txt")
+            if parts[0] in line_of:  # the last line would silently win, relabelling the image
+                raise CnnbenchError(f"{where} line {number}: {parts[0]} is listed twice (line {line_of[parts[0]]} "
+                                    f"and {number}); expected one line per val image")
             labels_by_file[parts[0]] = index[parts[1]]
+            line_of[parts[0]] = number
         prefix = self.member("val/images/")
         present = {n[len(prefix):] for n in self._jpegs("val/images/")}
         for name in sorted(present - labels_by_file.keys(), key=_image_order)[:1]:
