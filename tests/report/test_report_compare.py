@@ -103,3 +103,13 @@ def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cnnbench: error: ") and "not a run folder" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["metrics.csv", "summary.json", "recipe.yaml", "evaluate/val.json"])
+def test_compare_refuses_a_run_file_that_is_not_text_in_one_line(runs, name, capsys):
+    """A damaged file (binary bytes, not UTF-8) is a user error naming the file, not a UnicodeDecodeError traceback."""
+    path = runs[0] / name
+    path.write_bytes(b"\xff\xfe\x00\x80" + bytes(range(256)))
+    assert main(["compare", str(runs[0])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cnnbench: error: {path}: ") and "UTF-8" in err and err.count("\n") == 1

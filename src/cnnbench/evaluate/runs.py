@@ -46,6 +46,8 @@ def read_json(path: Path) -> Any:
         raise CnnbenchError(f"{path}: file not found") from None
     except json.JSONDecodeError as exc:
         raise CnnbenchError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise CnnbenchError(f"{path}: not a text file (not UTF-8); expected JSON") from None
 
 
 def write_json(path: Path, value: Any) -> Path:
@@ -90,6 +92,8 @@ def read_metrics(run_dir: Path) -> dict[str, np.ndarray]:
             rows = list(reader)
     except FileNotFoundError:
         raise CnnbenchError(f"{path}: file not found (is {run_dir} a run folder written by `cnnbench train`?)") from None
+    except UnicodeDecodeError:
+        raise CnnbenchError(f"{path}: not a text file (not UTF-8); expected CSV with columns {','.join(METRICS_COLUMNS)}") from None
     try:
         return {name: np.array([_float_or_nan(r[name]) for r in rows], dtype=np.float64) for name in reader.fieldnames}
     except ValueError as exc:
@@ -122,6 +126,8 @@ def read_recipe(run_dir: Path) -> dict[str, Any]:
         data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise CnnbenchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise CnnbenchError(f"{path}: not a text file (not UTF-8); expected a YAML recipe") from None
     if not isinstance(data, dict):
         raise CnnbenchError(f"{path}: expected a mapping of recipe sections")
     return data
