@@ -113,3 +113,23 @@ def test_compare_refuses_a_run_file_that_is_not_text_in_one_line(runs, name, cap
     assert main(["compare", str(runs[0])]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"cnnbench: error: {path}: ") and "UTF-8" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command, name", [("compare", "val_predictions.npz"), ("report", "val_predictions.npz"),
+                                           ("report", "val_confusion.npy"), ("report", "val_examples.npz")])
+def test_a_damaged_evaluation_array_is_refused_in_one_line(runs, command, name, capsys):
+    """A truncated .npz/.npy (a copy cut short, a full disk) names the file instead of a BadZipFile/ValueError traceback."""
+    path = runs[0] / "evaluate" / name
+    path.write_bytes(path.read_bytes()[:200])
+    assert main([command, str(runs[0])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cnnbench: error: {path}: damaged") and err.count("\n") == 1
+
+
+def test_predictions_without_a_documented_array_are_refused_in_one_line(runs, capsys):
+    path = runs[0] / "evaluate" / "val_predictions.npz"
+    data = dict(np.load(path))
+    del data["correct"]
+    np.savez_compressed(path, **data)
+    assert main(["compare", str(runs[0]), str(runs[1])]) == 2
+    assert capsys.readouterr().err == f"cnnbench: error: {path}: no array 'correct' (expected labels, top5, top5_prob, true_prob, correct, files)\n"
