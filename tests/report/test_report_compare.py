@@ -133,3 +133,13 @@ def test_predictions_without_a_documented_array_are_refused_in_one_line(runs, ca
     np.savez_compressed(path, **data)
     assert main(["compare", str(runs[0]), str(runs[1])]) == 2
     assert capsys.readouterr().err == f"cnnbench: error: {path}: no array 'correct' (expected labels, top5, top5_prob, true_prob, correct, files)\n"
+
+
+def test_compare_into_a_used_out_folder_leaves_no_files_of_the_earlier_comparison(runs, tmp_path):
+    """seeds.csv and mcnemar.csv of an earlier comparison in the same --out would read as this one's."""
+    out = tmp_path / "cmp"
+    assert main(["compare", *map(str, runs), "--out", str(out)]) == 0
+    assert (out / "seeds.csv").exists() and (out / "mcnemar.csv").exists()
+    assert main(["compare", str(runs[2]), str(runs[3]), "--out", str(out)]) == 0  # no seed group, no pair
+    assert not (out / "seeds.csv").exists() and not (out / "mcnemar.csv").exists()
+    assert [r["name"] for r in csv.DictReader(open(out / "compare.csv"))] == ["vgg16", "squeezenet"]

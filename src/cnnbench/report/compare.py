@@ -216,10 +216,12 @@ def write_comparison(comparison: Comparison, out: Path) -> dict[str, Path]:
     columns = ["run", "name", "model", "dataset", "seed", "val_top1", "val_top5", "val_loss", "params", "mflops",
                "epochs", "s_per_epoch", "images_per_s", "best_epoch", "gap_best", "gap_last", "source"]
     paths = {"csv": write_csv(out / "compare.csv", comparison.rows, columns)}
-    if comparison.groups:
-        paths["seeds"] = write_csv(out / "seeds.csv", comparison.groups)
-    if comparison.tests:
-        paths["mcnemar"] = write_csv(out / "mcnemar.csv", comparison.tests)
+    # An earlier comparison's seeds.csv / mcnemar.csv in the same folder would read as this one's.
+    for key, name, rows in (("seeds", "seeds.csv", comparison.groups), ("mcnemar", "mcnemar.csv", comparison.tests)):
+        if rows:
+            paths[key] = write_csv(out / name, rows)
+        else:
+            (out / name).unlink(missing_ok=True)
     paths["markdown"] = write_text(out / "compare.md", comparison.markdown())
     paths["json"] = write_json(out / COMPARE_FILE, {
         "tag": comparison.tag, "runs": [str(r.path.resolve()) for r in comparison.runs], "rows": comparison.rows,
