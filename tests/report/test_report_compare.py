@@ -143,3 +143,13 @@ def test_compare_into_a_used_out_folder_leaves_no_files_of_the_earlier_compariso
     assert main(["compare", str(runs[2]), str(runs[3]), "--out", str(out)]) == 0  # no seed group, no pair
     assert not (out / "seeds.csv").exists() and not (out / "mcnemar.csv").exists()
     assert [r["name"] for r in csv.DictReader(open(out / "compare.csv"))] == ["vgg16", "squeezenet"]
+
+
+@pytest.mark.parametrize("last", ["7,1.9", "7,1.9,0.5,0.8,2.5,0.4,0.7,0.1,12.5,640.0,99"])
+def test_compare_refuses_a_metrics_row_with_the_wrong_number_of_values(runs, last, capsys):
+    """A row cut short (or run together with another) is damage, not an epoch with empty val columns."""
+    path = runs[3] / "metrics.csv"
+    path.write_text(path.read_text() + last + "\n")
+    assert main(["compare", str(runs[3])]) == 2
+    err = capsys.readouterr().err
+    assert err == f"cnnbench: error: {path}: line 8 does not have the header's 10 values (a damaged file?)\n"

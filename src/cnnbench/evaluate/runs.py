@@ -77,7 +77,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] | None 
 
 def _float_or_nan(text: str) -> float:
     # Epochs without a val pass (train.eval_every > 1) leave the val columns empty.
-    return float(text) if text not in ("", None) else math.nan
+    return float(text) if text != "" else math.nan
 
 
 def read_metrics(run_dir: Path) -> dict[str, np.ndarray]:
@@ -89,7 +89,12 @@ def read_metrics(run_dir: Path) -> dict[str, np.ndarray]:
             missing = [c for c in METRICS_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
                 raise CnnbenchError(f"{path}: missing columns {', '.join(missing)}; expected {','.join(METRICS_COLUMNS)}")
-            rows = list(reader)
+            rows = []
+            for row in reader:  # csv fills a short row with None and keeps extra values under None
+                if None in row or None in row.values():
+                    raise CnnbenchError(f"{path}: line {reader.line_num} does not have the header's "
+                                        f"{len(reader.fieldnames)} values (a damaged file?)")
+                rows.append(row)
     except FileNotFoundError:
         raise CnnbenchError(f"{path}: file not found (is {run_dir} a run folder written by `cnnbench train`?)") from None
     except UnicodeDecodeError:
