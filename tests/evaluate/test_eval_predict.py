@@ -189,3 +189,16 @@ def test_weights_that_do_not_fit_the_model_are_refused(run):
     save_checkpoint(state, path)
     with pytest.raises(CnnbenchError, match="weights do not load into the model the checkpoint names"):
         evaluate_run(run)
+
+
+@pytest.mark.parametrize("option", ["--onnx", "--submission"])
+def test_an_output_path_that_is_a_folder_is_refused_before_the_work(run, tmp_path, option, capsys):
+    """`export --onnx DIR` and `predict --submission DIR` exported or predicted everything, then
+    crashed renaming the finished file onto the folder (IsADirectoryError traceback)."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    command = ["export", str(run), "--onnx", str(folder)] if option == "--onnx" else \
+        ["predict", str(run), "--submission", str(folder)]
+    assert main(command) == 2
+    assert capsys.readouterr().err == f"cnnbench: error: {folder}: is a folder, expected a file path for {option}\n"
+    assert list(folder.iterdir()) == [] and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -88,6 +88,8 @@ def write_submission(run_dir: Path, out_file: Path, split: str = "test", data: s
 
     Returns the number of lines written.
     """
+    if Path(out_file).is_dir():  # refused now, not after predicting the whole split
+        raise CnnbenchError(f"{out_file}: is a folder, expected a file path for --submission")
     scorer = load_scorer(run_dir, checkpoint)
     views = DatasetViews()
     dataset = views.load(scorer.recipe, data)
