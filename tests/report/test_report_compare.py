@@ -153,3 +153,12 @@ def test_compare_refuses_a_metrics_row_with_the_wrong_number_of_values(runs, las
     assert main(["compare", str(runs[3])]) == 2
     err = capsys.readouterr().err
     assert err == f"cnnbench: error: {path}: line 8 does not have the header's 10 values (a damaged file?)\n"
+
+
+def test_mcnemar_skips_predictions_without_their_evaluation_row(runs):
+    """The row is written last and removed first (results.write_evaluation): predictions without it
+    belong to an interrupted re-evaluation, possibly of another checkpoint than the table's numbers."""
+    (runs[1] / "evaluate" / "val.json").unlink()
+    comparison = build_comparison(runs)
+    assert {r["name"]: r["source"] for r in comparison.rows}["resnet18-s1"] == "metrics@best"
+    assert [(t["a"], t["b"]) for t in comparison.tests] == [("resnet18-s0", "vgg16")]

@@ -152,8 +152,10 @@ def seed_groups(runs: list[RunView]) -> list[dict[str, Any]]:
 
 def paired_tests(runs: list[RunView], tag: str = "val") -> list[dict[str, Any]]:
     """McNemar's test for every pair of runs whose ``tag`` predictions cover the same images."""
+    # Only beside its row: write_evaluation removes the row first and writes it last, so predictions
+    # without one are from an interrupted re-evaluation, not the evaluation the table's numbers are from.
     predictions = {i: read_predictions(r.path, tag) for i, r in enumerate(runs)
-                   if (r.path / EVALUATE_DIR / f"{tag}_predictions.npz").exists()}
+                   if tag in r.evaluations and (r.path / EVALUATE_DIR / f"{tag}_predictions.npz").exists()}
     tests = []
     keys = sorted(predictions)
     for x, i in enumerate(keys):
