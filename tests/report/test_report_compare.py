@@ -162,3 +162,10 @@ def test_mcnemar_skips_predictions_without_their_evaluation_row(runs):
     comparison = build_comparison(runs)
     assert {r["name"]: r["source"] for r in comparison.rows}["resnet18-s1"] == "metrics@best"
     assert [(t["a"], t["b"]) for t in comparison.tests] == [("resnet18-s0", "vgg16")]
+
+
+def test_compare_refuses_a_run_named_twice(runs, capsys):
+    """Named twice (overlapping globs), one run made a seed group of two with std 0.00 and a McNemar test against itself."""
+    again = runs[0].parent / "." / runs[0].name
+    assert main(["compare", str(runs[0]), str(runs[2]), str(again)]) == 2
+    assert capsys.readouterr().err == f"cnnbench: error: compare: {again} is given more than once; name each run once\n"

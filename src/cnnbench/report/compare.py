@@ -202,6 +202,10 @@ def build_comparison(paths: list[Path], tag: str = "val") -> Comparison:
     """Join the given run folders into a ``Comparison``."""
     if not paths:
         raise CnnbenchError("compare: give at least one run folder")
+    resolved = [Path(p).resolve() for p in paths]
+    twice = next((p for p, path in zip(paths, resolved) if resolved.count(path) > 1), None)
+    if twice is not None:  # it would form a seed group with itself (std 0) and be tested against itself
+        raise CnnbenchError(f"compare: {twice} is given more than once; name each run once")
     runs = [load_run_view(Path(p), tag) for p in paths]
     flags = identical_results([r.row for r in runs])
     for run in runs:
