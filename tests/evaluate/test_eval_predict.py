@@ -70,6 +70,21 @@ def test_predict_takes_the_first_frame_of_an_animated_gif(run, tmp_path):
     assert [g.probability for g in animated["top"]] == pytest.approx([g.probability for g in first["top"]], abs=1e-6)
 
 
+def test_predict_reads_a_16_bit_png_as_its_8_bit_picture(run, tmp_path):
+    """A 16-bit PNG decodes to uint16 (0..65535): it is scaled to uint8 like any other image,
+    not refused with a traceback or fed to the model 257 times too bright."""
+    from PIL import Image
+
+    picture = np.random.default_rng(1).integers(0, 256, (40, 50), dtype=np.uint8)
+    eight, sixteen = tmp_path / "8bit.png", tmp_path / "16bit.png"
+    Image.fromarray(picture).save(eight)
+    Image.fromarray(picture.astype(np.uint16) * 257).save(sixteen)  # mode I;16, the same picture
+    plain, deep = predict_images(run, [eight, sixteen], top=4)
+    assert deep["image"].dtype == np.uint8 and np.array_equal(deep["image"], plain["image"])
+    assert [g.id for g in deep["top"]] == [g.id for g in plain["top"]]
+    assert [g.probability for g in deep["top"]] == pytest.approx([g.probability for g in plain["top"]], abs=1e-6)
+
+
 def test_submission_has_one_line_per_test_image_in_challenge_format(run, tiny_data, tmp_path):
     out = tmp_path / "submission.txt"
     assert write_submission(run, out) == 5
@@ -174,3 +189,16 @@ def test_weights_that_do_not_fit_the_model_are_refused(run):
     save_checkpoint(state, path)
     with pytest.raises(CnnbenchError, match="weights do not load into the model the checkpoint names"):
         evaluate_run(run)
+
+
+@pytest.mark.parametrize("option", ["--onnx", "--submission"])
+def test_an_output_path_that_is_a_folder_is_refused_before_the_work(run, tmp_path, option, capsys):
+    """`export --onnx DIR` and `predict --submission DIR` exported or predicted everything, then
+    crashed renaming the finished file onto the folder (IsADirectoryError traceback)."""
+    folder = tmp_path / "out"
+    folder.mkdir()
+    command = ["export", str(run), "--onnx", str(folder)] if option == "--onnx" else \
+        ["predict", str(run), "--submission", str(folder)]
+    assert main(command) == 2
+    assert capsys.readouterr().err == f"cnnbench: error: {folder}: is a folder, expected a file path for {option}\n"
+    assert list(folder.iterdir()) == [] and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

@@ -103,3 +103,69 @@ def test_compare_refuses_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "empty")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("cnnbench: error: ") and "not a run folder" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("name", ["metrics.csv", "summary.json", "recipe.yaml", "evaluate/val.json"])
+def test_compare_refuses_a_run_file_that_is_not_text_in_one_line(runs, name, capsys):
+    """A damaged file (binary bytes, not UTF-8) is a user error naming the file, not a UnicodeDecodeError traceback."""
+    path = runs[0] / name
+    path.write_bytes(b"\xff\xfe\x00\x80" + bytes(range(256)))
+    assert main(["compare", str(runs[0])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cnnbench: error: {path}: ") and "UTF-8" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("command, name", [("compare", "val_predictions.npz"), ("report", "val_predictions.npz"),
+                                           ("report", "val_confusion.npy"), ("report", "val_examples.npz")])
+def test_a_damaged_evaluation_array_is_refused_in_one_line(runs, command, name, capsys):
+    """A truncated .npz/.npy (a copy cut short, a full disk) names the file instead of a BadZipFile/ValueError traceback."""
+    path = runs[0] / "evaluate" / name
+    path.write_bytes(path.read_bytes()[:200])
+    assert main([command, str(runs[0])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"cnnbench: error: {path}: damaged") and err.count("\n") == 1
+
+
+def test_predictions_without_a_documented_array_are_refused_in_one_line(runs, capsys):
+    path = runs[0] / "evaluate" / "val_predictions.npz"
+    data = dict(np.load(path))
+    del data["correct"]
+    np.savez_compressed(path, **data)
+    assert main(["compare", str(runs[0]), str(runs[1])]) == 2
+    assert capsys.readouterr().err == f"cnnbench: error: {path}: no array 'correct' (expected labels, top5, top5_prob, true_prob, correct, files)\n"
+
+
+def test_compare_into_a_used_out_folder_leaves_no_files_of_the_earlier_comparison(runs, tmp_path):
+    """seeds.csv and mcnemar.csv of an earlier comparison in the same --out would read as this one's."""
+    out = tmp_path / "cmp"
+    assert main(["compare", *map(str, runs), "--out", str(out)]) == 0
+    assert (out / "seeds.csv").exists() and (out / "mcnemar.csv").exists()
+    assert main(["compare", str(runs[2]), str(runs[3]), "--out", str(out)]) == 0  # no seed group, no pair
+    assert not (out / "seeds.csv").exists() and not (out / "mcnemar.csv").exists()
+    assert [r["name"] for r in csv.DictReader(open(out / "compare.csv"))] == ["vgg16", "squeezenet"]
+
+
+@pytest.mark.parametrize("last", ["7,1.9", "7,1.9,0.5,0.8,2.5,0.4,0.7,0.1,12.5,640.0,99"])
+def test_compare_refuses_a_metrics_row_with_the_wrong_number_of_values(runs, last, capsys):
+    """A row cut short (or run together with another) is damage, not an epoch with empty val columns."""
+    path = runs[3] / "metrics.csv"
+    path.write_text(path.read_text() + last + "\n")
+    assert main(["compare", str(runs[3])]) == 2
+    err = capsys.readouterr().err
+    assert err == f"cnnbench: error: {path}: line 8 does not have the header's 10 values (a damaged file?)\n"
+
+
+def test_mcnemar_skips_predictions_without_their_evaluation_row(runs):
+    """The row is written last and removed first (results.write_evaluation): predictions without it
+    belong to an interrupted re-evaluation, possibly of another checkpoint than the table's numbers."""
+    (runs[1] / "evaluate" / "val.json").unlink()
+    comparison = build_comparison(runs)
+    assert {r["name"]: r["source"] for r in comparison.rows}["resnet18-s1"] == "metrics@best"
+    assert [(t["a"], t["b"]) for t in comparison.tests] == [("resnet18-s0", "vgg16")]
+
+
+def test_compare_refuses_a_run_named_twice(runs, capsys):
+    """Named twice (overlapping globs), one run made a seed group of two with std 0.00 and a McNemar test against itself."""
+    again = runs[0].parent / "." / runs[0].name
+    assert main(["compare", str(runs[0]), str(runs[2]), str(again)]) == 2
+    assert capsys.readouterr().err == f"cnnbench: error: compare: {again} is given more than once; name each run once\n"

@@ -55,3 +55,13 @@ def test_report_refuses_a_folder_that_is_neither(tmp_path, capsys):
     (tmp_path / "x").mkdir()
     assert main(["report", str(tmp_path / "x")]) == 2
     assert "expected a run folder (with classes.json) or a comparison folder" in capsys.readouterr().err
+
+
+def test_report_into_a_used_folder_leaves_no_figures_of_the_earlier_page(runs, tmp_path):
+    """figures/ holds this page's PNGs only: another run's gallery left there would read as this run's."""
+    out = tmp_path / "page"
+    write_report(runs[0], out)
+    assert sorted(p.stem for p in (out / "figures").iterdir()) == sorted(RUN_FIGURES)
+    paths = write_report(runs[3], out)  # not evaluated: the curves only
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["curves.png"]
+    assert paths["curves"] == out / "figures" / "curves.png"

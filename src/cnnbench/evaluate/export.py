@@ -61,6 +61,8 @@ def export_onnx(run_dir: Path, out_file: Path, checkpoint: str = "best", batches
                 tolerance: float = TOLERANCE) -> ExportCheck:
     """Export a run's model to ONNX, check it with onnxruntime, then write it to ``out_file``."""
     onnx, onnxruntime = _require_onnx()
+    if Path(out_file).is_dir():  # refused now, not when the checked file is renamed onto it
+        raise CnnbenchError(f"{out_file}: is a folder, expected a file path for --onnx")
     scorer = load_scorer(run_dir, checkpoint, device=torch.device("cpu"))
     model = scorer.model.float().eval()
     channels = int(scorer.model.cnnbench_cfg["in_channels"])

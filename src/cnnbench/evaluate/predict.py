@@ -36,7 +36,7 @@ class Guess:
 def decode_image_file(path: Path, channels: int, size: tuple[int, int]) -> torch.Tensor:
     """An image file as uint8 (C, H, W) at the dataset's channel count and size; refuses non-images."""
     from torchvision.io import ImageReadMode, decode_image
-    from torchvision.transforms.v2.functional import resize
+    from torchvision.transforms.v2.functional import resize, to_dtype
 
     path = Path(path)
     try:
@@ -56,6 +56,8 @@ def decode_image_file(path: Path, channels: int, size: tuple[int, int]) -> torch
         raise CnnbenchError(f"{path}: not an image (could not decode it as JPEG, PNG, GIF or WebP)") from None
     if image.ndim == 4:  # an animated GIF is decoded as (frames, C, H, W): its first frame, as PIL opens it
         image = image[0]
+    if image.dtype != torch.uint8:  # a 16-bit PNG is decoded as uint16 (0..65535); the pipeline takes 0..255
+        image = to_dtype(image, torch.uint8, scale=True)
     if tuple(image.shape[-2:]) != tuple(size):
         image = resize(image, list(size), antialias=True)
     return image
@@ -86,6 +88,8 @@ def write_submission(run_dir: Path, out_file: Path, split: str = "test", data: s
 
     Returns the number of lines written.
     """
+    if Path(out_file).is_dir():  # refused now, not after predicting the whole split
+        raise CnnbenchError(f"{out_file}: is a folder, expected a file path for --submission")
     scorer = load_scorer(run_dir, checkpoint)
     views = DatasetViews()
     dataset = views.load(scorer.recipe, data)

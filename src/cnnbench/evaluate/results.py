@@ -15,6 +15,8 @@ Reports and comparisons read these back with ``read_predictions`` / ``read_examp
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -133,18 +135,32 @@ def write_evaluation(folder: Path, tag: str, row: dict[str, Any], scores: Scores
     return paths
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+# What numpy raises for a truncated or foreign .npy/.npz (zlib.error: damaged deflate data inside an .npz).
+_DAMAGED = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+def _damaged(path: Path, exc: Exception) -> CnnbenchError:
+    return CnnbenchError(f"{path}: damaged ({exc.__class__.__name__}: {str(exc).splitlines()[0][:120]}); "
+                         "re-run `cnnbench evaluate` to write it again")
+
+
+def _load_npz(path: Path, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as data:
-            return {k: data[k] for k in data.files}
+            missing = [k for k in keys if k not in data.files]
+            if missing:
+                raise CnnbenchError(f"{path}: no array {missing[0]!r} (expected {', '.join(keys)})")
+            return {k: data[k] for k in keys}
     except FileNotFoundError:
         raise CnnbenchError(f"{path}: not found (run `cnnbench evaluate` on this folder first)") from None
+    except _DAMAGED as exc:
+        raise _damaged(path, exc) from None
 
 
 def read_predictions(folder: Path, tag: str = "val") -> Predictions:
     """Per-image predictions written by an evaluation."""
-    data = _load_npz(Path(folder) / EVALUATE_DIR / f"{tag}_predictions.npz")
-    return Predictions(**{k: data[k] for k in Predictions.__dataclass_fields__})
+    path = Path(folder) / EVALUATE_DIR / f"{tag}_predictions.npz"
+    return Predictions(**_load_npz(path, tuple(Predictions.__dataclass_fields__)))
 
 
 def read_examples(folder: Path, tag: str = "val") -> Examples | None:
@@ -152,8 +168,7 @@ def read_examples(folder: Path, tag: str = "val") -> Examples | None:
     path = Path(folder) / EVALUATE_DIR / f"{tag}_examples.npz"
     if not path.exists():
         return None
-    data = _load_npz(path)
-    return Examples(**{k: data[k] for k in Examples.__dataclass_fields__})
+    return Examples(**_load_npz(path, tuple(Examples.__dataclass_fields__)))
 
 
 def read_confusion(folder: Path, tag: str = "val") -> np.ndarray:
@@ -163,3 +178,5 @@ def read_confusion(folder: Path, tag: str = "val") -> np.ndarray:
         return np.load(path, allow_pickle=False)
     except FileNotFoundError:
         raise CnnbenchError(f"{path}: not found (run `cnnbench evaluate` on this folder first)") from None
+    except _DAMAGED as exc:
+        raise _damaged(path, exc) from None

@@ -46,6 +46,8 @@ def read_json(path: Path) -> Any:
         raise CnnbenchError(f"{path}: file not found") from None
     except json.JSONDecodeError as exc:
         raise CnnbenchError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except UnicodeDecodeError:
+        raise CnnbenchError(f"{path}: not a text file (not UTF-8); expected JSON") from None
 
 
 def write_json(path: Path, value: Any) -> Path:
@@ -75,7 +77,7 @@ def write_csv(path: Path, rows: list[dict[str, Any]], columns: list[str] | None 
 
 def _float_or_nan(text: str) -> float:
     # Epochs without a val pass (train.eval_every > 1) leave the val columns empty.
-    return float(text) if text not in ("", None) else math.nan
+    return float(text) if text != "" else math.nan
 
 
 def read_metrics(run_dir: Path) -> dict[str, np.ndarray]:
@@ -87,9 +89,16 @@ def read_metrics(run_dir: Path) -> dict[str, np.ndarray]:
             missing = [c for c in METRICS_COLUMNS if c not in (reader.fieldnames or [])]
             if missing:
                 raise CnnbenchError(f"{path}: missing columns {', '.join(missing)}; expected {','.join(METRICS_COLUMNS)}")
-            rows = list(reader)
+            rows = []
+            for row in reader:  # csv fills a short row with None and keeps extra values under None
+                if None in row or None in row.values():
+                    raise CnnbenchError(f"{path}: line {reader.line_num} does not have the header's "
+                                        f"{len(reader.fieldnames)} values (a damaged file?)")
+                rows.append(row)
     except FileNotFoundError:
         raise CnnbenchError(f"{path}: file not found (is {run_dir} a run folder written by `cnnbench train`?)") from None
+    except UnicodeDecodeError:
+        raise CnnbenchError(f"{path}: not a text file (not UTF-8); expected CSV with columns {','.join(METRICS_COLUMNS)}") from None
     try:
         return {name: np.array([_float_or_nan(r[name]) for r in rows], dtype=np.float64) for name in reader.fieldnames}
     except ValueError as exc:
@@ -122,6 +131,8 @@ def read_recipe(run_dir: Path) -> dict[str, Any]:
         data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise CnnbenchError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise CnnbenchError(f"{path}: not a text file (not UTF-8); expected a YAML recipe") from None
     if not isinstance(data, dict):
         raise CnnbenchError(f"{path}: expected a mapping of recipe sections")
     return data

@@ -152,8 +152,10 @@ def seed_groups(runs: list[RunView]) -> list[dict[str, Any]]:
 
 def paired_tests(runs: list[RunView], tag: str = "val") -> list[dict[str, Any]]:
     """McNemar's test for every pair of runs whose ``tag`` predictions cover the same images."""
+    # Only beside its row: write_evaluation removes the row first and writes it last, so predictions
+    # without one are from an interrupted re-evaluation, not the evaluation the table's numbers are from.
     predictions = {i: read_predictions(r.path, tag) for i, r in enumerate(runs)
-                   if (r.path / EVALUATE_DIR / f"{tag}_predictions.npz").exists()}
+                   if tag in r.evaluations and (r.path / EVALUATE_DIR / f"{tag}_predictions.npz").exists()}
     tests = []
     keys = sorted(predictions)
     for x, i in enumerate(keys):
@@ -200,6 +202,10 @@ def build_comparison(paths: list[Path], tag: str = "val") -> Comparison:
     """Join the given run folders into a ``Comparison``."""
     if not paths:
         raise CnnbenchError("compare: give at least one run folder")
+    resolved = [Path(p).resolve() for p in paths]
+    twice = next((p for p, path in zip(paths, resolved) if resolved.count(path) > 1), None)
+    if twice is not None:  # it would form a seed group with itself (std 0) and be tested against itself
+        raise CnnbenchError(f"compare: {twice} is given more than once; name each run once")
     runs = [load_run_view(Path(p), tag) for p in paths]
     flags = identical_results([r.row for r in runs])
     for run in runs:
@@ -216,10 +222,12 @@ def write_comparison(comparison: Comparison, out: Path) -> dict[str, Path]:
     columns = ["run", "name", "model", "dataset", "seed", "val_top1", "val_top5", "val_loss", "params", "mflops",
                "epochs", "s_per_epoch", "images_per_s", "best_epoch", "gap_best", "gap_last", "source"]
     paths = {"csv": write_csv(out / "compare.csv", comparison.rows, columns)}
-    if comparison.groups:
-        paths["seeds"] = write_csv(out / "seeds.csv", comparison.groups)
-    if comparison.tests:
-        paths["mcnemar"] = write_csv(out / "mcnemar.csv", comparison.tests)
+    # An earlier comparison's seeds.csv / mcnemar.csv in the same folder would read as this one's.
+    for key, name, rows in (("seeds", "seeds.csv", comparison.groups), ("mcnemar", "mcnemar.csv", comparison.tests)):
+        if rows:
+            paths[key] = write_csv(out / name, rows)
+        else:
+            (out / name).unlink(missing_ok=True)
     paths["markdown"] = write_text(out / "compare.md", comparison.markdown())
     paths["json"] = write_json(out / COMPARE_FILE, {
         "tag": comparison.tag, "runs": [str(r.path.resolve()) for r in comparison.runs], "rows": comparison.rows,

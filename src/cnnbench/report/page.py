@@ -144,4 +144,8 @@ def write_page(page: Page, out: Path) -> dict[str, Path]:
         paths[block.name] = write_atomic(out / "figures" / f"{block.name}.png", lambda t, b=block: t.write_bytes(b.png))
     paths["markdown"] = write_text(out / "report.md", page.markdown())
     paths["html"] = write_text(out / "report.html", page.html())
+    # An earlier page's figures (another run's gallery, a section now gone) would read as this page's.
+    for stale in (out / "figures").glob("*.png"):
+        if stale.stem not in {b.name for b in page.figures}:
+            stale.unlink()
     return paths
