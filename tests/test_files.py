@@ -29,3 +29,14 @@ def test_written_files_get_the_umask_permissions_not_owner_only(tmp_path):
         os.umask(old)
     assert path.read_bytes() == b"\x00\x01"
     assert stat.S_IMODE(path.stat().st_mode) == 0o644  # mkstemp would have made it 0o600
+
+
+def test_a_file_where_the_folder_should_be_is_a_one_line_error(tmp_path):
+    from cnnbench.errors import CnnbenchError
+
+    blocker = tmp_path / "reports"
+    blocker.write_text("x")
+    with pytest.raises(CnnbenchError) as info:
+        write_text(blocker / "page" / "index.md", "# page")
+    assert str(info.value) == f"{blocker / 'page'}: cannot create the folder for index.md (Not a directory)"
+    assert blocker.read_text() == "x"

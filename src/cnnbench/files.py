@@ -16,6 +16,17 @@ from typing import Any, Callable
 
 import yaml
 
+from cnnbench.errors import CnnbenchError
+
+
+def make_folder(path: Path, what: str, expected: str = "") -> Path:
+    """``mkdir -p`` that turns a file on the way or a missing permission into a one-line error."""
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CnnbenchError(f"{path}: cannot create {what} ({exc.strerror}){expected}") from None
+    return Path(path)
+
 
 def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     """Write a file through a temporary name in the same folder, fsync it, then rename it into place.
@@ -24,7 +35,7 @@ def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     under ``path`` untouched and no temporary file behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent, f"the folder for {path.name}")
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)

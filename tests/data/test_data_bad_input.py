@@ -239,3 +239,12 @@ def test_cifar_pickle_of_the_wrong_shape_is_named(capsys, tmp_path, fresh_home, 
     code, _out, err = run_cli(capsys, "data", "prepare", "cifar10", "--data", str(root))
     assert_one_line_error(code, err, f"{root / member}: {expected}")
     assert no_cache_left(fresh_home)
+
+
+def test_cnnbench_home_that_is_a_file(capsys, tmp_path, tiny_zip, monkeypatch):
+    home = tmp_path / "home"
+    home.write_text("not a folder")
+    monkeypatch.setenv("CNNBENCH_HOME", str(home))
+    code, _out, err = prepare(capsys, tiny_zip)
+    assert_one_line_error(code, err, f"{home}: cannot create")
+    assert home.read_text() == "not a folder"

@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 
 from cnnbench.errors import CnnbenchError
-from cnnbench.files import write_bytes
+from cnnbench.files import make_folder, write_bytes
 from cnnbench.data.readers import DecodedChunk, RawSplit, Reader
 from cnnbench.data.sources import DatasetLocation, closed_on_error, cnnbench_home
 from cnnbench.data.stats import RunningStats
@@ -259,7 +259,7 @@ def build_cache(reader_cls: type[Reader], location: DatasetLocation, fingerprint
     removed once the new one is complete.
     """
     started = time.perf_counter()
-    dest.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(dest.parent, "the cache folder", "; expected a writable folder (set CNNBENCH_HOME)")
     _remove_stale_temporaries(dest.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{dest.name}-", dir=dest.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; a cache is as readable as the data it came from

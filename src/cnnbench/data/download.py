@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from cnnbench.errors import CnnbenchError
+from cnnbench.files import make_folder
 from cnnbench.data.sources import downloads_dir
 
 BLOCK = 1 << 20
@@ -151,11 +152,7 @@ def download_dataset(dataset: str, dest: Path | None = None, from_path: Path | N
         raise CnnbenchError(f"unknown dataset {dataset!r}; expected one of {', '.join(specs)}")
     spec = specs[dataset]
     folder = (Path(dest) if dest is not None else downloads_dir()) / spec.folder
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file on the way, no permission
-        raise CnnbenchError(f"{folder}: cannot create the download folder ({exc.strerror}); expected a writable "
-                            "folder (--dest DIR)") from None
+    make_folder(folder, "the download folder", "; expected a writable folder (--dest DIR)")
     if from_path is not None:
         return _import_all(spec, Path(from_path), folder)
     done = []

@@ -26,7 +26,7 @@ import yaml
 from cnnbench.errors import CnnbenchError
 # The project's one atomic writer (temp file, fsync, os.replace, temp removed on failure).
 from cnnbench.evaluate.runs import write_json as write_json_atomic
-from cnnbench.files import write_text as write_text_atomic
+from cnnbench.files import make_folder, write_text as write_text_atomic
 
 METRICS_COLUMNS = ("epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1", "val_top5",
                    "lr", "epoch_seconds", "images_per_s")
@@ -60,10 +60,7 @@ def prepare_run_dir(run_dir: Path, resume: bool, overwrite: bool) -> bool:
             raise CnnbenchError(f"{run_dir}: --overwrite only replaces a run folder (one with {RUN_MARKER}); "
                                 "this folder holds something else")
         return True
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:  # a file on the way, no permission
-        raise CnnbenchError(f"{run_dir}: cannot create the run folder ({exc.strerror})") from None
+    make_folder(run_dir, "the run folder")
     return False
 
 
