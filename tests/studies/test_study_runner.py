@@ -300,3 +300,24 @@ def test_reading_is_built_from_the_numbers(finished_study):
     assert "trained 0.1 of its epochs" not in other and "images per class" not in other
     assert "the best published row" in other
     assert not math.isnan(worst.difference())
+
+
+def test_reading_sets_from_scratch_recipes_beside_from_scratch_rows(tmp_path):
+    # aalto19 has rows from scratch (Table 2) and fine-tuned from ImageNet weights (Table 3); our
+    # from-scratch recipe is measured against the first kind, the fine-tuned one against the second.
+    study = load_study("aalto19_transfer")
+    only = ("squeezenet11_64", "resnet18_64", "resnet18_pre224_10ep", "modern_scratch", "modern")
+    result = run_study(study, StudyOptions(scale=0.1, out=tmp_path, only=only), trainer=FakeEngine(), log=quiet,
+                       sizer=size80)
+    results = collect_results(result.study, plan_study(result.study, result.options, result.out), {})
+    by_name = {r.experiment: r for r in results}
+    assert [n for n in only if by_name[n].pretrained] == ["resnet18_pre224_10ep", "modern"]
+    text = write_reading(results, StudyConditions(scale=0.1, train_per_class={"tiny-imagenet": 80.0}))
+    scratch = max((by_name[n] for n in ("squeezenet11_64", "resnet18_64")), key=lambda r: r.stat("val_top1").mean)
+    sentence = next(s for s in text.split(". Our ") if s.startswith("modern_scratch recipe"))
+    assert "the best published row trained from scratch (ResNet-18, 64x64 RGB, 40 epochs, 23.7%)" in sentence
+    assert f"our best reproduction under the same conditions ({scratch.label}," in sentence
+    sentence = next(s for s in text.split(". Our ") if s.startswith("modern recipe"))
+    assert "the best published row fine-tuned from pretrained weights (ResNet-18 pretrained, 224x224, 10 epochs, 62.5%)" \
+        in sentence
+    assert "our best reproduction under the same conditions (ResNet-18 pretrained, 224x224, 10 epochs," in sentence

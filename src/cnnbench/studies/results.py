@@ -88,6 +88,8 @@ class ExperimentResult:
     failures: list[str] = field(default_factory=list)
     left_out: list[str] = field(default_factory=list)
     """Finished run folders not counted, with why ('left out: <folder> holds another recipe (<key> differs)')."""
+    pretrained: bool = False
+    """Fine-tuned from pretrained weights (aalto19's Table 3 rows) rather than trained from scratch."""
 
     @property
     def ours(self) -> bool:
@@ -158,7 +160,7 @@ def collect_results(study: Study, plan: list[PlannedRun], failures: dict[tuple[s
         result = results.setdefault(run.experiment, ExperimentResult(
             experiment=run.experiment, label=study.label(run.experiment), dataset=run.recipe.data.name,
             model=run.recipe.model.name, epochs=run.recipe.train.epochs, full_epochs=full.train.epochs,
-            compare=compare, published=published))
+            compare=compare, published=published, pretrained=bool(run.recipe.model.pretrained)))
         seed_run = load_seed_run(run.run_dir, run.seed, compare, published.compare_metric if published else None)
         differing = recipe_differences(run.recipe.to_dict(), read_recipe(run.run_dir)) if seed_run else []
         if differing:
