@@ -28,6 +28,22 @@ def make_folder(path: Path, what: str, expected: str = "") -> Path:
     return Path(path)
 
 
+def check_writable(option: str, path) -> None:
+    """Refuse an output ``path`` that is a folder or whose folder cannot take a new file: before the
+    work that produces it (a benchmark, an export), not after."""
+    import tempfile
+
+    path = Path(path)
+    if path.is_dir():
+        raise CnnbenchError(f"{option} {path}: is a folder; expected a file name")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path.parent):
+            pass
+    except OSError as exc:
+        raise CnnbenchError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None
+
+
 def write_atomic(path: Path, write: Callable[[Path], object]) -> Path:
     """Write a file through a temporary name in the same folder, fsync it, then rename it into place.
 

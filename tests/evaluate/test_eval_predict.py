@@ -200,5 +200,5 @@ def test_an_output_path_that_is_a_folder_is_refused_before_the_work(run, tmp_pat
     command = ["export", str(run), "--onnx", str(folder)] if option == "--onnx" else \
         ["predict", str(run), "--submission", str(folder)]
     assert main(command) == 2
-    assert capsys.readouterr().err == f"cnnbench: error: {folder}: is a folder, expected a file path for {option}\n"
+    assert capsys.readouterr().err == f"cnnbench: error: {option} {folder}: is a folder; expected a file name\n"
     assert list(folder.iterdir()) == [] and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []

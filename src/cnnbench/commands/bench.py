@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from cnnbench.bench.results import write_json
-    from cnnbench.files import write_text
+    from cnnbench.files import check_writable, write_text
     from cnnbench.bench.settings import build_settings
     from cnnbench.bench.suite import markdown_report, run_suite
 
@@ -53,18 +53,3 @@ def run(args: argparse.Namespace) -> int:
         write_text(Path(args.markdown), report)
     return 0
 
-
-def check_writable(option: str, path) -> None:
-    """Refuse an output ``path`` that is a folder or whose folder cannot take a new file."""
-    import tempfile
-
-    from cnnbench.errors import CnnbenchError
-
-    if path.is_dir():
-        raise CnnbenchError(f"{option} {path}: is a folder; expected a file name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=path.parent):
-            pass
-    except OSError as exc:
-        raise CnnbenchError(f"{option} {path}: cannot write there ({exc.strerror or exc})") from None

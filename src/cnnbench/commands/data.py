@@ -96,9 +96,9 @@ def run_info(args: argparse.Namespace) -> int:
 
 
 def run_show(args: argparse.Namespace) -> int:
-    from cnnbench.commands.bench import check_writable
     from cnnbench.data.gallery import save_sample_grid
     from cnnbench.errors import CnnbenchError
+    from cnnbench.files import check_writable
 
     if args.n <= 0:
         raise CnnbenchError(f"--n: expected a positive number, got {args.n}")

@@ -31,7 +31,7 @@ import torch
 from cnnbench.errors import CnnbenchError
 from cnnbench.data.pipeline import IMAGENET_MEAN, IMAGENET_STD
 from cnnbench.evaluate.inference import DatasetViews, eval_pipeline, load_scorer
-from cnnbench.files import write_atomic
+from cnnbench.files import check_writable, write_atomic
 
 # fp32 CPU kernels of PyTorch and onnxruntime sum in different orders; differences of ~1e-5 on
 # logits of magnitude ~10 are rounding, 1e-3 would be a wrong graph.
@@ -61,8 +61,7 @@ def export_onnx(run_dir: Path, out_file: Path, checkpoint: str = "best", batches
                 tolerance: float = TOLERANCE) -> ExportCheck:
     """Export a run's model to ONNX, check it with onnxruntime, then write it to ``out_file``."""
     onnx, onnxruntime = _require_onnx()
-    if Path(out_file).is_dir():  # refused now, not when the checked file is renamed onto it
-        raise CnnbenchError(f"{out_file}: is a folder, expected a file path for --onnx")
+    check_writable("--onnx", out_file)  # now, not when the checked file is renamed onto it
     scorer = load_scorer(run_dir, checkpoint, device=torch.device("cpu"))
     model = scorer.model.float().eval()
     channels = int(scorer.model.cnnbench_cfg["in_channels"])

@@ -21,7 +21,7 @@ from cnnbench.evaluate.inference import (
     DatasetViews, batch_log_probs, check_same_classes, eval_pipeline, load_scorer, resolve_runtime, split_log_probs,
 )
 from cnnbench.evaluate.metrics import top_k_indices
-from cnnbench.files import write_text
+from cnnbench.files import check_writable, write_text
 
 
 @dataclass
@@ -88,8 +88,7 @@ def write_submission(run_dir: Path, out_file: Path, split: str = "test", data: s
 
     Returns the number of lines written.
     """
-    if Path(out_file).is_dir():  # refused now, not after predicting the whole split
-        raise CnnbenchError(f"{out_file}: is a folder, expected a file path for --submission")
+    check_writable("--submission", out_file)  # now, not after predicting the whole split
     scorer = load_scorer(run_dir, checkpoint)
     views = DatasetViews()
     dataset = views.load(scorer.recipe, data)
