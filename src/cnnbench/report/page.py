@@ -145,7 +145,8 @@ def write_page(page: Page, out: Path) -> dict[str, Path]:
     paths["markdown"] = write_text(out / "report.md", page.markdown())
     paths["html"] = write_text(out / "report.html", page.html())
     # An earlier page's figures (another run's gallery, a section now gone) would read as this page's.
+    names = {b.name for b in page.figures}
     for stale in (out / "figures").glob("*.png"):
-        if stale.stem not in {b.name for b in page.figures}:
+        if stale.stem not in names:
             stale.unlink()
     return paths
