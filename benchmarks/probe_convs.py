@@ -9,8 +9,10 @@ Model-only (random inputs, no data loading), side by side in one process, median
    its one-matmul ``CoveringConv``, with im2col forced on the line below), in bf16 autocast and
    fp32, channels_last, input gradient included — the table behind ``gemm_conv.AUTO_MAX_AREA``;
 2. one SGD training step of the whole model, bf16 autocast + channels_last, with every
-   convolution in torch (``train.conv_impl: torch``) and with ``use_gemm_convs`` (``auto``);
-3. where the ``auto`` step's time goes: torch.profiler's self time per kind of operation
+   convolution in torch (``train.conv_impl: torch``), with ``use_gemm_convs`` (``auto``), and
+   with those and the fused batch norms of ``cnnbench.train.fused_bn`` (``train.bn_impl: auto``,
+   the default: what ``cnnbench train`` runs);
+3. where the default step's time goes: torch.profiler's self time per kind of operation
    beside torch's FLOP counter, against this machine's measured bf16 matmul peak, and the FLOP
    utilisation the step would reach if everything but its convolutions and matmuls took no
    time — the ceiling that faster elementwise code alone could reach.
@@ -31,6 +33,7 @@ import torch.nn.functional as F
 
 from cnnbench.bench.peaks import measure_matmul_peak, training_flops_per_image
 from cnnbench.models import create_model
+from cnnbench.train.fused_bn import load_error, use_fused_batchnorm
 from cnnbench.train.gemm_conv import AUTO_MAX_AREA, covering_pairs, gemm_conv2d, use_gemm_convs
 
 # (in, out, input map, kernel, stride, padding): every convolution shape of ResNet-18 at 64 px
@@ -56,11 +59,13 @@ def conv_step(conv: nn.Conv2d, x: torch.Tensor, bf16: bool, gemm: bool, covering
     return step
 
 
-def model_step(batch: int, gemm: bool):
+def model_step(batch: int, gemm: bool, fused_bn: bool = False):
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=200, input_size=64).to(memory_format=torch.channels_last)
     if gemm:
         use_gemm_convs(model, torch.zeros(1, 3, 64, 64), AUTO_MAX_AREA[torch.bfloat16])
+    if fused_bn and not use_fused_batchnorm(model):
+        raise SystemExit(f"the fused batch norm could not be built: {load_error()}")
     x = torch.randn(batch, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 200, (batch,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -76,7 +81,7 @@ def model_step(batch: int, gemm: bool):
 
 # torch.profiler op name -> kind of work (checked in order; the first match wins)
 KINDS = [("convolution (oneDNN)", ("convolution",)), ("matmul (incl. im2col convolutions)", ("aten::mm", "aten::addmm", "aten::bmm")),
-         ("batch norm", ("batch_norm",)), ("pooling", ("pool",)), ("optimizer", ("_foreach", "Optimizer")),
+         ("batch norm (+ ReLU, add when fused)", ("batch_norm", "BatchNormAct")), ("pooling", ("pool",)), ("optimizer", ("_foreach", "Optimizer")),
          ("copies, elementwise, im2col", ("add", "relu", "clamp", "threshold", "copy", "cat", "fill", "mul", "zero", "Im2col",
                                           "slice", "to_copy", "empty", "view", "as_strided", "permute", "reshape"))]
 FLOP_KINDS = {"convolution": "convolution (oneDNN)", "convolution_backward": "convolution (oneDNN)",
@@ -109,7 +114,7 @@ def breakdown(step, batch: int, repeats: int, peak_gflops: float, model_gflop: f
     for event in prof.key_averages():
         ms[kind_of(event.key)] += event.self_cpu_time_total / 1000 / repeats
     total_ms, total_gflop = sum(ms.values()), model_gflop
-    print(f"\nwhere the auto step's time goes (torch.profiler self time, {repeats} steps; bf16 matmul peak "
+    print(f"\nwhere the default step's time goes (torch.profiler self time, {repeats} steps; bf16 matmul peak "
           f"{peak_gflops:.0f} GFLOP/s measured now):")
     print(f"{'kind of work':38} {'ms/step':>8} {'share':>6} {'GFLOP':>7} {'GFLOP/s':>8} {'% peak':>7}")
     for kind, t in ms.most_common():
@@ -142,11 +147,13 @@ def main() -> None:
         if covering_pairs(size, size, (k, k), (s, s), (p, p)) is not None:  # matmul column ran CoveringConv
             forced = [median_ms(conv_step(conv, x, bf16, True, covering=False), args.repeats) for bf16 in (True, False)]
             print(f"{'  (the same as im2col + matmul)':40} {'':12} {forced[0]:12.1f} {'':12} {forced[1]:12.1f}")
-    steps = {"conv_impl torch": model_step(args.batch, False), "conv_impl auto": model_step(args.batch, True)}
+    steps = {"torch convs + torch BN": model_step(args.batch, False),
+             "matmul convs + torch BN": model_step(args.batch, True),
+             "matmul convs + fused BN (default)": model_step(args.batch, True, fused_bn=True)}
     for step in steps.values():
         step(), step()  # warm-up
     rates = {name: [] for name in steps}
-    for _ in range(args.repeats):  # the two models take turns
+    for _ in range(args.repeats):  # the three models take turns
         for name, step in steps.items():
             start = time.perf_counter()
             step()
@@ -156,7 +163,7 @@ def main() -> None:
               f"[{min(r):.0f}-{max(r):.0f}]")
     peak = measure_matmul_peak("bf16", sizes=tuple(args.peak_sizes), repeats=args.repeats).gflops.median
     model_gflop = training_flops_per_image(create_model("resnet18", num_classes=200, input_size=64), 64) * args.batch / 1e9
-    breakdown(steps["conv_impl auto"], args.batch, max(args.repeats, 2), peak, model_gflop)
+    breakdown(steps["matmul convs + fused BN (default)"], args.batch, max(args.repeats, 2), peak, model_gflop)
 
 
 if __name__ == "__main__":

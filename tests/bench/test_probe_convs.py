@@ -23,12 +23,13 @@ def test_probe_convs_prints_every_shape_and_both_model_steps():
     assert len(forced) == 1 and lines.index(forced[0]) == lines.index(rows[6]) + 1  # under the 2x2 row
     assert all(len(row.split()[-4:]) == 4 and all(float(v) > 0 for v in row.split()[-4:]) for row in rows)
     steps = [line for line in lines if line.startswith("ResNet-18 64 px training step")]
-    assert [s.split(",")[2].split(":")[0].strip() for s in steps] == ["conv_impl torch", "conv_impl auto"]
+    assert [s.split(", ")[2].rsplit(": ", 1)[0] for s in steps] == [
+        "torch convs + torch BN", "matmul convs + torch BN", "matmul convs + fused BN (default)"]
     assert all(float(s.split(": ")[1].split(" img/s")[0]) > 0 for s in steps)
 
     # breakdown: one row per kind of work, the shares add up to the whole step, and the two
     # compute kinds carry the FLOPs (the ceiling divides them by their time alone)
-    start = next(i for i, line in enumerate(lines) if line.startswith("where the auto step's time goes"))
+    start = next(i for i, line in enumerate(lines) if line.startswith("where the default step's time goes"))
     table = lines[start + 2:]
     kinds = {}
     for line in table:
@@ -36,7 +37,8 @@ def test_probe_convs_prints_every_shape_and_both_model_steps():
             break
         name, numbers = line[:38].strip(), line[38:].split()
         kinds[name] = [float(v.rstrip("%")) for v in numbers]
-    assert {"convolution (oneDNN)", "matmul (incl. im2col convolutions)", "batch norm"} <= kinds.keys()
+    assert {"convolution (oneDNN)", "matmul (incl. im2col convolutions)",
+            "batch norm (+ ReLU, add when fused)"} <= kinds.keys()
     assert sum(v[1] for v in kinds.values()) == pytest.approx(100.0, abs=0.5)
     whole = next(line for line in table if line.startswith("whole step"))[38:].split()  # ms, share, GFLOP, ...
     assert float(whole[0]) == pytest.approx(sum(v[0] for v in kinds.values()), rel=0.01)  # ms/step

@@ -21,6 +21,9 @@ class ResNetAdapter(TorchvisionModel):
     """torchvision ResNet: features = stem + layer1..4, head = avgpool + (dropout) + fc."""
 
     first_conv_name = "conv1"
+    # forward_features uses ``relu`` only right after ``bn1``: a fused batch norm may take it over
+    # (cnnbench.train.fused_bn)
+    stem_relu_follows_bn1 = True
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__(net, classifier_name="fc", head_names=("avgpool", "head_drop", "fc"))

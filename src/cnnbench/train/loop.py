@@ -56,6 +56,7 @@ class Engine:
     aux_weights: list[float] = field(default_factory=list)
     tta: str = "none"
     is_main: bool = True
+    fast_paths: dict = field(default_factory=dict)  # which CPU fast paths build_engine switched on (env.json)
 
 
 @dataclass

@@ -34,6 +34,8 @@ from cnnbench.train.config import Recipe, TrainConfig
 from cnnbench.train.device import Precision, resolve_device, resolve_precision
 from cnnbench.train.distributed import (Ranks, StopRequest, all_reduce, init_distributed,
                                         ranks_from_env, shutdown_distributed)
+from cnnbench.train.fused_bn import load_error as fused_bn_load_error
+from cnnbench.train.fused_bn import use_fused_batchnorm
 from cnnbench.train.gemm_conv import AUTO_MAX_AREA, use_gemm_convs
 from cnnbench.train.loop import (Engine, NonFiniteLoss, Progress, check_finite_weights, evaluate, improved,
                                  sums_to_metrics, train_one_epoch)
@@ -125,10 +127,16 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
     model = model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    fast_paths: dict[str, Any] = {}
     if t.conv_impl == "auto" and device.type == "cpu":
         cfg = model.cnnbench_cfg
         example = torch.zeros(1, cfg["in_channels"], input_size, input_size, device=device)
-        use_gemm_convs(model, example, AUTO_MAX_AREA[precision.dtype])
+        fast_paths["gemm_convs"] = use_gemm_convs(model, example, AUTO_MAX_AREA[precision.dtype])
+    if t.bn_impl == "auto" and device.type == "cpu" and precision.dtype == torch.bfloat16 and t.channels_last:
+        if any(type(m) is torch.nn.BatchNorm2d for m in model.modules()):
+            fast_paths["fused_batchnorms"] = use_fused_batchnorm(model)
+            if fused_bn_load_error():
+                fast_paths["fused_bn_unavailable"] = fused_bn_load_error()
     optimizer = create_optimizer(model, recipe.optim)
     horizon = Horizon(t.epochs, sum(len(loader) for loader in loaders))
     net = model
@@ -155,7 +163,7 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
         generator=torch.Generator(device=device).manual_seed(recipe.seed * 1000 + ranks.rank),
         device=device, label_smoothing=t.label_smoothing, l2=create_l2_penalty(model, recipe.optim),
         grad_clip=recipe.optim.grad_clip, ema=ema, aux_weights=list(model.cnnbench_cfg.get("aux_weights") or []),
-        tta=t.tta, is_main=ranks.is_main,
+        tta=t.tta, is_main=ranks.is_main, fast_paths=fast_paths,
     )
 
 
@@ -507,7 +515,8 @@ def _train(recipe: Recipe, run_dir: Path, ckpt: dict[str, Any] | None, quiet: bo
         resumed_at = progress.epoch if resume else None
         rundir.write_json_atomic(rundir.environment_path(run_dir, resumed_at), rundir.environment(
             str(dev), precision.name, ds.manifest_hash, ranks.world_size,
-            {"resumed_at_epoch": resumed_at, "per_rank_batch": recipe.train.batch_size // ranks.world_size}))
+            {"resumed_at_epoch": resumed_at, "per_rank_batch": recipe.train.batch_size // ranks.world_size,
+             "fast_paths": engine.fast_paths}))
         files = RunFiles(run_dir, recipe, classes, kwargs, SummaryWriter(str(run_dir / "tb"), purge_step=progress.epoch + 1),
                          provenance=provenance)
         if resume:

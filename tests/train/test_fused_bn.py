@@ -1,0 +1,204 @@
+"""The fused channels_last bf16 batch norm: torch's numbers forward and backward, the same running
+statistics, torch's own path wherever it does not apply, and ResNets switched without a change of
+state_dict."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torchvision.models.resnet import BasicBlock, Bottleneck
+
+from cnnbench.models import create_model
+from cnnbench.train import fused_bn
+from cnnbench.train.fused_bn import FusedBasicBlock, FusedBatchNorm2d, FusedBottleneck, use_fused_batchnorm
+
+pytestmark = pytest.mark.skipif(fused_bn.load_extension() is None, reason=f"no C++ toolchain: {fused_bn.load_error()}")
+
+
+def cl_bf16(*shape, mean=0.0, std=1.0, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(*shape, generator=g) * std + mean
+    return x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+
+
+def pair(channels, momentum=0.1):
+    """A FusedBatchNorm2d and an nn.BatchNorm2d with the same random affine parameters."""
+    g = torch.Generator().manual_seed(1)
+    ref = nn.BatchNorm2d(channels, momentum=momentum)
+    with torch.no_grad():
+        ref.weight.copy_(torch.rand(channels, generator=g) + 0.5)
+        ref.bias.copy_(torch.randn(channels, generator=g))
+    fused = nn.BatchNorm2d(channels, momentum=momentum)
+    fused.load_state_dict(ref.state_dict())
+    fused.__class__ = FusedBatchNorm2d
+    return fused, ref
+
+
+@pytest.mark.parametrize("shape", [(4, 8, 5, 3), (16, 64, 16, 16), (3, 20, 1, 1), (2, 5, 7, 9)])
+@pytest.mark.parametrize("relu", [False, True])
+@pytest.mark.parametrize("residual", [False, True])
+def test_matches_torch_batch_norm_forward_backward_and_running_stats(shape, relu, residual):
+    fused, ref = pair(shape[1])
+    x = cl_bf16(*shape, mean=2.0, std=3.0)
+    r = cl_bf16(*shape, seed=2) if residual else None
+    x1, x2 = x.clone().requires_grad_(), x.float().requires_grad_()  # reference in fp32 from the same bf16 values
+    r1, r2 = (r.clone().requires_grad_(), r.float().requires_grad_()) if residual else (None, None)
+    ours = fused(x1, r1, relu)
+    expected = ref(x2) + (r2 if residual else 0)
+    expected = F.relu(expected) if relu else expected
+    assert ours.dtype == torch.bfloat16 and ours.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(ours.float(), expected, atol=2e-2, rtol=1e-2)  # bf16 output rounding
+    upstream = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    inputs_ours = [x1, fused.weight, fused.bias] + ([r1] if residual else [])
+    inputs_ref = [x2, ref.weight, ref.bias] + ([r2] if residual else [])
+    grads_ours = torch.autograd.grad(ours, inputs_ours, upstream.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
+    grads_ref = torch.autograd.grad(expected, inputs_ref, upstream.to(torch.bfloat16).float())
+    for a, b in zip(grads_ours, grads_ref):
+        scale = b.abs().max().item() or 1.0
+        assert (a.float() - b).abs().max().item() <= 2e-2 * scale
+    torch.testing.assert_close(fused.running_mean, ref.running_mean, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(fused.running_var, ref.running_var, atol=1e-4, rtol=1e-4)
+    assert fused.num_batches_tracked.item() == ref.num_batches_tracked.item() == 1
+
+
+def test_statistics_stay_accurate_when_the_mean_dwarfs_the_spread():
+    # E[x^2] - E[x]^2 in fp32 would lose the variance of values around 300 with std 0.5
+    fused, ref = pair(16)
+    x = cl_bf16(64, 16, 8, 8, mean=300.0, std=0.5)
+    with torch.no_grad():
+        ours = fused(x)
+        expected = ref(x.float())
+    torch.testing.assert_close(ours.float(), expected, atol=3e-2, rtol=1e-2)
+    torch.testing.assert_close(fused.running_var, ref.running_var, rtol=1e-3, atol=1e-5)
+
+
+def test_same_bits_with_one_and_two_threads():
+    fused, _ = pair(32)
+    x = cl_bf16(8, 32, 16, 16).requires_grad_()
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            y = fused(x, relu=True)
+            (gx,) = torch.autograd.grad(y, x, torch.ones_like(y))
+            outs.append((y, gx))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1])
+
+
+@pytest.mark.parametrize("case", ["eval", "fp32", "nchw", "cumulative"])
+def test_other_modes_and_layouts_match_torch(case):  # eval, fp32 and NCHW take torch's path
+    fused, ref = pair(6, momentum=None if case == "cumulative" else 0.1)
+    x = cl_bf16(4, 6, 5, 5, mean=1.0)
+    if case == "fp32":
+        x = x.float()
+    if case == "nchw":
+        x = x.contiguous()
+    if case == "eval":
+        fused.eval(), ref.eval()
+    for _ in range(2):  # cumulative average: the second batch's momentum is 1/2
+        ours, expected = fused(x, relu=True), F.relu(ref(x))
+    torch.testing.assert_close(ours.float(), expected.float(), atol=2e-2, rtol=1e-2)
+    torch.testing.assert_close(fused.running_mean, ref.running_mean, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(fused.running_var, ref.running_var, atol=1e-3, rtol=1e-3)
+
+
+def test_resnets_switch_blocks_and_stem_without_changing_state_dict():
+    model = create_model("resnet18", num_classes=10, input_size=64)
+    keys = list(model.state_dict())
+    assert use_fused_batchnorm(model) == 20
+    assert list(model.state_dict()) == keys
+    assert all(type(b) is FusedBasicBlock for layer in (model.layer1, model.layer4) for b in layer)
+    assert type(model.relu) is nn.Identity and model.bn1.fused_relu  # the stem's ReLU now runs inside bn1
+    deep = create_model("resnet50", num_classes=10, input_size=64)
+    assert use_fused_batchnorm(deep) == 53 and type(deep.layer1[0]) is FusedBottleneck
+
+
+@pytest.mark.parametrize("block", [BasicBlock, Bottleneck])
+def test_fused_blocks_match_fp32_blocks(block):
+    torch.manual_seed(0)
+    downsample = nn.Sequential(nn.Conv2d(32, 16 * block.expansion, 1, stride=2, bias=False), nn.BatchNorm2d(16 * block.expansion))
+    truth = block(32, 16, stride=2, downsample=downsample).to(memory_format=torch.channels_last)
+    fused = copy.deepcopy(truth)
+    use_fused_batchnorm(fused)
+    assert type(fused) is {BasicBlock: FusedBasicBlock, Bottleneck: FusedBottleneck}[block]
+    x = torch.randn(16, 32, 16, 16).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(), x.float().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = fused(x1)
+    expected = truth(x2)
+    assert ours.dtype == torch.bfloat16
+    assert F.cosine_similarity(ours.float().flatten(), expected.flatten(), dim=0) > 0.999
+    upstream = torch.randn(expected.shape)
+    ours.backward(upstream.to(torch.bfloat16))
+    expected.backward(upstream)
+    assert F.cosine_similarity(x1.grad.float().flatten(), x2.grad.flatten(), dim=0) > 0.99
+    for (n, a), b in zip(truth.named_parameters(), fused.parameters()):
+        assert F.cosine_similarity(a.grad.flatten(), b.grad.flatten(), dim=0) > 0.99, n
+    for (n, a), b in zip(truth.named_buffers(), fused.buffers()):
+        torch.testing.assert_close(b.float(), a.float(), atol=2e-2, rtol=2e-2, msg=n)
+
+
+def test_fused_resnet18_is_as_close_to_fp32_as_torchs_bf16():
+    # bf16 gradients of a small batch sit at cosine ~0.95 from fp32's, whichever batch norm runs;
+    # the fused one must be as close to the fp32 truth as torch's own bf16 path
+    torch.manual_seed(0)
+    models = {k: create_model("resnet18", num_classes=10, input_size=64).to(memory_format=torch.channels_last)
+              for k in ("fp32", "plain", "fused")}
+    for k in ("plain", "fused"):
+        models[k].load_state_dict(models["fp32"].state_dict())
+    use_fused_batchnorm(models["fused"])
+    x = torch.randn(16, 3, 64, 64).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (16,))
+    losses = {}
+    for label, model in models.items():
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=label != "fp32"):
+            loss = F.cross_entropy(model(x).float(), y)
+        loss.backward()
+        losses[label] = loss.item()
+    # both bf16 losses sit within ~0.01 of fp32's here
+    assert abs(losses["fused"] - losses["fp32"]) < 0.05 and abs(losses["plain"] - losses["fp32"]) < 0.05
+    params = {k: dict(m.named_parameters()) for k, m in models.items()}
+    cos = {k: [F.cosine_similarity(truth.grad.flatten(), params[k][n].grad.flatten(), dim=0).item()
+               for n, truth in params["fp32"].items()] for k in ("plain", "fused")}
+    # per parameter the two differ by up to +-0.05 either way over seeds (rounding noise); on
+    # average over the model they agree to within 0.015
+    assert min(cos["fused"]) > 0.8
+    assert sum(cos["fused"]) / len(cos["fused"]) >= sum(cos["plain"]) / len(cos["plain"]) - 0.02
+    for a, b in zip(models["plain"].buffers(), models["fused"].buffers()):
+        torch.testing.assert_close(a.float(), b.float(), atol=5e-2, rtol=5e-2)  # running stats, batch counts
+    models["plain"].eval(), models["fused"].eval()
+    with torch.no_grad():
+        torch.testing.assert_close(models["fused"](x), models["plain"](x), atol=1e-2, rtol=1e-2)  # eval: torch's BN
+
+
+def test_no_switch_when_the_kernels_cannot_be_built(monkeypatch):
+    monkeypatch.setattr(fused_bn, "_extension", None)
+    monkeypatch.setattr(fused_bn, "_load_error", "RuntimeError: no compiler")
+    model = create_model("resnet18", num_classes=10, input_size=64)
+    assert use_fused_batchnorm(model) == 0
+    assert not any(isinstance(m, FusedBatchNorm2d) for m in model.modules()) and type(model.relu) is nn.ReLU
+
+
+@pytest.mark.parametrize("impl, precision, fused", [("auto", "bf16", 20), ("torch", "bf16", 0), ("auto", "fp32", 0)])
+def test_engine_switches_batch_norms_for_bf16_on_the_cpu(tiny_data, impl, precision, fused):
+    from cnnbench.data import load_dataset
+    from cnnbench.train.config import load_recipe
+    from cnnbench.train.device import Precision
+    from cnnbench.train.distributed import Ranks
+    from cnnbench.train.run import build_engine, build_model, model_kwargs
+
+    from train_fixtures import tiny_recipe
+
+    ds = load_dataset("tiny-imagenet", data=str(tiny_data))
+    cpu = torch.device("cpu")
+    recipe = load_recipe(values=tiny_recipe(tiny_data, model={"name": "resnet18"}, train={"bn_impl": impl}))
+    engine = build_engine(recipe, ds, build_model(recipe, model_kwargs(recipe, ds)), cpu, Precision(precision, cpu), Ranks())
+    assert sum(isinstance(m, FusedBatchNorm2d) for m in engine.model.modules()) == fused
+    assert engine.fast_paths.get("fused_batchnorms", 0) == fused
