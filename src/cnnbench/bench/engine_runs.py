@@ -24,7 +24,7 @@ BENCH_AUGMENT = {"hflip": 0.5, "crop_padding": 4}
 
 def throughput_recipe(model: str, batch_size: int, input_size: int, precision: str, channels_last: bool,
                       compile: bool, data: str | None, per_class: int | None, seed: int = 0,
-                      model_options: dict | None = None) -> Recipe:
+                      model_options: dict | None = None, bn_impl: str = "auto") -> Recipe:
     """A recipe that trains ``model`` like the plain baseline does (SGD 0.01, momentum 0.9,
     pad-crop + flip) with cnnbench's data path and the given precision / layout / compile."""
     return load_recipe(values={
@@ -35,7 +35,7 @@ def throughput_recipe(model: str, batch_size: int, input_size: int, precision: s
         "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
         "augment": dict(BENCH_AUGMENT),
         "train": {"batch_size": batch_size, "precision": precision, "channels_last": channels_last,
-                  "compile": compile, "device": "cpu", "epochs": 1},
+                  "compile": compile, "device": "cpu", "epochs": 1, "bn_impl": bn_impl},
     })
 
 

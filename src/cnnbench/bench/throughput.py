@@ -34,6 +34,7 @@ class Variant:
     channels_last: bool
     compile: bool
     label: str
+    fused_bn: bool = True  # train.bn_impl auto (fused where bf16 + channels_last) or torch
 
 
 VARIANTS = {
@@ -42,6 +43,8 @@ VARIANTS = {
     "bf16_cl": Variant(bf16=True, channels_last=True, compile=False, label="cnnbench bf16 + channels_last"),
     "bf16_cl_compile": Variant(bf16=True, channels_last=True, compile=True,
                                label="cnnbench bf16 + channels_last + compile"),
+    "bf16_cl_torch_bn": Variant(bf16=True, channels_last=True, compile=False, fused_bn=False,
+                                label="cnnbench bf16 + channels_last, torch's batch norm"),
 }
 
 
@@ -153,7 +156,8 @@ def variant_stepper(ctx: BenchContext, model_name: str, variant: Variant, input_
     name, options = model_spec(model_name)
     recipe = throughput_recipe(name, s.batch_size, input_size or s.input_size,
                                "bf16" if variant.bf16 else "fp32", variant.channels_last, variant.compile,
-                               s.data, s.data_per_class, s.seed, model_options=options)
+                               s.data, s.data_per_class, s.seed, model_options=options,
+                               bn_impl="auto" if variant.fused_bn else "torch")
     return EngineStepper(build_recipe_engine(recipe, ctx.dataset(s.data_per_class)))
 
 

@@ -39,21 +39,30 @@ inline uint16_t float_to_bf16(float f) {  // round to nearest even, NaN kept NaN
 const uint16_t* bf16_data(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>()); }
 uint16_t* bf16_data_mut(at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
 
-void check_matrix(const at::Tensor& t, const char* name, int64_t rows, int64_t cols) {
-  TORCH_CHECK(t.scalar_type() == at::kBFloat16 && t.dim() == 2 && t.is_contiguous() && t.size(0) == rows && t.size(1) == cols,
-              name, ": expected a contiguous (", rows, ", ", cols, ") bfloat16 matrix");
+// A bf16 tensor whose memory is a row-major (rows, C) matrix: (N, C, H, W) in channels_last, or (M, C).
+// Outputs are allocated with empty_like, so they come back in the input's own shape and layout
+// (fresh tensors, not views: an in-place ReLU after the batch norm then stays a plain in-place op).
+int64_t channels_of(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kBFloat16, name, ": expected bfloat16, got ", t.scalar_type());
+  TORCH_CHECK((t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast)) || (t.dim() == 2 && t.is_contiguous()),
+              name, ": expected a channels_last (N, C, H, W) or contiguous (M, C) tensor");
+  return t.size(1);
+}
+
+void check_like(const at::Tensor& t, const at::Tensor& x, const char* name) {
+  channels_of(t, name);
+  TORCH_CHECK(t.sizes() == x.sizes() && t.strides() == x.strides(), name, ": expected the shape and layout of x");
 }
 
 }  // namespace
 
-// x (M, C) bf16 -> (y, mean, invstd, var): y = [relu](x * w * invstd + (b - mean * w * invstd) [+ residual]);
+// x (M rows, C) bf16 -> (y, mean, invstd, var): y = [relu](x * w * invstd + (b - mean * w * invstd) [+ residual]);
 // var is the biased batch variance (the caller turns it into the unbiased running estimate).
 std::vector<at::Tensor> bn_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                                    const c10::optional<at::Tensor>& residual, double eps, bool relu) {
-  const int64_t m = x.size(0), c = x.size(1);
-  check_matrix(x, "x", m, c);
+  const int64_t c = channels_of(x, "x"), m = c ? x.numel() / c : 0;
   TORCH_CHECK(m > 0, "x: no rows");
-  if (residual) check_matrix(*residual, "residual", m, c);
+  if (residual) check_like(*residual, x, "residual");
   auto w = weight.to(at::kFloat).contiguous(), b = bias.to(at::kFloat).contiguous();
   const uint16_t* xp = bf16_data(x);
   const int64_t blocks = (m + kBlockRows - 1) / kBlockRows;
@@ -133,10 +142,10 @@ std::vector<at::Tensor> bn_forward(const at::Tensor& x, const at::Tensor& weight
 std::vector<at::Tensor> bn_backward(const at::Tensor& grad_y, const at::Tensor& x, const at::Tensor& y,
                                     const at::Tensor& mean, const at::Tensor& invstd, const at::Tensor& weight,
                                     bool relu, bool want_grad_z) {
-  const int64_t m = x.size(0), c = x.size(1);
-  check_matrix(grad_y, "grad_y", m, c);
-  check_matrix(x, "x", m, c);
-  if (relu) check_matrix(y, "y", m, c);
+  const int64_t c = channels_of(x, "x"), m = c ? x.numel() / c : 0;
+  TORCH_CHECK(m > 0, "x: no rows");
+  check_like(grad_y, x, "grad_y");
+  if (relu) check_like(y, x, "y");
   const uint16_t* gp = bf16_data(grad_y);
   const uint16_t* xp = bf16_data(x);
   const uint16_t* yp = relu ? bf16_data(y) : nullptr;
