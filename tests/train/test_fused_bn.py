@@ -202,3 +202,16 @@ def test_engine_switches_batch_norms_for_bf16_on_the_cpu(tiny_data, impl, precis
     engine = build_engine(recipe, ds, build_model(recipe, model_kwargs(recipe, ds)), cpu, Precision(precision, cpu), Ranks())
     assert sum(isinstance(m, FusedBatchNorm2d) for m in engine.model.modules()) == fused
     assert engine.fast_paths.get("fused_batchnorms", 0) == fused
+
+
+def test_a_failed_build_leaves_torchs_batch_norm_and_says_why(tmp_path, monkeypatch, capsys):
+    broken = tmp_path / "fused_bn.cpp"
+    broken.write_text("this is not C++;\n")  # fails at once (torch's headers alone take ~50 s to parse)
+    monkeypatch.setattr(fused_bn, "_SOURCE", broken)
+    monkeypatch.setattr(fused_bn, "_extension", None)
+    monkeypatch.setattr(fused_bn, "_load_error", None)
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))
+    assert fused_bn.load_extension() is None
+    assert fused_bn.load_error() and "compiling the fused batch-norm kernel" in capsys.readouterr().err
+    model = create_model("resnet18", num_classes=10, input_size=64)
+    assert use_fused_batchnorm(model) == 0 and type(model.relu) is nn.ReLU

@@ -19,6 +19,7 @@ training-mode bf16 on the CPU, the modules fall back to torch's own batch norm a
 from __future__ import annotations
 
 import hashlib
+import logging
 import platform
 import sys
 from pathlib import Path
@@ -50,12 +51,24 @@ def load_extension():
     if _extension is None and _load_error is None:
         key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_FLAGS).encode() + _cpu_signature().encode()
                              + torch.__version__.encode()).hexdigest()[:12]
+        name = f"cnnbench_fused_bn_{key}"
+        quiet = logging.getLogger("torch.utils.cpp_extension")
+        level = quiet.level
+        quiet.setLevel(logging.ERROR)  # its import warns that no CUDA runtime exists, which is no news on a CPU
         try:
-            from torch.utils.cpp_extension import load
-            _extension = load(name=f"cnnbench_fused_bn_{key}", sources=[str(_SOURCE)], extra_cflags=_FLAGS,
-                              extra_ldflags=["-fopenmp"], verbose=False)
+            from torch.utils.cpp_extension import get_default_build_root, load
+
+            build = Path(get_default_build_root()) / name
+            if not (build / f"{name}.so").exists():
+                print("cnnbench: compiling the fused batch-norm kernel for this CPU (once; about a minute)",
+                      file=sys.stderr, flush=True)
+            build.mkdir(parents=True, exist_ok=True)
+            _extension = load(name=name, sources=[str(_SOURCE)], extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"],
+                              build_directory=str(build), verbose=False)
         except Exception as exc:  # no compiler, no headers: torch's batch norm still works
             _load_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+        finally:
+            quiet.setLevel(level)
     return _extension
 
 

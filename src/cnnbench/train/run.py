@@ -137,6 +137,9 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
             fast_paths["fused_batchnorms"] = use_fused_batchnorm(model)
             if fused_bn_load_error():
                 fast_paths["fused_bn_unavailable"] = fused_bn_load_error()
+                if ranks.is_main:
+                    print(f"cnnbench: the fused batch norm could not be built ({fused_bn_load_error()}); "
+                          "training with torch's, which is slower here", file=sys.stderr, flush=True)
     optimizer = create_optimizer(model, recipe.optim)
     horizon = Horizon(t.epochs, sum(len(loader) for loader in loaders))
     net = model
