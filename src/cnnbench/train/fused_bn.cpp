@@ -54,6 +54,27 @@ void check_like(const at::Tensor& t, const at::Tensor& x, const char* name) {
   TORCH_CHECK(t.sizes() == x.sizes() && t.strides() == x.strides(), name, ": expected the shape and layout of x");
 }
 
+// Two per-channel sums over all rows: row_sums(r, s1, s2) adds row r into its block's fp32 partials;
+// blocks run in parallel, and their partials are added in block order, in double.
+template <typename RowSums>
+void per_channel_sums(int64_t m, int64_t c, RowSums row_sums, std::vector<double>& t1, std::vector<double>& t2) {
+  const int64_t blocks = (m + kBlockRows - 1) / kBlockRows;
+  std::vector<float> part1(blocks * c), part2(blocks * c);
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      float* __restrict s1 = part1.data() + blk * c;
+      float* __restrict s2 = part2.data() + blk * c;
+      for (int64_t j = 0; j < c; ++j) s1[j] = s2[j] = 0.f;
+      const int64_t r_end = std::min(m, (blk + 1) * kBlockRows);
+      for (int64_t r = blk * kBlockRows; r < r_end; ++r) row_sums(r, s1, s2);
+    }
+  });
+  t1.assign(c, 0.0);
+  t2.assign(c, 0.0);
+  for (int64_t blk = 0; blk < blocks; ++blk)
+    for (int64_t j = 0; j < c; ++j) { t1[j] += part1[blk * c + j]; t2[j] += part2[blk * c + j]; }
+}
+
 }  // namespace
 
 // x (M rows, C) bf16 -> (y, mean, invstd, var): y = [relu](x * w * invstd + (b - mean * w * invstd) [+ residual]);
@@ -71,32 +92,21 @@ std::vector<at::Tensor> bn_forward(const at::Tensor& x, const at::Tensor& weight
   // single-pass variance stays accurate when |mean| >> std, where E[x^2] - E[x]^2 would cancel).
   std::vector<float> shift(c);
   for (int64_t j = 0; j < c; ++j) shift[j] = bf16_to_float(xp[j]);
-  std::vector<float> part1(blocks * c), part2(blocks * c);
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      float* __restrict s1 = part1.data() + blk * c;
-      float* __restrict s2 = part2.data() + blk * c;
-      const float* __restrict k = shift.data();
-      for (int64_t j = 0; j < c; ++j) s1[j] = s2[j] = 0.f;
-      const int64_t r_end = std::min(m, (blk + 1) * kBlockRows);
-      for (int64_t r = blk * kBlockRows; r < r_end; ++r) {
-        const uint16_t* __restrict row = xp + r * c;
-        for (int64_t j = 0; j < c; ++j) {
-          float d = bf16_to_float(row[j]) - k[j];
-          s1[j] += d;
-          s2[j] += d * d;
-        }
-      }
+  const float* k = shift.data();
+  std::vector<double> t1, t2;
+  per_channel_sums(m, c, [&](int64_t r, float* __restrict s1, float* __restrict s2) {
+    const uint16_t* __restrict row = xp + r * c;
+    for (int64_t j = 0; j < c; ++j) {
+      float d = bf16_to_float(row[j]) - k[j];
+      s1[j] += d;
+      s2[j] += d * d;
     }
-  });
+  }, t1, t2);
   auto mean = at::empty({c}, x.options().dtype(at::kFloat));
   auto var = at::empty({c}, x.options().dtype(at::kFloat));
   auto invstd = at::empty({c}, x.options().dtype(at::kFloat));
   std::vector<float> scale(c), offset(c);
   {
-    std::vector<double> t1(c, 0.0), t2(c, 0.0);
-    for (int64_t blk = 0; blk < blocks; ++blk)
-      for (int64_t j = 0; j < c; ++j) { t1[j] += part1[blk * c + j]; t2[j] += part2[blk * c + j]; }
     const float* wp = w.data_ptr<float>();
     const float* bp = b.data_ptr<float>();
     for (int64_t j = 0; j < c; ++j) {
@@ -155,33 +165,22 @@ std::vector<at::Tensor> bn_backward(const at::Tensor& grad_y, const at::Tensor& 
   const int64_t blocks = (m + kBlockRows - 1) / kBlockRows;
 
   // Pass 1: sum(dz) and sum(dz * (x - mean)) per channel, dz = grad_y masked by the ReLU.
-  std::vector<float> part1(blocks * c), part2(blocks * c);
-  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      float* __restrict s1 = part1.data() + blk * c;
-      float* __restrict s2 = part2.data() + blk * c;
-      for (int64_t j = 0; j < c; ++j) s1[j] = s2[j] = 0.f;
-      const int64_t r_end = std::min(m, (blk + 1) * kBlockRows);
-      for (int64_t r = blk * kBlockRows; r < r_end; ++r) {
-        const uint16_t* __restrict gr = gp + r * c;
-        const uint16_t* __restrict xr = xp + r * c;
-        const uint16_t* __restrict yr = yp ? yp + r * c : nullptr;
-        for (int64_t j = 0; j < c; ++j) {
-          float dz = bf16_to_float(gr[j]);
-          if (yr) dz = bf16_to_float(yr[j]) > 0.f ? dz : 0.f;
-          s1[j] += dz;
-          s2[j] += dz * (bf16_to_float(xr[j]) - mu[j]);
-        }
-      }
+  std::vector<double> t1, t2;
+  per_channel_sums(m, c, [&](int64_t r, float* __restrict s1, float* __restrict s2) {
+    const uint16_t* __restrict gr = gp + r * c;
+    const uint16_t* __restrict xr = xp + r * c;
+    const uint16_t* __restrict yr = yp ? yp + r * c : nullptr;
+    for (int64_t j = 0; j < c; ++j) {
+      float dz = bf16_to_float(gr[j]);
+      if (yr) dz = bf16_to_float(yr[j]) > 0.f ? dz : 0.f;
+      s1[j] += dz;
+      s2[j] += dz * (bf16_to_float(xr[j]) - mu[j]);
     }
-  });
+  }, t1, t2);
   auto grad_weight = at::empty({c}, mean.options());
   auto grad_bias = at::empty({c}, mean.options());
   std::vector<float> k1(c), k2(c), k3(c);
   {
-    std::vector<double> t1(c, 0.0), t2(c, 0.0);
-    for (int64_t blk = 0; blk < blocks; ++blk)
-      for (int64_t j = 0; j < c; ++j) { t1[j] += part1[blk * c + j]; t2[j] += part2[blk * c + j]; }
     const float* wp = w.data_ptr<float>();
     for (int64_t j = 0; j < c; ++j) {
       grad_bias.data_ptr<float>()[j] = static_cast<float>(t1[j]);

@@ -161,8 +161,8 @@ def use_fused_batchnorm(model: nn.Module) -> int:
     untouched): every ``nn.BatchNorm2d``; torchvision's ResNet blocks fuse their ReLUs and residual
     adds; a ``bn1`` followed by a module ``relu`` only used after it (a torchvision ResNet's stem)
     takes the ReLU over. Returns how many batch norms were switched, 0 where the kernels cannot
-    be built (``load_error()`` says why)."""
-    if load_extension() is None:
+    be built (``load_error()`` says why); a model without batch norms never builds them."""
+    if not any(type(m) is nn.BatchNorm2d for m in model.modules()) or load_extension() is None:
         return 0
     switched = 0
     for module in model.modules():

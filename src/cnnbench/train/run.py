@@ -133,13 +133,14 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
         example = torch.zeros(1, cfg["in_channels"], input_size, input_size, device=device)
         fast_paths["gemm_convs"] = use_gemm_convs(model, example, AUTO_MAX_AREA[precision.dtype])
     if t.bn_impl == "auto" and device.type == "cpu" and precision.dtype == torch.bfloat16 and t.channels_last:
-        if any(type(m) is torch.nn.BatchNorm2d for m in model.modules()):
-            fast_paths["fused_batchnorms"] = use_fused_batchnorm(model)
-            if fused_bn_load_error():
-                fast_paths["fused_bn_unavailable"] = fused_bn_load_error()
-                if ranks.is_main:
-                    print(f"cnnbench: the fused batch norm could not be built ({fused_bn_load_error()}); "
-                          "training with torch's, which is slower here", file=sys.stderr, flush=True)
+        switched = use_fused_batchnorm(model)
+        if switched:
+            fast_paths["fused_batchnorms"] = switched
+        elif fused_bn_load_error() and any(type(m) is torch.nn.BatchNorm2d for m in model.modules()):
+            fast_paths.update(fused_batchnorms=0, fused_bn_unavailable=fused_bn_load_error())
+            if ranks.is_main:
+                print(f"cnnbench: the fused batch norm could not be built ({fused_bn_load_error()}); "
+                      "training with torch's, which is slower here", file=sys.stderr, flush=True)
     optimizer = create_optimizer(model, recipe.optim)
     horizon = Horizon(t.epochs, sum(len(loader) for loader in loaders))
     net = model
