@@ -14,6 +14,7 @@ def peaks_section(ctx: BenchContext) -> SectionResult:
     return SectionResult(
         title="Matrix-multiply peaks (GFLOP/s, median [min-max])",
         rows=rows,
-        columns=[("name", "kernel"), ("size", "n"), ("gflops", "GFLOP/s")],
-        notes=["torch.mm of n x n matrices; the best size's median is the peak used for utilisation."],
+        columns=[("name", "peak"), ("kernel", "kernel"), ("size", "n"), ("gflops", "GFLOP/s")],
+        notes=["n x n @ n x n products by torch.mm and, on the CPU, by a 1x1 convolution (oneDNN; MKL's torch.mm "
+               "is half as fast in fp32 on AMD CPUs); the best (kernel, size) median is the peak used for utilisation."],
     )
