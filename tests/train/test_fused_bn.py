@@ -215,3 +215,35 @@ def test_a_failed_build_leaves_torchs_batch_norm_and_says_why(tmp_path, monkeypa
     assert fused_bn.load_error() and "compiling the fused batch-norm kernel" in capsys.readouterr().err
     model = create_model("resnet18", num_classes=10, input_size=64)
     assert use_fused_batchnorm(model) == 0 and type(model.relu) is nn.ReLU
+
+
+def test_a_one_pixel_map_takes_a_gradient_with_other_strides():
+    # At 32 px a ResNet's last stage works on 1x1 maps, and the gradient that comes back through
+    # avgpool + flatten + fc is an (N, C) matrix viewed as (N, C, 1, 1): strides (C, 1, 1, 1),
+    # while the conv's output x has channels_last strides (C, 1, C, C). Both are channels_last
+    # contiguous with the same memory order; the kernel refused the pair until session 9
+    # ("grad_y: expected the shape and layout of x"), crashing bf16 training at 32 px.
+    fused, ref = pair(20)
+    x = torch.empty_strided((3, 20, 1, 1), (20, 1, 20, 20), dtype=torch.bfloat16).copy_(cl_bf16(3, 20, 1, 1, mean=1.0, std=2.0))
+    x1, x2 = x.detach().requires_grad_(), x.float().requires_grad_()  # (x1 keeps the conv-like strides)
+    ours, expected = fused(x1, relu=True), F.relu(ref(x2))
+    upstream = torch.randn(3, 20, generator=torch.Generator().manual_seed(4)).to(torch.bfloat16).view(3, 20, 1, 1)
+    assert upstream.stride() != x.stride() and upstream.is_contiguous(memory_format=torch.channels_last)
+    (g_ours,) = torch.autograd.grad(ours, [x1], upstream)
+    (g_ref,) = torch.autograd.grad(expected, [x2], upstream.float())
+    torch.testing.assert_close(g_ours.float(), g_ref, atol=3e-2, rtol=2e-2)
+
+
+def test_resnet18_trains_at_32px_where_its_last_maps_are_one_pixel():
+    torch.manual_seed(0)
+    model = create_model("resnet18", num_classes=10, input_size=32).to(memory_format=torch.channels_last)
+    reference = copy.deepcopy(model)
+    use_fused_batchnorm(model)
+    x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (8,))
+    for m in (model, reference):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            F.cross_entropy(m(x).float(), y).backward()
+    for (name, a), b in zip(reference.named_parameters(), model.parameters()):
+        assert b.grad is not None and torch.isfinite(b.grad).all(), name
+        assert F.cosine_similarity(a.grad.flatten(), b.grad.flatten(), dim=0) > 0.8, name
