@@ -54,7 +54,7 @@ int64_t channels_of(const at::Tensor& t, const char* name) {
 // strides (C, 1, 1, 1), lies in memory exactly as a channels_last conv output with strides (C, 1, C, C).
 void check_like(const at::Tensor& t, const at::Tensor& x, const char* name) {
   channels_of(t, name);
-  TORCH_CHECK(t.sizes() == x.sizes() && t.dim() == x.dim(), name, ": expected the shape of x");
+  TORCH_CHECK(t.sizes() == x.sizes(), name, ": expected the shape of x");
 }
 
 // Two per-channel sums over all rows: row_sums(r, s1, s2) adds row r into its block's fp32 partials;
