@@ -18,10 +18,6 @@ training-mode bf16 on the CPU, the modules fall back to torch's own batch norm a
 
 from __future__ import annotations
 
-import hashlib
-import logging
-import platform
-import sys
 from pathlib import Path
 
 import torch
@@ -29,46 +25,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from cnnbench.train.native import build_extension, describe_failure
+
 _SOURCE = Path(__file__).with_name("fused_bn.cpp")
-_FLAGS = ["-O3", "-march=native", "-fopenmp"]
 _extension = None
 _load_error: str | None = None
-
-
-def _cpu_signature() -> str:
-    """What -march=native compiled for: the CPU's model and flags (a home folder can be shared by machines)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-        lines = [line for line in info.splitlines() if line.startswith(("model name", "flags"))][:2]
-        return "\n".join(lines)
-    except OSError:
-        return platform.processor() or platform.machine()
 
 
 def load_extension():
     """The compiled kernels, or None (with the reason in ``load_error()``) where they cannot be built."""
     global _extension, _load_error
     if _extension is None and _load_error is None:
-        key = hashlib.sha256(_SOURCE.read_bytes() + " ".join(_FLAGS).encode() + _cpu_signature().encode()
-                             + torch.__version__.encode()).hexdigest()[:12]
-        name = f"cnnbench_fused_bn_{key}"
-        quiet = logging.getLogger("torch.utils.cpp_extension")
-        level = quiet.level
-        quiet.setLevel(logging.ERROR)  # its import warns that no CUDA runtime exists, which is no news on a CPU
         try:
-            from torch.utils.cpp_extension import get_default_build_root, load
-
-            build = Path(get_default_build_root()) / name
-            if not (build / f"{name}.so").exists():
-                print("cnnbench: compiling the fused batch-norm kernel for this CPU (once; about a minute)",
-                      file=sys.stderr, flush=True)
-            build.mkdir(parents=True, exist_ok=True)
-            _extension = load(name=name, sources=[str(_SOURCE)], extra_cflags=_FLAGS, extra_ldflags=["-fopenmp"],
-                              build_directory=str(build), verbose=False)
+            _extension = build_extension(_SOURCE, "fused batch-norm kernel")
         except Exception as exc:  # no compiler, no headers: torch's batch norm still works
-            _load_error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
-        finally:
-            quiet.setLevel(level)
+            _load_error = describe_failure(exc)
     return _extension
 
 

@@ -1,0 +1,81 @@
+"""Building the C++ kernels of the CPU fast paths (``fused_bn.cpp``, ``nhwc_ops.cpp``) on first use.
+
+Each source is compiled once with torch's extension builder and cached under torch's extension
+folder, keyed by the source (and the headers beside it), the flags, the CPU and the torch build,
+so a home folder shared by machines never loads code compiled for another CPU. Compiling takes
+about a minute on a 2-core CPU (torch's headers dominate); where no compiler or headers are
+present the caller gets the reason and keeps torch's own operators.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import platform
+import sys
+from pathlib import Path
+
+import torch
+
+FLAGS = ["-O3", "-march=native", "-fopenmp"]
+
+
+def cpu_signature() -> str:
+    """What -march=native compiled for: the CPU's model and flags (a home folder can be shared by machines)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [line for line in info.splitlines() if line.startswith(("model name", "flags"))][:2]
+        return "\n".join(lines)
+    except OSError:
+        return platform.processor() or platform.machine()
+
+
+def build_extension(source: Path, what: str):
+    """Compile (or load the cached build of) the extension in ``source``; ``what`` names it in the
+    one line printed before a compile. Raises whatever the build raised."""
+    headers = b"".join(h.read_bytes() for h in sorted(source.parent.glob("*.h")))
+    key = hashlib.sha256(source.read_bytes() + headers + " ".join(FLAGS).encode() + cpu_signature().encode()
+                         + torch.__version__.encode()).hexdigest()[:12]
+    name = f"cnnbench_{source.stem}_{key}"
+    quiet = logging.getLogger("torch.utils.cpp_extension")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its import warns that no CUDA runtime exists, which is no news on a CPU
+    try:
+        from torch.utils.cpp_extension import get_default_build_root, load
+
+        build = Path(get_default_build_root()) / name
+        if not (build / f"{name}.so").exists():
+            print(f"cnnbench: compiling the {what} for this CPU (once; about a minute)", file=sys.stderr, flush=True)
+        build.mkdir(parents=True, exist_ok=True)
+        return load(name=name, sources=[str(source)], extra_cflags=FLAGS, extra_ldflags=["-fopenmp"],
+                    extra_include_paths=[str(source.parent)], build_directory=str(build), verbose=False)
+    finally:
+        quiet.setLevel(level)
+
+
+def describe_failure(exc: Exception) -> str:
+    """One line for a failed build: the exception's type and its last line."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[-1] if text else ''}"
+
+
+class Kernels:
+    """One C++ source's compiled module, built on first use: ``load()`` returns it, or None where it
+    cannot be built, with the reason in ``error``."""
+
+    def __init__(self, source: Path, what: str):
+        self.source, self.what = source, what
+        self.module = None
+        self.error: str | None = None
+
+    def load(self):
+        if self.module is None and self.error is None:
+            try:
+                self.module = build_extension(self.source, self.what)
+            except Exception as exc:  # no compiler, no headers: the callers keep torch's operators
+                self.error = describe_failure(exc)
+        return self.module
+
+
+NHWC_OPS = Kernels(Path(__file__).with_name("nhwc_ops.cpp"), "channels_last im2col and max-pool kernels")
+"""im2col, col2im and max pooling on channels_last activations (``gemm_conv``, ``max_pool``)."""
