@@ -5,13 +5,16 @@
 Model-only (random inputs, no data loading), side by side in one process, medians:
 
 1. per convolution shape of ResNet-18 at 64 px: forward + backward of torch's convolution
-   (oneDNN) against ``cnnbench.train.gemm_conv.gemm_conv2d`` (im2col + matmul; on the 2x2 map
-   its one-matmul ``CoveringConv``, with im2col forced on the line below), in bf16 autocast and
-   fp32, channels_last, input gradient included — the table behind ``gemm_conv.AUTO_MAX_AREA``;
+   (oneDNN) against ``cnnbench.train.gemm_conv.gemm_conv2d`` (the C++ im2col + matmul; on the
+   2x2 map, the line below times the one-matmul ``CoveringConv`` that runs without the C++
+   kernels), in bf16 autocast and fp32, channels_last, input gradient included — the table
+   behind ``gemm_conv.AUTO_MAX_AREA``;
 2. one SGD training step of the whole model, bf16 autocast + channels_last, with every
-   convolution in torch (``train.conv_impl: torch``), with ``use_gemm_convs`` (``auto``), and
-   with those and the fused batch norms of ``cnnbench.train.fused_bn`` (``train.bn_impl: auto``,
-   the default: what ``cnnbench train`` runs);
+   convolution in torch (``train.conv_impl: torch``), with ``use_gemm_convs`` (``auto``), with
+   those and the fused batch norms of ``cnnbench.train.fused_bn`` (``train.bn_impl: auto``) but
+   the Python im2col and torch's max pool (session 9's default), and with the C++ im2col and
+   max pool of ``nhwc_ops.cpp`` too (``train.pool_impl: auto``; the default: what ``cnnbench
+   train`` runs);
 3. where the default step's time goes: torch.profiler's self time per kind of operation
    beside torch's FLOP counter, against this machine's measured bf16 matmul peak, and the FLOP
    utilisation the step would reach if everything but its convolutions and matmuls took no
@@ -34,7 +37,9 @@ import torch.nn.functional as F
 from cnnbench.bench.peaks import measure_matmul_peak, training_flops_per_image
 from cnnbench.models import create_model
 from cnnbench.train.fused_bn import load_error, use_fused_batchnorm
-from cnnbench.train.gemm_conv import AUTO_MAX_AREA, covering_pairs, gemm_conv2d, use_gemm_convs
+from cnnbench.train.gemm_conv import AUTO_MAX_AREA, GemmConv2d, covering_pairs, gemm_conv2d, use_gemm_convs
+from cnnbench.train.max_pool import use_nhwc_max_pool
+from cnnbench.train.native import NHWC_OPS
 
 # (in, out, input map, kernel, stride, padding): every convolution shape of ResNet-18 at 64 px
 SHAPES = [(64, 64, 16, 3, 1, 1), (64, 128, 16, 3, 2, 1), (128, 128, 8, 3, 1, 1), (128, 256, 8, 3, 2, 1),
@@ -51,21 +56,26 @@ def median_ms(fn, repeats: int) -> float:
     return 1000 * statistics.median(times)
 
 
-def conv_step(conv: nn.Conv2d, x: torch.Tensor, bf16: bool, gemm: bool, covering: bool = True):
+def conv_step(conv: nn.Conv2d, x: torch.Tensor, bf16: bool, gemm: bool, native: bool = True):
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            y = gemm_conv2d(x, conv.weight, None, conv.stride, conv.padding, covering) if gemm else conv(x)
+            y = gemm_conv2d(x, conv.weight, None, conv.stride, conv.padding, native=native) if gemm else conv(x)
         y.float().sum().backward()
     return step
 
 
-def model_step(batch: int, gemm: bool, fused_bn: bool = False):
+def model_step(batch: int, gemm: bool, fused_bn: bool = False, nhwc_ops: bool = False):
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=200, input_size=64).to(memory_format=torch.channels_last)
     if gemm:
         use_gemm_convs(model, torch.zeros(1, 3, 64, 64), AUTO_MAX_AREA[torch.bfloat16])
+        for conv in model.modules():
+            if isinstance(conv, GemmConv2d):
+                conv.native_im2col = nhwc_ops
     if fused_bn and not use_fused_batchnorm(model):
         raise SystemExit(f"the fused batch norm could not be built: {load_error()}")
+    if nhwc_ops and not use_nhwc_max_pool(model):
+        raise SystemExit(f"the NHWC kernels could not be built: {NHWC_OPS.error}")
     x = torch.randn(batch, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 200, (batch,))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -81,7 +91,7 @@ def model_step(batch: int, gemm: bool, fused_bn: bool = False):
 
 # torch.profiler op name -> kind of work (checked in order; the first match wins)
 KINDS = [("convolution (oneDNN)", ("convolution",)), ("matmul (incl. im2col convolutions)", ("aten::mm", "aten::addmm", "aten::bmm")),
-         ("batch norm (+ ReLU, add when fused)", ("batch_norm", "BatchNormAct")), ("pooling", ("pool",)), ("optimizer", ("_foreach", "Optimizer")),
+         ("batch norm (+ ReLU, add when fused)", ("batch_norm", "BatchNormAct")), ("pooling", ("pool", "MaxPool")), ("optimizer", ("_foreach", "Optimizer")),
          ("copies, elementwise, im2col", ("add", "relu", "clamp", "threshold", "copy", "cat", "fill", "mul", "zero", "Im2col",
                                           "slice", "to_copy", "empty", "view", "as_strided", "permute", "reshape"))]
 FLOP_KINDS = {"convolution": "convolution (oneDNN)", "convolution_backward": "convolution (oneDNN)",
@@ -144,12 +154,14 @@ def main() -> None:
         x = torch.randn(args.batch, cin, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
         cells = [median_ms(conv_step(conv, x, bf16, gemm), args.repeats) for bf16 in (True, False) for gemm in (False, True)]
         print(f"{f'{cin} -> {cout}, {size}x{size}, {k}x{k}, s{s}':40} " + " ".join(f"{c:12.1f}" for c in cells))
-        if covering_pairs(size, size, (k, k), (s, s), (p, p)) is not None:  # matmul column ran CoveringConv
-            forced = [median_ms(conv_step(conv, x, bf16, True, covering=False), args.repeats) for bf16 in (True, False)]
-            print(f"{'  (the same as im2col + matmul)':40} {'':12} {forced[0]:12.1f} {'':12} {forced[1]:12.1f}")
+        if covering_pairs(size, size, (k, k), (s, s), (p, p)) is not None:  # the Python path's CoveringConv
+            python = [median_ms(conv_step(conv, x, bf16, True, native=False), args.repeats) for bf16 in (True, False)]
+            print(f"{'  (CoveringConv, without nhwc_ops.cpp)':40} {'':12} {python[0]:12.1f} {'':12} {python[1]:12.1f}")
     steps = {"torch convs + torch BN": model_step(args.batch, False),
              "matmul convs + torch BN": model_step(args.batch, True),
-             "matmul convs + fused BN (default)": model_step(args.batch, True, fused_bn=True)}
+             "matmul convs (Python im2col) + fused BN": model_step(args.batch, True, fused_bn=True),
+             "matmul convs + fused BN + C++ im2col and max pool (default)": model_step(args.batch, True, fused_bn=True,
+                                                                                     nhwc_ops=True)}
     for step in steps.values():
         step(), step()  # warm-up
     rates = {name: [] for name in steps}
@@ -163,7 +175,7 @@ def main() -> None:
               f"[{min(r):.0f}-{max(r):.0f}]")
     peak = measure_matmul_peak("bf16", sizes=tuple(args.peak_sizes), repeats=args.repeats).gflops.median
     model_gflop = training_flops_per_image(create_model("resnet18", num_classes=200, input_size=64), 64) * args.batch / 1e9
-    breakdown(steps["matmul convs + fused BN (default)"], args.batch, max(args.repeats, 2), peak, model_gflop)
+    breakdown(steps["matmul convs + fused BN + C++ im2col and max pool (default)"], args.batch, max(args.repeats, 2), peak, model_gflop)
 
 
 if __name__ == "__main__":

@@ -52,7 +52,7 @@ def test_covering_conv_is_chosen_exactly_when_every_window_covers_the_map(size, 
     monkeypatch.setattr(gemm_conv.CoveringConv, "apply", lambda *a: calls.append(a) or original(*a))
     x = torch.randn(2, 3, *size)
     weight = torch.randn(4, 3, kernel, kernel)
-    out = gemm_conv2d(x, weight, None, (1, 1), (padding, padding))
+    out = gemm_conv2d(x, weight, None, (1, 1), (padding, padding), native=False)  # (with the C++ im2col: im2col)
     torch.testing.assert_close(out, F.conv2d(x, weight, None, 1, padding), atol=1e-5, rtol=1e-5)
     assert bool(calls) is covering
 
@@ -62,7 +62,7 @@ def test_covering_conv_weight_gradient_has_the_weights_layout(fmt):
     # so that accumulating it into .grad is a plain add, not a strided copy
     x = torch.randn(4, 16, 2, 2).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(8, 16, 3, 3).contiguous(memory_format=fmt).requires_grad_()
-    gemm_conv2d(x, weight, None, (1, 1), (1, 1)).sum().backward()
+    gemm_conv2d(x, weight, None, (1, 1), (1, 1), native=False).sum().backward()
     assert weight.grad.is_contiguous(memory_format=fmt) and weight.grad.stride() == weight.stride()
 
 

@@ -24,9 +24,10 @@ BENCH_AUGMENT = {"hflip": 0.5, "crop_padding": 4}
 
 def throughput_recipe(model: str, batch_size: int, input_size: int, precision: str, channels_last: bool,
                       compile: bool, data: str | None, per_class: int | None, seed: int = 0,
-                      model_options: dict | None = None, bn_impl: str = "auto") -> Recipe:
+                      model_options: dict | None = None, train_options: dict | None = None) -> Recipe:
     """A recipe that trains ``model`` like the plain baseline does (SGD 0.01, momentum 0.9,
-    pad-crop + flip) with cnnbench's data path and the given precision / layout / compile."""
+    pad-crop + flip) with cnnbench's data path and the given precision / layout / compile;
+    ``train_options`` overrides other ``train.*`` fields (an ablation's ``bn_impl: torch``, say)."""
     return load_recipe(values={
         "name": f"bench-{model}", "seed": seed,
         "data": {"name": "tiny-imagenet", "path": data, "train_per_class": per_class, "input_size": input_size,
@@ -35,7 +36,7 @@ def throughput_recipe(model: str, batch_size: int, input_size: int, precision: s
         "optim": {"name": "sgd", "lr": 0.01, "momentum": 0.9},
         "augment": dict(BENCH_AUGMENT),
         "train": {"batch_size": batch_size, "precision": precision, "channels_last": channels_last,
-                  "compile": compile, "device": "cpu", "epochs": 1, "bn_impl": bn_impl},
+                  "compile": compile, "device": "cpu", "epochs": 1, **(train_options or {})},
     })
 
 

@@ -34,7 +34,7 @@ class Variant:
     channels_last: bool
     compile: bool
     label: str
-    fused_bn: bool = True  # train.bn_impl auto (fused where bf16 + channels_last) or torch
+    train: tuple[tuple[str, str], ...] = ()  # recipe train.* overrides of an ablation, e.g. (("bn_impl", "torch"),)
 
 
 VARIANTS = {
@@ -43,8 +43,10 @@ VARIANTS = {
     "bf16_cl": Variant(bf16=True, channels_last=True, compile=False, label="cnnbench bf16 + channels_last"),
     "bf16_cl_compile": Variant(bf16=True, channels_last=True, compile=True,
                                label="cnnbench bf16 + channels_last + compile"),
-    "bf16_cl_torch_bn": Variant(bf16=True, channels_last=True, compile=False, fused_bn=False,
+    "bf16_cl_torch_bn": Variant(bf16=True, channels_last=True, compile=False, train=(("bn_impl", "torch"),),
                                 label="cnnbench bf16 + channels_last, torch's batch norm"),
+    "bf16_cl_torch_pool": Variant(bf16=True, channels_last=True, compile=False, train=(("pool_impl", "torch"),),
+                                  label="cnnbench bf16 + channels_last, torch's max pool"),
 }
 
 
@@ -157,7 +159,7 @@ def variant_stepper(ctx: BenchContext, model_name: str, variant: Variant, input_
     recipe = throughput_recipe(name, s.batch_size, input_size or s.input_size,
                                "bf16" if variant.bf16 else "fp32", variant.channels_last, variant.compile,
                                s.data, s.data_per_class, s.seed, model_options=options,
-                               bn_impl="auto" if variant.fused_bn else "torch")
+                               train_options=dict(variant.train))
     return EngineStepper(build_recipe_engine(recipe, ctx.dataset(s.data_per_class)))
 
 

@@ -37,7 +37,11 @@ Why hand-written: torch's ``F.unfold`` wants NCHW (on channels_last input it was
 patch matrix built from k*k slices of the NHWC view is right, but autograd's backward of each
 slice allocates and zero-fills a whole input-sized gradient before summing them (9 per 3x3
 conv); ``Im2col.backward`` adds the k*k taps into one buffer instead (same scratch
-measurement: 512 -> 512 at 2x2, 31.4 -> 27.3 ms; 128 -> 256 at 8x8, 25.2 -> 16.7 ms).
+measurement: 512 -> 512 at 2x2, 31.4 -> 27.3 ms; 128 -> 256 at 8x8, 25.2 -> 16.7 ms). Those
+slices, their ``torch.cat`` and the k*k strided adds still cost 18 ms of a 180 ms ResNet-18 step
+(torch.profiler, session 10), so channels_last inputs now take one C++ pass each way
+(``nhwc_ops.cpp``, see ``Im2col``); the Python path stays for other layouts and where no
+compiler is present.
 """
 
 from __future__ import annotations
@@ -46,33 +50,55 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnbench.train.native import NHWC_OPS
+
 # Largest output map (H_out * W_out) that runs as a matmul, per autocast dtype (None = fp32).
 AUTO_MAX_AREA = {torch.bfloat16: 16, None: 4}
 
 
 class Im2col(torch.autograd.Function):
-    """(B, H, W, C) -> patches (B, Ho, Wo, kh*kw*C) in (kh, kw, C) order, zero padding."""
+    """(B, H, W, C) -> patches (B, Ho, Wo, kh*kw*C) in (kh, kw, C) order, zero padding.
+
+    A contiguous float32 or bf16 input (a channels_last activation, permuted) runs ``nhwc_ops.cpp``:
+    one pass writing the patches, and a backward where each input pixel sums the taps that read it
+    in fp32 (ResNet-18 at 64 px, batch 128, bf16, forward / forward + backward, ms: 256 ch at 4x4
+    0.48 / 2.88 in Python -> 0.19 / 0.44; 128 ch at 8x8, stride 2, 0.46 / 2.05 -> 0.16 / 0.38;
+    scratch, medians of 9). Anything else, or no compiler, takes the Python path below."""
 
     @staticmethod
     def forward(ctx, nhwc: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
-                padding: tuple[int, int]) -> torch.Tensor:
+                padding: tuple[int, int], native: bool = True) -> torch.Tensor:
         b, h, w, c = nhwc.shape
         (kh, kw), (sh, sw), (ph, pw) = kernel, stride, padding
         ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        ctx.geometry = (nhwc.shape, kernel, stride, padding, ho, wo)
+        ops = _native_ops(nhwc) if native else None
+        ctx.native = ops is not None
+        if ops is not None:
+            return ops.im2col(nhwc, list(kernel), list(stride), list(padding))
         padded = F.pad(nhwc, (0, 0, pw, pw, ph, ph)) if ph or pw else nhwc
         taps = [padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw] for i in range(kh) for j in range(kw)]
-        ctx.geometry = (nhwc.shape, kernel, stride, padding, ho, wo)
         return torch.cat(taps, dim=3) if len(taps) > 1 else taps[0].contiguous()
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (b, h, w, c), (kh, kw), (sh, sw), (ph, pw), ho, wo = ctx.geometry
+        if ctx.native:
+            return NHWC_OPS.module.col2im(grad.contiguous(), h, w, [kh, kw], [sh, sw], [ph, pw]), None, None, None, None
         grad_padded = grad.new_zeros((b, h + 2 * ph, w + 2 * pw, c))
         taps = grad.view(b, ho, wo, kh * kw, c)
         for t in range(kh * kw):  # each tap's gradient lands on the input pixels it read
             i, j = divmod(t, kw)
             grad_padded[:, i:i + sh * (ho - 1) + 1:sh, j:j + sw * (wo - 1) + 1:sw].add_(taps[:, :, :, t])
-        return grad_padded[:, ph:ph + h, pw:pw + w], None, None, None
+        return grad_padded[:, ph:ph + h, pw:pw + w], None, None, None, None
+
+
+def _native_ops(nhwc: torch.Tensor):
+    """The compiled NHWC kernels where they apply to ``nhwc`` (a contiguous float32 or bf16 CPU
+    tensor, as a channels_last activation permuted to (B, H, W, C) is), else None."""
+    if nhwc.device.type != "cpu" or nhwc.dtype not in (torch.float32, torch.bfloat16) or not nhwc.is_contiguous():
+        return None
+    return NHWC_OPS.load()
 
 
 def covering_pairs(h: int, w: int, kernel: tuple[int, int], stride: tuple[int, int],
@@ -133,13 +159,15 @@ class CoveringConv(torch.autograd.Function):
 
 
 def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                stride: tuple[int, int], padding: tuple[int, int], covering: bool = True) -> torch.Tensor:
+                stride: tuple[int, int], padding: tuple[int, int], covering: bool | None = None,
+                native: bool = True) -> torch.Tensor:
     """``F.conv2d`` (groups=1, dilation=1, zero padding) as im2col + one matmul.
 
     x (B, C, H, W) -> (B, O, H_out, W_out) with channels_last strides. Under CPU autocast the
     input and weight are cast first, so the patch matrix is built in the low-precision dtype.
-    A stride-1 convolution whose every window covers the whole map runs as ``CoveringConv``
-    instead (``covering=False`` forces im2col, for comparisons).
+    Where the patch matrix is built in Python (``native=False``, for comparisons, or where
+    ``nhwc_ops.cpp`` does not apply), a stride-1 convolution whose every window covers the whole
+    map runs as ``CoveringConv`` instead (``covering=True`` or ``False`` forces either, for comparisons).
     """
     if torch.is_autocast_enabled("cpu") and x.device.type == "cpu":
         dtype = torch.get_autocast_dtype("cpu")
@@ -147,12 +175,17 @@ def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         bias = bias.to(dtype) if bias is not None else None
     b, c, h, w = x.shape
     o, _, kh, kw = weight.shape
+    # With the C++ im2col, a 2x2 map's im2col + matmul is faster than CoveringConv's matrix
+    # assembly and per-tap gradients (512 -> 512, bf16, forward + backward: 5.7 vs 6.8 ms,
+    # ``python benchmarks/probe_convs.py``, session 10), so the covering matmul is the Python path's
+    if covering is None:
+        covering = not (native and _native_ops(x.permute(0, 2, 3, 1)) is not None)
     pairs = covering_pairs(h, w, (kh, kw), stride, padding) if covering else None
     if pairs is not None:  # (B, H*W*C) @ (H*W*C, H*W*O): the output pixels come out channels-last
         ho, wo = h, w
         out = CoveringConv.apply(x.permute(0, 2, 3, 1).reshape(b, h * w * c), weight, pairs, h * w).view(b * h * w, o)
     else:
-        patches = Im2col.apply(x.permute(0, 2, 3, 1), (kh, kw), stride, padding)  # (B, Ho, Wo, kh*kw*C)
+        patches = Im2col.apply(x.permute(0, 2, 3, 1), (kh, kw), stride, padding, native)  # (B, Ho, Wo, kh*kw*C)
         ho, wo = patches.shape[1:3]
         # (O, kh, kw, C) -> (O, kh*kw*C), transposed: a view of a channels_last weight (which a
         # channels_last model has), so no copy forward and a gradient in the weight's own layout back
@@ -166,8 +199,11 @@ def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
 class GemmConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` computed by ``gemm_conv2d``: same parameters, same state_dict."""
 
+    native_im2col = True
+    """Build patch matrices with ``nhwc_ops.cpp`` where it applies (False: the Python path, for comparisons)."""
+
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return gemm_conv2d(input, weight, bias, self.stride, self.padding)
+        return gemm_conv2d(input, weight, bias, self.stride, self.padding, native=self.native_im2col)
 
 
 def _eligible(conv: nn.Module) -> bool:
@@ -201,4 +237,6 @@ def use_gemm_convs(model: nn.Module, example: torch.Tensor, max_area: int) -> in
         if area <= max_area:
             conv.__class__ = GemmConv2d
             switched += 1
+    if switched:
+        NHWC_OPS.load()  # compile the im2col kernels now, not inside the first training step
     return switched

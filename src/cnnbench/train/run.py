@@ -37,6 +37,8 @@ from cnnbench.train.distributed import (Ranks, StopRequest, all_reduce, init_dis
 from cnnbench.train.fused_bn import load_error as fused_bn_load_error
 from cnnbench.train.fused_bn import use_fused_batchnorm
 from cnnbench.train.gemm_conv import AUTO_MAX_AREA, use_gemm_convs
+from cnnbench.train.max_pool import use_nhwc_max_pool
+from cnnbench.train.native import NHWC_OPS
 from cnnbench.train.loop import (Engine, NonFiniteLoss, Progress, check_finite_weights, evaluate, improved,
                                  sums_to_metrics, train_one_epoch)
 from cnnbench.train.optim import create_l2_penalty, create_optimizer
@@ -132,6 +134,13 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
         cfg = model.cnnbench_cfg
         example = torch.zeros(1, cfg["in_channels"], input_size, input_size, device=device)
         fast_paths["gemm_convs"] = use_gemm_convs(model, example, AUTO_MAX_AREA[precision.dtype])
+    if t.pool_impl == "auto" and device.type == "cpu" and t.channels_last:
+        fast_paths["nhwc_max_pools"] = use_nhwc_max_pool(model)
+    if NHWC_OPS.error:  # the gemm convolutions' im2col and the max pools fall back to Python and torch
+        fast_paths["nhwc_ops_unavailable"] = NHWC_OPS.error
+        if ranks.is_main:
+            print(f"cnnbench: the channels_last im2col and max-pool kernels could not be built ({NHWC_OPS.error}); "
+                  "training with the Python im2col and torch's max pool, which are slower here", file=sys.stderr, flush=True)
     if t.bn_impl == "auto" and device.type == "cpu" and precision.dtype == torch.bfloat16 and t.channels_last:
         switched = use_fused_batchnorm(model)
         if switched:
