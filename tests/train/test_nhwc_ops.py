@@ -165,3 +165,12 @@ def test_a_failed_build_keeps_torchs_operators_and_says_why(tmp_path, monkeypatc
     monkeypatch.setattr(max_pool, "NHWC_OPS", kernels)
     model = create_model("resnet18", num_classes=10, input_size=64)
     assert use_nhwc_max_pool(model) == 0 and type(model.maxpool) is nn.MaxPool2d
+
+
+def test_a_recipe_names_the_pool_implementations_it_takes():
+    from cnnbench.errors import CnnbenchError
+    from cnnbench.train.config import TrainConfig
+
+    assert TrainConfig(pool_impl="torch").pool_impl == "torch"
+    with pytest.raises(CnnbenchError, match=r"train.pool_impl: expected one of auto, torch, got 'fast'"):
+        TrainConfig(pool_impl="fast")
