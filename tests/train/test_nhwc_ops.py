@@ -86,6 +86,7 @@ def test_max_pool_matches_torch_forward_and_backward(n, c, h, w, k, s, p, dtype)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     expected, ours = pool(x1), ours_pool(x2)
     assert ours.is_contiguous(memory_format=torch.channels_last) and ours.dtype == dtype
+    assert ours._base is None  # a fresh tensor: an in-place op after a view would replay the view in autograd
     torch.testing.assert_close(ours, expected, atol=0, rtol=0, equal_nan=True)
     upstream = cl(torch.randn(expected.shape, generator=torch.Generator().manual_seed(2)).to(dtype))
     expected.backward(upstream)

@@ -30,7 +30,7 @@ class _MaxPool(torch.autograd.Function):
         y, taps = NHWC_OPS.module.max_pool_forward(x.permute(0, 2, 3, 1), kernel, stride, padding)
         ctx.save_for_backward(taps)
         ctx.geometry = (x.shape[2], x.shape[3], kernel, stride, padding)
-        return y.permute(0, 3, 1, 2)  # (B, Ho, Wo, C) -> (B, C, Ho, Wo), channels_last
+        return y  # a fresh channels_last (B, C, Ho, Wo) tensor, not a view
 
     @staticmethod
     def backward(ctx, grad_y):

@@ -19,7 +19,6 @@
 
 #include <cstdint>
 #include <cstring>
-#include <limits>
 #include <vector>
 
 namespace {
@@ -80,8 +79,10 @@ T* data_of(const at::Tensor& t) { return reinterpret_cast<T*>(t.data_ptr()); }
 
 // The backward kernels: each pixel of out (N, H, W, C) sums, in fp32 and in tap order, one row of
 // C values per window that reads it (add(acc, pos, tap) adds the row of output pixel pos), then is
-// written once. The sizes are copied into locals: read through the Window or a closure inside the
-// loops, they kept gcc from vectorising them (the stem's pool backward: 2.1 ms, and 5.1 that way).
+// written once. The sizes are copied into locals (and the callers' closures copy theirs) so that
+// the channel loops have loop-invariant bounds the compiler vectorises on. (Timing these kernels,
+// interleave runs: a fresh 16.8 MB output can cost more in page faults than the kernel itself,
+// and the stem's pool backward read 2.1 or 5.1 ms from one run to the next that way.)
 template <typename T, typename Add>
 void gather_rows(const Window& g, T* out, Add add) {
   const int64_t c = g.c, h = g.h, w = g.w, ho = g.ho, wo = g.wo;
@@ -147,7 +148,7 @@ at::Tensor col2im(const at::Tensor& grad_patches, int64_t h, int64_t w, std::vec
     const T* gp = data_of<T>(grad_patches);
     const int64_t c = g.c, taps = g.kh * g.kw;
     gather_rows(g, data_of<T>(grad_x), [gp, c, taps](float* __restrict a, int64_t pos, int64_t tap) {
-      const int64_t n = c;  // a local bound (the closure's member kept the loop scalar)
+      const int64_t n = c;  // a local, loop-invariant bound
       const T* __restrict src = gp + (pos * taps + tap) * n;
       for (int64_t k = 0; k < n; ++k) a[k] += load_value(src[k]);
     });
@@ -155,14 +156,16 @@ at::Tensor col2im(const at::Tensor& grad_patches, int64_t h, int64_t w, std::vec
   return grad_x;
 }
 
-// x (N, H, W, C) -> (y (N, Ho, Wo, C), taps (N, Ho, Wo, C) uint8): the window maximum and which
-// tap held it. As torch: padding never wins, the first maximum wins ties, and a NaN wins.
+// x (N, H, W, C) -> (y, taps): the window maxima as a fresh channels_last (N, C, Ho, Wo) tensor (its
+// memory is (N, Ho, Wo, C); a permuted view returned to autograd would turn an in-place op after it
+// into a slow view replay, as fused_bn.py found) and which tap held each, (N, Ho, Wo, C) uint8.
+// As torch: padding never wins, the first maximum wins ties, and a NaN wins.
 std::vector<at::Tensor> max_pool_forward(const at::Tensor& x, std::vector<int64_t> kernel, std::vector<int64_t> stride,
                                          std::vector<int64_t> padding) {
   check_nhwc(x, "x");
   const Window g(x.size(0), x.size(1), x.size(2), x.size(3), kernel, stride, padding);
   g.check_poolable();
-  auto y = at::empty({g.n, g.ho, g.wo, g.c}, x.options());
+  auto y = at::empty({g.n, g.c, g.ho, g.wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   auto taps = at::empty({g.n, g.ho, g.wo, g.c}, x.options().dtype(at::kByte));
   const int64_t c = g.c, h = g.h, w = g.w, wo = g.wo;  // locals: the loops vectorise on them
   dispatch(x, [&](auto* tag) {
@@ -230,7 +233,7 @@ at::Tensor max_pool_backward(const at::Tensor& grad_y, const at::Tensor& taps, i
     const uint8_t* tp = taps.data_ptr<uint8_t>();
     const int64_t c = g.c;
     gather_rows(g, data_of<T>(grad_x), [gp, tp, c](float* __restrict a, int64_t pos, int64_t tap) {
-      const int64_t n = c;  // a local bound (the closure's member kept the loop scalar)
+      const int64_t n = c;  // a local, loop-invariant bound
       const T* __restrict src = gp + pos * n;
       const uint8_t* __restrict arg = tp + pos * n;
       const uint8_t t = static_cast<uint8_t>(tap);
@@ -243,6 +246,6 @@ at::Tensor max_pool_backward(const at::Tensor& grad_y, const at::Tensor& taps, i
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("im2col", &im2col, "(N, H, W, C) -> (N, Ho, Wo, kh*kw*C) patches, zero padding");
   module.def("col2im", &col2im, "the adjoint of im2col: patch gradients summed onto their input pixels");
-  module.def("max_pool_forward", &max_pool_forward, "(N, H, W, C) max pooling -> (values, uint8 taps)");
+  module.def("max_pool_forward", &max_pool_forward, "(N, H, W, C) max pooling -> (channels_last values, uint8 taps)");
   module.def("max_pool_backward", &max_pool_backward, "gradient of max_pool_forward");
 }
