@@ -15,6 +15,7 @@ from torchvision.models.resnet import BasicBlock, Bottleneck
 from cnnbench.models import create_model
 from cnnbench.train import fused_bn
 from cnnbench.train.fused_bn import FusedBasicBlock, FusedBatchNorm2d, FusedBottleneck, use_fused_batchnorm
+from cnnbench.train.native import Kernels
 
 pytestmark = pytest.mark.skipif(fused_bn.load_extension() is None, reason=f"no C++ toolchain: {fused_bn.load_error()}")
 
@@ -179,8 +180,8 @@ def test_fused_resnet18_is_as_close_to_fp32_as_torchs_bf16():
 
 
 def test_no_switch_when_the_kernels_cannot_be_built(monkeypatch):
-    monkeypatch.setattr(fused_bn, "_extension", None)
-    monkeypatch.setattr(fused_bn, "_load_error", "RuntimeError: no compiler")
+    monkeypatch.setattr(fused_bn.FUSED_BN, "module", None)
+    monkeypatch.setattr(fused_bn.FUSED_BN, "error", "RuntimeError: no compiler")
     model = create_model("resnet18", num_classes=10, input_size=64)
     assert use_fused_batchnorm(model) == 0
     assert not any(isinstance(m, FusedBatchNorm2d) for m in model.modules()) and type(model.relu) is nn.ReLU
@@ -207,9 +208,7 @@ def test_engine_switches_batch_norms_for_bf16_on_the_cpu(tiny_data, impl, precis
 def test_a_failed_build_leaves_torchs_batch_norm_and_says_why(tmp_path, monkeypatch, capsys):
     broken = tmp_path / "fused_bn.cpp"
     broken.write_text("this is not C++;\n")  # fails at once (torch's headers alone take ~50 s to parse)
-    monkeypatch.setattr(fused_bn, "_SOURCE", broken)
-    monkeypatch.setattr(fused_bn, "_extension", None)
-    monkeypatch.setattr(fused_bn, "_load_error", None)
+    monkeypatch.setattr(fused_bn, "FUSED_BN", Kernels(broken, "fused batch-norm kernel"))
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))
     assert fused_bn.load_extension() is None
     assert fused_bn.load_error() and "compiling the fused batch-norm kernel" in capsys.readouterr().err

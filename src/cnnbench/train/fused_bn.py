@@ -25,26 +25,18 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from cnnbench.train.native import build_extension, describe_failure
+from cnnbench.train.native import Kernels
 
-_SOURCE = Path(__file__).with_name("fused_bn.cpp")
-_extension = None
-_load_error: str | None = None
+FUSED_BN = Kernels(Path(__file__).with_name("fused_bn.cpp"), "fused batch-norm kernel")
 
 
 def load_extension():
     """The compiled kernels, or None (with the reason in ``load_error()``) where they cannot be built."""
-    global _extension, _load_error
-    if _extension is None and _load_error is None:
-        try:
-            _extension = build_extension(_SOURCE, "fused batch-norm kernel")
-        except Exception as exc:  # no compiler, no headers: torch's batch norm still works
-            _load_error = describe_failure(exc)
-    return _extension
+    return FUSED_BN.load()
 
 
 def load_error() -> str | None:
-    return _load_error
+    return FUSED_BN.error
 
 
 class _BatchNormAct(torch.autograd.Function):
@@ -54,7 +46,7 @@ class _BatchNormAct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, residual, eps, relu):
-        y, mean, invstd, var = _extension.bn_forward(x, weight, bias, residual, eps, relu)
+        y, mean, invstd, var = FUSED_BN.module.bn_forward(x, weight, bias, residual, eps, relu)
         ctx.save_for_backward(x, y if relu else None, mean, invstd, weight)
         ctx.relu, ctx.has_residual = relu, residual is not None
         ctx.mark_non_differentiable(mean, var)
@@ -64,7 +56,7 @@ class _BatchNormAct(torch.autograd.Function):
     def backward(ctx, grad_y, _grad_mean, _grad_var):
         x, y, mean, invstd, weight = ctx.saved_tensors
         grad_y = grad_y.contiguous(memory_format=torch.channels_last)
-        grad_x, grad_w, grad_b, grad_z = _extension.bn_backward(grad_y, x, y if y is not None else x, mean, invstd,
+        grad_x, grad_w, grad_b, grad_z = FUSED_BN.module.bn_backward(grad_y, x, y if y is not None else x, mean, invstd,
                                                                 weight, ctx.relu, ctx.has_residual and ctx.relu)
         grad_r = (grad_z if ctx.relu else grad_y) if ctx.has_residual else None
         return grad_x, grad_w.to(weight.dtype), grad_b.to(weight.dtype), grad_r, None, None
@@ -96,7 +88,7 @@ class FusedBatchNorm2d(nn.BatchNorm2d):
         return y
 
     def _fusable(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
-        if not (self.training and self.affine and self.track_running_stats and _extension is not None):
+        if not (self.training and self.affine and self.track_running_stats and FUSED_BN.module is not None):
             return False
         if x.device.type != "cpu" or x.dtype != torch.bfloat16 or x.dim() != 4 or x.shape[0] * x.shape[2] * x.shape[3] < 2:
             return False
