@@ -97,3 +97,22 @@ def test_the_plain_baseline_trains_at_the_input_size_of_the_cnnbench_paths(tiny_
     images, _ = next(stepper.batches)
     assert tuple(images.shape) == (4, 3, 32, 32)
     assert stepper.seconds(1) > 0  # logreg sized for 32 px takes them
+
+
+def test_each_ablation_changes_only_its_own_recipe_key(monkeypatch):
+    """bench.variants accepts every variant the section knows, and each ablation's engine is built
+    from the bf16_cl recipe with only its override changed (its label names what it swaps out)."""
+    from cnnbench.bench import engine_runs, settings as bench_settings
+
+    assert set(bench_settings.VARIANTS) == set(throughput.VARIANTS)
+    recipes = {}
+    monkeypatch.setattr(engine_runs, "build_recipe_engine", lambda recipe, ds: recipes.setdefault(len(recipes), recipe))
+    monkeypatch.setattr(engine_runs, "EngineStepper", lambda engine: engine)
+    ctx = SimpleNamespace(settings=build_config(BenchSettings, {}, "bench"), dataset=lambda per_class: None)
+    base = throughput.variant_stepper(ctx, "resnet18", throughput.VARIANTS["bf16_cl"]).to_dict()
+    for name, key, value in [("bf16_cl_torch_bn", ("train", "bn_impl"), "torch"),
+                             ("bf16_cl_torch_pool", ("train", "pool_impl"), "torch")]:
+        recipe = throughput.variant_stepper(ctx, "resnet18", throughput.VARIANTS[name]).to_dict()
+        assert base[key[0]][key[1]] != value and recipe[key[0]][key[1]] == value
+        recipe[key[0]][key[1]] = base[key[0]][key[1]]
+        assert recipe == base

@@ -151,6 +151,7 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
                 print(f"cnnbench: the fused batch norm could not be built ({fused_bn_load_error()}); "
                       "training with torch's, which is slower here", file=sys.stderr, flush=True)
     optimizer = create_optimizer(model, recipe.optim)
+    fast_paths["fused_optimizer"] = bool(optimizer.defaults.get("fused"))
     horizon = Horizon(t.epochs, sum(len(loader) for loader in loaders))
     net = model
     if ranks.distributed:
