@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from study_fakes import FakeEngine, epoch_row
 
 from cnnbench.errors import CnnbenchError
 from cnnbench.studies import load_study
-from cnnbench.studies.reading import StudyConditions, write_reading
+from cnnbench.studies.reading import StudyConditions, _time_text, write_reading
 from cnnbench.studies.results import collect_results
 from cnnbench.studies.runner import StudyOptions, default_out, execute_plan, plan_study, run_study, scale_epochs
 
@@ -295,6 +296,10 @@ def test_reading_is_built_from_the_numbers(finished_study):
     best_ours = max((r for r in results if not r.ours), key=lambda r: r.stat("val_top1").mean)
     mean, std = (100 * v for v in (best_ours.stat("val_top1").mean, best_ours.stat("val_top1").std))
     assert f"our best reproduction under the same conditions ({best_ours.label}, {mean:.1f}% ± {std:.1f} (2 seeds))" in text
+    # ... and how their training times compare (the same epochs need not be the same compute)
+    ours_s, theirs_s = (r.summary_stat("seconds").mean for r in (modern, best_ours))
+    assert (ours_s, theirs_s) == (4.0, 20.0)  # the fake engine takes 2 s per epoch: 2 epochs against 10
+    assert "(2 seeds)) in 20% of its training time (4 s against 20 s)." in text
     # Different numbers, different paragraph: full scale and full data drop those sentences.
     other = write_reading(results, StudyConditions(scale=1.0, train_per_class={"tiny-imagenet": 500.0}))
     assert "trained 0.1 of its epochs" not in other and "images per class" not in other
@@ -321,3 +326,16 @@ def test_reading_sets_from_scratch_recipes_beside_from_scratch_rows(tmp_path):
     assert "the best published row fine-tuned from pretrained weights (ResNet-18 pretrained, 224x224, 10 epochs, 62.5%)" \
         in sentence
     assert "our best reproduction under the same conditions (ResNet-18 pretrained, 224x224, 10 epochs," in sentence
+
+
+@pytest.mark.parametrize("ours,theirs,text", [
+    (6.8, 277.0, " in 2.5% of its training time (7 s against 5 min)"),
+    (2000.0, 600.0, " in 3.3x its training time (33 min against 10 min)"),
+    (100.0, 98.0, " in about the same training time (100 s against 98 s)"),
+    (9000.0, 36000.0, " in 25% of its training time (2.5 h against 10.0 h)"),
+    (float("nan"), 30.0, ""),
+])
+def test_modern_is_set_beside_the_training_time_of_the_row_it_is_compared_with(ours, theirs, text):
+    def result(seconds):
+        return SimpleNamespace(summary_stat=lambda key: SimpleNamespace(mean=seconds) if key == "seconds" else None)
+    assert _time_text(result(ours), result(theirs)) == text
