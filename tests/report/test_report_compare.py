@@ -82,6 +82,22 @@ def test_identical_results_of_different_models_are_flagged(runs, tmp_path):
     assert len(flags) == 1 and "identical val_top1 and val_loss" in flags[0]
 
 
+def test_an_eval_mode_network_far_from_the_training_one_is_flagged(tmp_path):
+    from report_fixtures import write_run
+
+    run = write_run(tmp_path / "short", "short", "inception_v3", epochs=2, evaluate=False)
+    assert build_comparison([run]).flags == []
+    rows = list(csv.DictReader(open(run / "metrics.csv")))
+    rows[-1]["val_loss"] = str(40 * float(rows[-1]["train_loss"]))  # train loss stays where it was
+    with open(run / "metrics.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    flags = build_comparison([run]).flags
+    assert flags == ["short: eval-mode network far from the training one at epoch 2 (val loss many times a uniform "
+                     "guess's, train loss not; batch-norm running statistics that have not caught up)"]
+
+
 def test_written_files_and_cli(runs, tmp_path, capsys):
     out = tmp_path / "cmp"
     assert main(["compare", *map(str, runs), "--out", str(out)]) == 0

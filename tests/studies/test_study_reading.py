@@ -37,9 +37,41 @@ def test_overfitting_sentence_takes_train_and_val_from_the_compared_epoch():
     run = SimpleNamespace(values={"val_top1": 0.196, "train_top1": 0.481}, metrics=metrics,
                           summary={"best_epoch": 7, "val_top1": 0.191, "train_top1": 0.839},
                           diagnosis=SimpleNamespace(val_loss_rising_since=8, best_val_top1=0.196, not_learning=False,
-                                                    gap_at_last=0.839 - 0.191))
+                                                    gap_at_last=0.839 - 0.191, eval_mode_off_at=None))
     row = SimpleNamespace(label="ResNet-18", compare="best", epochs=20, full_epochs=20, runs=[run],
                           published=SimpleNamespace(relation="=", values={"val_top1": 0.45}),
                           difference=lambda: 0.196 - 0.45, stat=lambda metric: Stat.of([run.values[metric]]))
     sentence = _gap_sentences([row])[0]
     assert "train top-1 48.1% at its best epoch, 28.5 points above val" in sentence
+
+
+def test_a_val_loss_far_above_a_guess_is_named_as_the_eval_mode_network_not_overfitting():
+    # qmul's MNIST quick pass: Inception-V3 after 10 steps, train top-1 25.7% and loss 3.22, val 9.8%
+    # and loss 290.1 in eval mode (35% with batch statistics on 200 val images).
+    from cnnbench.evaluate.diagnostics import diagnose
+    from cnnbench.studies.reading import _gap_sentences
+    from cnnbench.studies.results import Stat
+
+    metrics = {"epoch": np.array([1]), "val_top1": np.array([0.098]), "train_top1": np.array([0.257]),
+               "val_top5": np.array([0.495]), "train_top5": np.array([0.68]), "val_loss": np.array([290.0954]),
+               "train_loss": np.array([3.22346])}
+    diagnosis = diagnose(metrics, 10)
+    assert diagnosis.eval_mode_off_at == 1
+    assert diagnosis.sentences[-1].startswith("val loss 290.1 at epoch 1, 126x a uniform guess's (2.30), with train "
+                                              "loss 3.22: the eval-mode network is far from the training one, not overfit")
+    run = SimpleNamespace(values={"val_top1": 0.098, "train_top1": 0.257}, metrics=metrics, num_classes=10,
+                          summary={"best_epoch": 1, "val_top1": 0.098, "train_top1": 0.257}, diagnosis=diagnosis)
+    row = SimpleNamespace(label="Inception-V3, MNIST", compare="final", epochs=1, full_epochs=6, runs=[run],
+                          published=SimpleNamespace(relation="=", values={"val_top1": 0.9923}),
+                          difference=lambda: 0.098 - 0.9923, stat=lambda metric: Stat.of([run.values[metric]]))
+    sentence = _gap_sentences([row])[0]
+    assert ("its eval-mode network was far from the training one (val loss 290.1, 126x a uniform guess's, with train "
+            "loss 3.22: batch-norm running statistics that have not caught up, as after few steps)") in sentence
+    assert "fit its training images far better than val" not in sentence  # 15.9 points, but not overfitting
+
+    # An overfit run drives its train loss towards 0: a high val loss there is not this
+    overfit = dict(metrics, train_loss=np.array([0.05]), train_top1=np.array([0.99]), val_loss=np.array([9.0]))
+    assert diagnose(overfit, 10).eval_mode_off_at is None
+    # nor is a run that is not learning at all
+    flat = dict(metrics, train_top1=np.array([0.11]), val_loss=np.array([40.0]))
+    assert diagnose(flat, 10).eval_mode_off_at is None

@@ -1,7 +1,9 @@
 """Diagnostics the reports did by eye, computed from ``metrics.csv``.
 
 Overfitting (best epoch, train-val gap at the best and last epochs, val loss rising while train
-loss falls), a model that is not learning (train accuracy near chance), and sanity flags for
+loss falls), a model that is not learning (train accuracy near chance), an eval-mode network far
+from the training one (val loss many times a uniform guess's while the training batches are fit
+moderately: batch-norm running statistics that have not caught up), and sanity flags for
 numbers that should not happen (val accuracy far above train accuracy, NaN losses). Results
 identical across different models are a cross-run check: ``identical_results``.
 """
@@ -21,6 +23,11 @@ VAL_ABOVE_TRAIN_MARGIN = 0.10
 # Val loss must have risen by this fraction above its minimum before we call it "rising", so
 # that epoch-to-epoch noise on a flat curve does not trigger the sentence.
 RISING_TOLERANCE = 0.02
+# Val loss above this many times ln(classes) (a uniform guess's loss), while train loss is still
+# above half of it, is not overfitting (that drives train loss towards 0) but an eval-mode network
+# unlike the training one. Seen on qmul's MNIST quick pass: Inception-V3 after 10 steps, val loss
+# 290 against train 3.2 (ln 10 = 2.3), 9.5% val top-1 in eval mode and 35% with batch statistics.
+EVAL_MODE_LOSS_RATIO = 3.0
 
 
 @dataclass
@@ -38,6 +45,9 @@ class Diagnosis:
     """Epoch of the val-loss minimum when val loss has risen since while train loss fell."""
     not_learning: bool
     """Train top-1 never rose clearly above chance (1 / classes)."""
+    eval_mode_off_at: int | None = None
+    """The last epoch whose val loss was over EVAL_MODE_LOSS_RATIO x ln(classes) while train loss stayed
+    above half of ln(classes) and train top-1 above chance: the eval-mode network is off, not overfit."""
     sentences: list[str] = field(default_factory=list)
     flags: list[str] = field(default_factory=list)
     """Sanity warnings: numbers that point to a bug rather than a finding."""
@@ -84,6 +94,9 @@ def diagnose(metrics: dict[str, np.ndarray], num_classes: int) -> Diagnosis:
     rising = _val_loss_rising_since(metrics)
     max_train = float(np.nanmax(train_top1)) if len(train_top1) and not np.isnan(train_top1).all() else math.nan
     not_learning = bool(len(train_top1)) and not max_train > chance_threshold(num_classes)
+    guess = math.log(num_classes) if num_classes > 1 else math.nan
+    off = [i for i in evaluated if metrics["val_loss"][i] > EVAL_MODE_LOSS_RATIO * guess
+           and metrics["train_loss"][i] > 0.5 * guess and train_top1[i] > chance_threshold(num_classes)]
     diagnosis = Diagnosis(
         epochs=len(epochs),
         best_epoch=int(epochs[best]) if best is not None else None,
@@ -92,13 +105,33 @@ def diagnose(metrics: dict[str, np.ndarray], num_classes: int) -> Diagnosis:
         gap_at_last=_value_at(train_top1, last) - _value_at(val_top1, last),
         val_loss_rising_since=rising,
         not_learning=not_learning,
+        eval_mode_off_at=int(epochs[off[-1]]) if off else None,
     )
-    diagnosis.sentences = _sentences(diagnosis, max_train, num_classes)
+    diagnosis.sentences = _sentences(diagnosis, max_train, num_classes, metrics)
     diagnosis.flags = _sanity_flags(metrics, evaluated)
     return diagnosis
 
 
-def _sentences(d: Diagnosis, max_train: float, num_classes: int) -> list[str]:
+def eval_mode_losses(d: Diagnosis, metrics: dict[str, np.ndarray], num_classes: int) -> tuple[float, float, float] | None:
+    """(val loss, train loss, a uniform guess's loss) at ``d.eval_mode_off_at``, or None."""
+    if d.eval_mode_off_at is None:
+        return None
+    i = int(np.flatnonzero(metrics["epoch"] == d.eval_mode_off_at)[0])
+    return float(metrics["val_loss"][i]), float(metrics["train_loss"][i]), math.log(num_classes)
+
+
+def eval_mode_sentence(d: Diagnosis, metrics: dict[str, np.ndarray], num_classes: int) -> str | None:
+    """'val loss 290.1 at epoch 1, 126x a uniform guess's (2.30), with train loss 3.22: ...' or None."""
+    losses = eval_mode_losses(d, metrics, num_classes)
+    if losses is None:
+        return None
+    val, train, guess = losses
+    return (f"val loss {val:.1f} at epoch {d.eval_mode_off_at}, {val / guess:.0f}x a uniform guess's ({guess:.2f}), "
+            f"with train loss {train:.2f}: the eval-mode network is far from the training one, not overfit "
+            f"(batch-norm running statistics that have not caught up, as after few steps)")
+
+
+def _sentences(d: Diagnosis, max_train: float, num_classes: int, metrics: dict[str, np.ndarray]) -> list[str]:
     if d.best_epoch is None:
         return ["no epoch was evaluated on the val split"]
     out = []
@@ -110,6 +143,9 @@ def _sentences(d: Diagnosis, max_train: float, num_classes: int) -> list[str]:
     if d.not_learning:
         out.append(f"not learning: train top-1 never above {max_train:.1%} "
                    f"(chance is {1 / num_classes:.1%} for {num_classes} classes)")
+    eval_mode = eval_mode_sentence(d, metrics, num_classes)
+    if eval_mode:
+        out.append(eval_mode)
     return out
 
 

@@ -213,6 +213,10 @@ def build_comparison(paths: list[Path], tag: str = "val") -> Comparison:
             flags += [f"{run.row['name']}: {flag}" for flag in run.diagnosis.flags]
             if run.diagnosis.not_learning:
                 flags.append(f"{run.row['name']}: not learning (train top-1 near chance)")
+            if run.diagnosis.eval_mode_off_at is not None:
+                flags.append(f"{run.row['name']}: eval-mode network far from the training one at epoch "
+                             f"{run.diagnosis.eval_mode_off_at} (val loss many times a uniform guess's, train loss "
+                             "not; batch-norm running statistics that have not caught up)")
     return Comparison(runs, tag, seed_groups(runs), paired_tests(runs, tag), flags)
 
 

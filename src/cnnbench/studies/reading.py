@@ -15,6 +15,7 @@ from itertools import combinations
 
 import numpy as np
 
+from cnnbench.evaluate.diagnostics import eval_mode_losses
 from cnnbench.studies.results import ExperimentResult, compared_values
 
 # Training images per class in the official datasets the reports trained on (Tiny ImageNet
@@ -106,13 +107,19 @@ def _gap_sentences(rows: list[ExperimentResult]) -> list[str]:
                 why.append(f"its best epoch reached {_pct(best)}, {_points(best - ours.mean):.1f} points over the last")
         if any(s.diagnosis.not_learning for s in r.runs):
             why.append("train accuracy stayed near chance (it did not learn in the epochs it had)")
+        off = next((s for s in r.runs if s.diagnosis.eval_mode_off_at is not None), None)
+        if off is not None:  # then a large train-val gap is this, not overfitting
+            val, train, guess = eval_mode_losses(off.diagnosis, off.metrics, off.num_classes)
+            why.append(f"its eval-mode network was far from the training one (val loss {val:.1f}, {val / guess:.0f}x a "
+                       f"uniform guess's, with train loss {train:.2f}: batch-norm running statistics that have not "
+                       f"caught up, as after few steps)")
         # Train top-1 and its gap over val from the epoch the row compares val top-1 at (the last,
         # or the best epoch for a row the report read off a curve's peak), so the sentence's
         # numbers agree even where the table takes the report's train accuracy at another epoch.
         at_epoch = [compared_values(s.summary, s.metrics, r.compare) for s in r.runs]
         train = float(np.mean([v["train_top1"] for v in at_epoch]))
         gap = float(np.mean([v["train_top1"] - v["val_top1"] for v in at_epoch]))
-        if _points(gap) >= OVERFIT_POINTS:
+        if _points(gap) >= OVERFIT_POINTS and off is None:
             at = " at its best epoch" if r.compare == "best" else ""
             why.append(f"it fit its training images far better than val (train top-1 {_pct(train)}{at}, "
                        f"{_points(gap):.1f} points above val)")
