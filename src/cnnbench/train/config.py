@@ -147,7 +147,7 @@ class OptimConfig:
     grad_clip: float | None = None
     """Clip the global gradient norm to this value."""
     fused: bool | None = None
-    """torch.optim's fused kernel (one pass over each parameter instead of one per term): null uses it where it measured faster (adam and adamw on cpu and cuda, sgd on cuda, and sgd on the cpu with nesterov or weight_decay), true requires it (sgd, adam or adamw on cpu or cuda), false keeps torch's default."""
+    """torch.optim's fused kernel (one pass over each parameter instead of one per term): null uses it where it measured faster (adam and adamw, and sgd on the cpu with nesterov or weight_decay) and for sgd on cuda (torch ranks fused first there), true requires it (sgd, adam or adamw on cpu or cuda), false keeps torch's default."""
 
     def __post_init__(self) -> None:
         _choice("optim", "name", self.name, ("sgd", "adam", "adamw", "radam"))

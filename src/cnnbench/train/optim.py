@@ -66,8 +66,9 @@ def param_groups(model: nn.Module, weight_decay: float, no_decay_bn_bias: bool) 
 
 def use_fused(cfg: OptimConfig, device: torch.device) -> bool:
     """Whether ``cfg``'s optimiser runs torch's fused kernel on ``device`` (``optim.fused``): where
-    asked, or, for null, where it measured faster (the module's table): Adam and AdamW, SGD on
-    CUDA (against its foreach path), and SGD on the CPU with Nesterov or weight decay."""
+    asked, or, for null, where it measured faster (the module's table): Adam and AdamW, and SGD on
+    the CPU with Nesterov or weight decay; and SGD on CUDA, where torch's documentation ranks fused
+    above its foreach default (not measured here: no GPU was lent)."""
     available = cfg.name in FUSED["optimizers"] and device.type in FUSED["devices"]
     if cfg.fused and not available:
         raise CnnbenchError(f"optim.fused: true needs {', '.join(FUSED['optimizers'])} on "
