@@ -105,8 +105,7 @@ def test_each_ablation_changes_only_its_own_recipe_key(monkeypatch):
     from cnnbench.bench import engine_runs, settings as bench_settings
 
     assert set(bench_settings.VARIANTS) == set(throughput.VARIANTS)
-    recipes = {}
-    monkeypatch.setattr(engine_runs, "build_recipe_engine", lambda recipe, ds: recipes.setdefault(len(recipes), recipe))
+    monkeypatch.setattr(engine_runs, "build_recipe_engine", lambda recipe, ds: recipe)  # the stepper below returns it
     monkeypatch.setattr(engine_runs, "EngineStepper", lambda engine: engine)
     ctx = SimpleNamespace(settings=build_config(BenchSettings, {}, "bench"), dataset=lambda per_class: None)
     base = throughput.variant_stepper(ctx, "resnet18", throughput.VARIANTS["bf16_cl"]).to_dict()

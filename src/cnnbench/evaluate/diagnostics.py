@@ -28,6 +28,8 @@ RISING_TOLERANCE = 0.02
 # unlike the training one. Seen on qmul's MNIST quick pass: Inception-V3 after 10 steps, val loss
 # 290 against train 3.2 (ln 10 = 2.3), 9.5% val top-1 in eval mode and 35% with batch statistics.
 EVAL_MODE_LOSS_RATIO = 3.0
+EVAL_MODE_CAUSE = "batch-norm running statistics that have not caught up"
+"""The likely cause the diagnosis, the study reading and ``cnnbench compare`` all name."""
 
 
 @dataclass
@@ -128,7 +130,7 @@ def eval_mode_sentence(d: Diagnosis, metrics: dict[str, np.ndarray], num_classes
     val, train, guess = losses
     return (f"val loss {val:.1f} at epoch {d.eval_mode_off_at}, {val / guess:.0f}x a uniform guess's ({guess:.2f}), "
             f"with train loss {train:.2f}: the eval-mode network is far from the training one, not overfit "
-            f"(batch-norm running statistics that have not caught up, as after few steps)")
+            f"({EVAL_MODE_CAUSE}, as after few steps)")
 
 
 def _sentences(d: Diagnosis, max_train: float, num_classes: int, metrics: dict[str, np.ndarray]) -> list[str]:

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from cnnbench.errors import CnnbenchError
-from cnnbench.evaluate.diagnostics import Diagnosis, diagnose, identical_results
+from cnnbench.evaluate.diagnostics import EVAL_MODE_CAUSE, Diagnosis, diagnose, identical_results
 from cnnbench.evaluate.results import read_predictions
 from cnnbench.evaluate.runs import (
     EVALUATE_DIR, is_run_folder, read_classes, read_evaluations, read_metrics, read_recipe, read_summary,
@@ -216,7 +216,7 @@ def build_comparison(paths: list[Path], tag: str = "val") -> Comparison:
             if run.diagnosis.eval_mode_off_at is not None:
                 flags.append(f"{run.row['name']}: eval-mode network far from the training one at epoch "
                              f"{run.diagnosis.eval_mode_off_at} (val loss many times a uniform guess's, train loss "
-                             "not; batch-norm running statistics that have not caught up)")
+                             f"not; {EVAL_MODE_CAUSE})")
     return Comparison(runs, tag, seed_groups(runs), paired_tests(runs, tag), flags)
 
 

@@ -15,7 +15,7 @@ from itertools import combinations
 
 import numpy as np
 
-from cnnbench.evaluate.diagnostics import eval_mode_losses
+from cnnbench.evaluate.diagnostics import EVAL_MODE_CAUSE, eval_mode_losses
 from cnnbench.studies.results import ExperimentResult, compared_values
 
 # Training images per class in the official datasets the reports trained on (Tiny ImageNet
@@ -111,8 +111,7 @@ def _gap_sentences(rows: list[ExperimentResult]) -> list[str]:
         if off is not None:  # then a large train-val gap is this, not overfitting
             val, train, guess = eval_mode_losses(off.diagnosis, off.metrics, off.num_classes)
             why.append(f"its eval-mode network was far from the training one (val loss {val:.1f}, {val / guess:.0f}x a "
-                       f"uniform guess's, with train loss {train:.2f}: batch-norm running statistics that have not "
-                       f"caught up, as after few steps)")
+                       f"uniform guess's, with train loss {train:.2f}: {EVAL_MODE_CAUSE}, as after few steps)")
         # Train top-1 and its gap over val from the epoch the row compares val top-1 at (the last,
         # or the best epoch for a row the report read off a curve's peak), so the sentence's
         # numbers agree even where the table takes the report's train accuracy at another epoch.
