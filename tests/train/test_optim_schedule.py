@@ -81,15 +81,60 @@ def test_nesterov_without_momentum_is_refused():
         create_optimizer(small_net(), OptimConfig(nesterov=True, momentum=0.0))
 
 
+def in_graph_l2_grads(net, penalty, x, y):
+    """The reference: the penalty inside the loss, its gradient from autograd (Keras' way)."""
+    net.zero_grad(set_to_none=True)
+    loss = nn.functional.cross_entropy(net(x), y) + penalty.l2 * sum(w.pow(2).sum() for w in penalty.weights)
+    loss.backward()
+    return loss.detach(), [p.grad.clone() for p in net.parameters()]
+
+
 def test_keras_l2_is_added_to_the_loss_not_decay():
     net = small_net()
     penalty = create_l2_penalty(net, OptimConfig(l2=0.01, l2_layers=["3"]))
-    expected = 0.01 * net[3].weight.pow(2).sum()
-    torch.testing.assert_close(penalty(), expected)
-    penalty().backward()
-    torch.testing.assert_close(net[3].weight.grad, 2 * 0.01 * net[3].weight.detach())
-    assert net[0].weight.grad is None  # only the chosen layer carries it
+    torch.testing.assert_close(penalty.value(), 0.01 * net[3].weight.detach().pow(2).sum())
+    assert not penalty.value().requires_grad  # a number in the loss: its gradient comes from add_grad
+    x, y = torch.randn(5, 3, 6, 6), torch.tensor([0, 1, 2, 0, 1])
+    ref_loss, ref_grads = in_graph_l2_grads(net, penalty, x, y)
+    net.zero_grad(set_to_none=True)
+    loss = nn.functional.cross_entropy(net(x), y) + penalty.value()
+    loss.backward()
+    plain_conv_grad = net[0].weight.grad.clone()
+    penalty.add_grad()
+    torch.testing.assert_close(loss.detach(), ref_loss)
+    for got, want in zip([p.grad for p in net.parameters()], ref_grads):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-7)
+    torch.testing.assert_close(net[0].weight.grad, plain_conv_grad, rtol=0, atol=0)  # only the chosen layer
+    net[3].weight.grad = None
+    penalty.add_grad()  # a frozen (gradient-less) weight gets none, as under autograd
+    assert net[3].weight.grad is None
     assert create_l2_penalty(net, OptimConfig(l2=0.0)) is None
+
+
+@pytest.mark.parametrize("scaled,clip", [(False, None), (True, None), (True, 0.5)])
+def test_loop_step_with_l2_matches_the_penalty_in_the_graph(scaled, clip):
+    """The loop adds the L2 gradient after unscaling (fp16's GradScaler) and before clipping: one
+    SGD step lands where the in-graph penalty's step does."""
+    from types import SimpleNamespace
+
+    from cnnbench.train.loop import _optimizer_step
+
+    x, y = torch.randn(5, 3, 6, 6), torch.tensor([0, 1, 2, 0, 1])
+    ref_net = small_net()
+    ref_penalty = create_l2_penalty(ref_net, OptimConfig(l2=0.05))
+    in_graph_l2_grads(ref_net, ref_penalty, x, y)
+    if clip is not None:
+        torch.nn.utils.clip_grad_norm_(ref_net.parameters(), clip)
+    torch.optim.SGD(ref_net.parameters(), lr=0.1).step()
+
+    net = small_net()
+    penalty = create_l2_penalty(net, OptimConfig(l2=0.05))
+    engine = SimpleNamespace(model=net, optimizer=torch.optim.SGD(net.parameters(), lr=0.1), l2=penalty,
+                             scaler=torch.amp.GradScaler("cpu", init_scale=1024.0, enabled=scaled), grad_clip=clip,
+                             schedule=SimpleNamespace(step_batch=lambda: None), ema=None)
+    _optimizer_step(engine, nn.functional.cross_entropy(net(x), y) + penalty.value())
+    for got, want in zip(net.parameters(), ref_net.parameters()):
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_l2_layers_default_to_the_models_list_then_every_conv_linear():

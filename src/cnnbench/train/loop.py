@@ -50,7 +50,7 @@ class Engine:
     generator: torch.Generator      # augmentation randomness (checkpointed)
     device: torch.device
     label_smoothing: float = 0.0
-    l2: Callable[[], torch.Tensor] | None = None
+    l2: Any = None                  # cnnbench.train.optim.KerasL2 (or None)
     grad_clip: float | None = None
     ema: torch.optim.swa_utils.AveragedModel | None = None
     aux_weights: list[float] = field(default_factory=list)
@@ -138,7 +138,7 @@ def _forward_loss(e: Engine, view: int, images: torch.Tensor, labels: torch.Tens
     loss, logits = classification_loss(outputs, labels, mixed.labels_b if mixed else None,
                                        mixed.lam if mixed else 1.0, e.label_smoothing, e.aux_weights)
     if e.l2 is not None:
-        loss = loss + e.l2()
+        loss = loss + e.l2.value()  # a number here; its gradient is added after backward
     return loss, logits, mixed
 
 
@@ -146,8 +146,11 @@ def _optimizer_step(e: Engine, loss: torch.Tensor) -> None:
     """backward (scaled for fp16) -> optional clipping -> optimiser -> schedule -> EMA."""
     e.optimizer.zero_grad(set_to_none=True)
     e.scaler.scale(loss).backward()
+    if e.l2 is not None or e.grad_clip is not None:
+        e.scaler.unscale_(e.optimizer)  # fp16: the L2 gradient and the clipping norm in true units
+    if e.l2 is not None:
+        e.l2.add_grad()  # Keras L2 counts in the clipped norm, as it did inside the loss
     if e.grad_clip is not None:
-        e.scaler.unscale_(e.optimizer)
         torch.nn.utils.clip_grad_norm_(e.model.parameters(), e.grad_clip)
     e.scaler.step(e.optimizer)
     e.scaler.update()
