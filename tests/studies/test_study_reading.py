@@ -7,7 +7,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from cnnbench.studies.reading import _epochs_sentence, _spearman
+from cnnbench.studies.reading import StudyConditions, _epochs_sentence, _spearman
+
+CONDITIONS = StudyConditions(scale=1.0, train_per_class={"tiny-imagenet": 80.0})
 
 
 def test_spearman_gives_tied_values_their_average_rank():
@@ -37,11 +39,12 @@ def test_overfitting_sentence_takes_train_and_val_from_the_compared_epoch():
     run = SimpleNamespace(values={"val_top1": 0.196, "train_top1": 0.481}, metrics=metrics,
                           summary={"best_epoch": 7, "val_top1": 0.191, "train_top1": 0.839},
                           diagnosis=SimpleNamespace(val_loss_rising_since=8, best_val_top1=0.196, not_learning=False,
-                                                    gap_at_last=0.839 - 0.191, eval_mode_off_at=None))
+                                                    gap_at_last=0.839 - 0.191, eval_mode_off_at=None,
+                                                    still_rising_since=None))
     row = SimpleNamespace(label="ResNet-18", compare="best", epochs=20, full_epochs=20, runs=[run],
                           published=SimpleNamespace(relation="=", values={"val_top1": 0.45}),
                           difference=lambda: 0.196 - 0.45, stat=lambda metric: Stat.of([run.values[metric]]))
-    sentence = _gap_sentences([row])[0]
+    sentence = _gap_sentences([row], CONDITIONS)[0]
     assert "train top-1 48.1% at its best epoch, 28.5 points above val" in sentence
 
 
@@ -64,7 +67,7 @@ def test_a_val_loss_far_above_a_guess_is_named_as_the_eval_mode_network_not_over
     row = SimpleNamespace(label="Inception-V3, MNIST", compare="final", epochs=1, full_epochs=6, runs=[run],
                           published=SimpleNamespace(relation="=", values={"val_top1": 0.9923}),
                           difference=lambda: 0.098 - 0.9923, stat=lambda metric: Stat.of([run.values[metric]]))
-    sentence = _gap_sentences([row])[0]
+    sentence = _gap_sentences([row], CONDITIONS)[0]
     assert ("its eval-mode network was far from the training one (val loss 290.1, 126x a uniform guess's, with train "
             "loss 3.22: batch-norm running statistics that have not caught up, as after few steps)") in sentence
     assert "fit its training images far better than val" not in sentence  # 15.9 points, but not overfitting
@@ -75,3 +78,53 @@ def test_a_val_loss_far_above_a_guess_is_named_as_the_eval_mode_network_not_over
     # nor is a run that is not learning at all
     flat = dict(metrics, train_top1=np.array([0.11]), val_loss=np.array([40.0]))
     assert diagnose(flat, 10).eval_mode_off_at is None
+
+
+# Report 002's VGG-like net on train80 (session 12: plain SGD 0.01, batch 100, 40 epochs): val
+# top-1 left chance around epoch 15 and was still climbing at epoch 40.
+VGG_LIKE_VAL = [.0067, .0061, .0050, .0060, .0056, .0055, .0051, .0059, .0063, .0054, .0059, .0064, .0078, .0083,
+                .0074, .0096, .0098, .0139, .0144, .0167, .0165, .0148, .0183, .0179, .0197, .0226, .0189, .0230,
+                .0201, .0233, .0287, .0232, .0243, .0271, .0246, .0280, .0311, .0333, .0342, .0322]
+
+
+def vgg_like_metrics(val_top1=VGG_LIKE_VAL):
+    n = len(val_top1)
+    return {"epoch": np.arange(1, n + 1, dtype=float), "val_top1": np.array(val_top1),
+            "train_top1": np.linspace(0.0043, 0.0274, n), "val_top5": np.array(val_top1) * 3,
+            "train_top5": np.linspace(0.02, 0.09, n), "val_loss": np.linspace(5.30, 4.96, n),
+            "train_loss": np.linspace(6.33, 5.91, n)}
+
+
+def test_a_run_still_climbing_at_its_last_epoch_is_read_as_under_trained():
+    from cnnbench.evaluate.diagnostics import diagnose
+    from cnnbench.studies.reading import _gap_sentences
+    from cnnbench.studies.results import Stat
+
+    metrics = vgg_like_metrics()
+    diagnosis = diagnose(metrics, 200)
+    assert diagnosis.still_rising_since == 30  # the last quarter: 2.33% there, 3.22% at epoch 40
+    assert ("still improving when it stopped: val top-1 +0.9% since epoch 30, ending at its best (train top-1 2.7%): "
+            "under-trained, more epochs would raise it") in diagnosis.sentences
+    run = SimpleNamespace(values={"val_top1": 0.0322, "train_top1": 0.0274}, metrics=metrics, num_classes=200,
+                          summary={"best_epoch": 39, "val_top1": 0.0322, "train_top1": 0.0274}, diagnosis=diagnosis)
+    row = SimpleNamespace(label="VGG-like", dataset="tiny-imagenet", compare="final", epochs=40, full_epochs=40,
+                          runs=[run], published=SimpleNamespace(relation="=", values={"val_top1": 0.245}),
+                          difference=lambda: 0.0322 - 0.245, stat=lambda metric: Stat.of([run.values[metric]]))
+    sentence = _gap_sentences([row], CONDITIONS)[0]
+    assert ("it was still improving when it stopped (val top-1 +0.9 points since epoch 30, train top-1 2.7%: "
+            "under-trained; with 80 images per class against 500 it took 16% of the report's optimiser steps per "
+            "epoch)") in sentence
+
+
+@pytest.mark.parametrize("case,val_top1", [
+    ("levelled off", list(np.linspace(0.10, 0.28, 30)) + list(np.linspace(0.281, 0.30, 10))),  # +2 points, 7% of 30
+    ("a small gain", list(np.linspace(0.005, 0.0100, 30)) + list(np.linspace(0.0104, 0.0140, 10))),  # +0.4 points
+    ("past its best", VGG_LIKE_VAL[:-1] + [0.0280]),  # the last epoch 0.6 points under the best
+    ("too few evaluations", [0.01, 0.03]),
+])
+def test_runs_that_levelled_off_or_fell_back_are_not_called_under_trained(case, val_top1):
+    from cnnbench.evaluate.diagnostics import diagnose
+
+    diagnosis = diagnose(vgg_like_metrics(val_top1), 200)
+    assert diagnosis.still_rising_since is None, case
+    assert not any("still improving" in s for s in diagnosis.sentences)

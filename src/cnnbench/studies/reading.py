@@ -15,7 +15,7 @@ from itertools import combinations
 
 import numpy as np
 
-from cnnbench.evaluate.diagnostics import EVAL_MODE_CAUSE, eval_mode_losses
+from cnnbench.evaluate.diagnostics import EVAL_MODE_CAUSE, eval_mode_losses, still_rising_gain
 from cnnbench.studies.results import ExperimentResult, compared_values
 
 # Training images per class in the official datasets the reports trained on (Tiny ImageNet
@@ -88,7 +88,7 @@ def _level_sentence(rows: list[ExperimentResult]) -> str:
             f"{direction} the published numbers (from {diffs.min():+.1f} to {diffs.max():+.1f}).")
 
 
-def _gap_sentences(rows: list[ExperimentResult]) -> list[str]:
+def _gap_sentences(rows: list[ExperimentResult], conditions: StudyConditions) -> list[str]:
     """The two largest gaps, each with what its curves say about it."""
     out = []
     ranked = sorted(rows, key=lambda r: -abs(r.difference()))[:2]
@@ -107,6 +107,14 @@ def _gap_sentences(rows: list[ExperimentResult]) -> list[str]:
                 why.append(f"its best epoch reached {_pct(best)}, {_points(best - ours.mean):.1f} points over the last")
         if any(s.diagnosis.not_learning for s in r.runs):
             why.append("train accuracy stayed near chance (it did not learn in the epochs it had)")
+        rising = next((s for s in r.runs if s.diagnosis.still_rising_since is not None), None)
+        if rising is not None:
+            gain, train_last = still_rising_gain(rising.diagnosis, rising.metrics)
+            fewer = _fewer_images(r.dataset, conditions)
+            steps = (f"; with {fewer[0]:.0f} images per class against {fewer[1]} it took {fewer[0] / fewer[1]:.0%} "
+                     f"of the report's optimiser steps per epoch" if fewer else "")
+            why.append(f"it was still improving when it stopped (val top-1 {_points(gain):+.1f} points since epoch "
+                       f"{rising.diagnosis.still_rising_since}, train top-1 {_pct(train_last)}: under-trained{steps})")
         off = next((s for s in r.runs if s.diagnosis.eval_mode_off_at is not None), None)
         if off is not None:  # then a large train-val gap is this, not overfitting
             val, train, guess = eval_mode_losses(off.diagnosis, off.metrics, off.num_classes)
@@ -279,7 +287,7 @@ def write_reading(results: list[ExperimentResult], conditions: StudyConditions) 
         sentences.append(_level_sentence(exact))
         sentences += [s for s in (_condition_sentence(exact, conditions), _ranking_sentence(exact),
                                   _epochs_sentence(exact)) if s]
-        sentences += _gap_sentences(exact)
+        sentences += _gap_sentences(exact, conditions)
         sentences += [s for s in (_seed_sentence(exact),) if s]
     else:
         sentences.append("No published row with a top-1 value has a finished run yet, so nothing is compared.")
