@@ -101,7 +101,7 @@ def _still_rising_since(metrics: dict[str, np.ndarray], evaluated: np.ndarray) -
     val_top1 = metrics["val_top1"]
     if len(evaluated) < 3:
         return None
-    start = evaluated[-1 - max(2, len(evaluated) // 4)] if len(evaluated) > 3 else evaluated[0]
+    start = evaluated[-1 - max(2, len(evaluated) // 4)]  # three evaluations: the first
     last, best = val_top1[evaluated[-1]], np.max(val_top1[evaluated])
     gain = last - val_top1[start]
     if last < best - STILL_RISING_POINTS / 2 or gain < STILL_RISING_POINTS or gain < STILL_RISING_FRACTION * last:

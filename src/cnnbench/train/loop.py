@@ -21,6 +21,7 @@ from tqdm import tqdm
 from cnnbench.errors import CnnbenchError
 from cnnbench.evaluate.inference import batch_log_probs
 from cnnbench.train.distributed import StopRequest, all_reduce, broadcast_buffers
+from cnnbench.train.optim import KerasL2
 
 # Inception-V3's auxiliary classifier: "the auxiliary loss is weighted by 0.4" (torchvision's
 # reference and Szegedy et al. 2016); used when a model with aux heads does not give weights.
@@ -50,7 +51,7 @@ class Engine:
     generator: torch.Generator      # augmentation randomness (checkpointed)
     device: torch.device
     label_smoothing: float = 0.0
-    l2: Any = None                  # cnnbench.train.optim.KerasL2 (or None)
+    l2: KerasL2 | None = None
     grad_clip: float | None = None
     ema: torch.optim.swa_utils.AveragedModel | None = None
     aux_weights: list[float] = field(default_factory=list)
