@@ -31,6 +31,8 @@ def _supported_configs(name):
         configs += [(32, {"stem": "small"}), (64, {"stem": "small"})]
         if name == "inception_v3":  # the auxiliary head needs 77 px even with the small stem
             configs = [(299, {}), (80, {"stem": "small"}), (32, {"stem": "small", "aux_logits": False})]
+    if info.family in ("resnet", "preact_resnet"):
+        configs.append((64, {"stem": "small_pool"}))
     return configs
 
 
@@ -68,7 +70,7 @@ def test_shapes_forward_backward_on_meta(name, size, options):
 REAL_CASES = [(name, get_model_info(name).input_size, {}, True) for name in list_models()
               if get_model_info(name).input_size <= 64] + [
     ("lenet5", 32, {"padding": "same"}, False),
-    ("resnet18", 32, {"stem": "small"}, True), ("resnet18", 64, {}, False),
+    ("resnet18", 32, {"stem": "small"}, True), ("resnet18", 64, {}, False), ("resnet18", 32, {"stem": "small_pool"}, False),
     ("preact_resnet18", 32, {"stem": "small"}, True), ("alexnet", 64, {}, False),
     ("squeezenet1_1", 64, {}, False), ("squeezenet1_0", 32, {"stem": "small"}, False),
     ("vgg11_bn", 32, {"stem": "small"}, False), ("densenet121", 32, {"stem": "small"}, False),
@@ -161,10 +163,11 @@ def _block_by_hand(block, x, preactivated_shortcut):
     return residual + (into_shortcut if block.shortcut is None else block.shortcut(into_shortcut))
 
 
-@pytest.mark.parametrize("stem", ["imagenet", "small"])
+@pytest.mark.parametrize("stem", ["imagenet", "small", "small_pool"])
 def test_preact_blocks_pre_activate_where_preresnet_lua_does(stem):
     """The first block of a stage pre-activates before the split (its shortcut sees the
-    activated input), except stage 1 after the ImageNet stem, whose input is already BN-ReLU'd;
+    activated input), except stage 1 after the ImageNet or small_pool stem (both end in BN-ReLU-pool),
+    whose input is already BN-ReLU'd;
     the other blocks pre-activate the residual path only."""
     torch.manual_seed(0)
     model = create_model("preact_resnet18", num_classes=NUM_CLASSES, input_size=32, stem=stem).eval()
@@ -172,7 +175,7 @@ def test_preact_blocks_pre_activate_where_preresnet_lua_does(stem):
         bn.running_mean.uniform_(-1, 1)  # non-trivial BN, so an extra or missing BN-ReLU shows
         bn.weight.data.uniform_(0.5, 1.5)
     first = model.layer1[0]
-    assert (first.bn1 is None) == (stem == "imagenet")
+    assert (first.bn1 is None) == (stem != "small")
     x = torch.randn(2, 64, 8, 8)
     with torch.no_grad():
         assert torch.allclose(first(x), _block_by_hand(first, x, preactivated_shortcut=True), atol=1e-5)

@@ -124,3 +124,12 @@ def test_small_stem_costs_about_16x_at_64px():
     # every layer after the stem sees 4x4 = 16 times more pixels
     assert 14 < small / native < 16.5
     assert small / 1e9 == pytest.approx(4.45, abs=0.05)
+
+
+def test_small_pool_stem_costs_about_4x_at_64px():
+    native = count_flops(without_batchnorm(build_on_meta("resnet18", num_classes=200, input_size=64)))
+    pooled = count_flops(without_batchnorm(build_on_meta("resnet18", num_classes=200, input_size=64,
+                                                         stem="small_pool")))
+    # every layer after the max-pool sees 2x2 = 4 times more pixels; the 3x3 stem conv is cheaper
+    # than the 7x7 one but runs on 4x the pixels
+    assert 3.6 < pooled / native < 4.0

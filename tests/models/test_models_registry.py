@@ -75,7 +75,7 @@ def test_unknown_option_lists_valid_ones():
 
 
 @pytest.mark.parametrize("options, match", [
-    ({"stem": "tiny"}, "stem: expected one of imagenet, small"),
+    ({"stem": "tiny"}, "stem: expected one of imagenet, small, small_pool, got 'tiny'"),
     ({"dropout": 1.5}, r"dropout: expected a rate in \[0, 1\)"),
     ({"padding": "full"}, "padding: expected one of valid, same"),
     ({"stem": ["small"]}, "option stem expects a single value"),
@@ -84,6 +84,25 @@ def test_bad_option_values(options, match):
     name = "deepl18_a" if "padding" in options else "resnet18"
     with pytest.raises(CnnbenchError, match=match):
         create_model(name, input_size=64, **options)
+
+
+@pytest.mark.parametrize("name", ["densenet121", "vgg11", "alexnet", "squeezenet1_1", "googlenet"])
+def test_small_pool_stem_is_the_resnet_families_own(name):
+    with pytest.raises(CnnbenchError, match="stem: expected one of imagenet, small, got 'small_pool'"):
+        create_model(name, input_size=64, stem="small_pool")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_small_pool_stem_keeps_the_pool_after_a_3x3_stride_1_conv(name):
+    imagenet = create_model(name, num_classes=10, input_size=64)
+    pooled = create_model(name, num_classes=10, input_size=64, stem="small_pool")
+    assert (pooled.conv1.kernel_size, pooled.conv1.stride, pooled.conv1.padding) == ((3, 3), (1, 1), (1, 1))
+    assert isinstance(pooled.maxpool, nn.MaxPool2d)
+    assert pooled.state_dict().keys() == imagenet.state_dict().keys()  # torchvision's names stay
+    x = torch.randn(2, 3, 64, 64)
+    stem = pooled.maxpool(pooled.relu(pooled.bn1(pooled.conv1(x))))
+    assert stem.shape[-2:] == (32, 32)  # layer1 at S/2 (S/4 with the ImageNet stem)
+    assert pooled.forward_features(x).shape[-2:] == (4, 4)
 
 
 @pytest.mark.parametrize("kwargs, match", [

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnbench.models.base import ZooModel, check_choice, check_dropout
-from cnnbench.models.registry import STEMS, register_model
+from cnnbench.models.registry import RESNET_STEMS, register_model
 
 WIDTHS = (64, 128, 256, 512)
 
@@ -68,9 +68,9 @@ class PreActResNet(ZooModel):
         self.stem = self.make_stem(in_channels, stem)
         in_planes = WIDTHS[0]
         for index, (planes, depth) in enumerate(zip(WIDTHS, depths), start=1):
-            # preresnet.lua: the ImageNet stem ends in BN-ReLU(-pool), so stage 1 starts 'no_preact';
+            # preresnet.lua: the ImageNet stem (and small_pool) ends in BN-ReLU(-pool), so stage 1 starts 'no_preact';
             # every other stage's first block pre-activates before the split.
-            first = "none" if index == 1 and stem == "imagenet" else "both"
+            first = "none" if index == 1 and stem != "small" else "both"
             blocks = [PreActBlock(in_planes, planes, stride=1 if index == 1 else 2, preact=first)]
             blocks += [PreActBlock(planes, planes, stride=1) for _ in range(depth - 1)]
             self.add_module(f"layer{index}", nn.Sequential(*blocks))
@@ -87,16 +87,18 @@ class PreActResNet(ZooModel):
     def make_stem(in_channels: int, stem: str) -> nn.Sequential:
         if stem == "small":
             return nn.Sequential(OrderedDict(conv=nn.Conv2d(in_channels, WIDTHS[0], 3, padding=1, bias=False)))
+        conv = (nn.Conv2d(in_channels, WIDTHS[0], 3, padding=1, bias=False) if stem == "small_pool"
+                else nn.Conv2d(in_channels, WIDTHS[0], 7, stride=2, padding=3, bias=False))
         return nn.Sequential(OrderedDict(
-            conv=nn.Conv2d(in_channels, WIDTHS[0], 7, stride=2, padding=3, bias=False),
+            conv=conv,
             bn=nn.BatchNorm2d(WIDTHS[0]), relu=nn.ReLU(inplace=True),
             pool=nn.MaxPool2d(3, stride=2, padding=1),
         ))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)  # (B, C, S, S) -> (B, 64, S/4, S/4) imagenet | (B, 64, S, S) small
+        x = self.stem(x)  # (B, C, S, S) -> (B, 64, S/4, S/4) imagenet | (B, 64, S/2, S/2) small_pool | (B, 64, S, S) small
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return F.relu(self.bn_final(x))  # (B, 512, S/32, S/32) | (B, 512, S/8, S/8)
+        return F.relu(self.bn_final(x))  # (B, 512, S/32, S/32) | (B, 512, S/16, S/16) | (B, 512, S/8, S/8)
 
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.fc(self.head_drop(torch.flatten(self.avgpool(features), 1)))
@@ -104,14 +106,15 @@ class PreActResNet(ZooModel):
 
 def build_preact(depths: tuple[int, ...], *, num_classes: int, in_channels: int, input_size: int, pretrained=None,
                  stem: str = "imagenet", dropout: float | None = None) -> PreActResNet:
-    check_choice("stem", stem, STEMS)
+    check_choice("stem", stem, RESNET_STEMS)
     check_dropout(dropout)
     return PreActResNet(depths, num_classes, in_channels, stem, dropout or 0.0)
 
 
 _COMMON = dict(family="preact_resnet", source="He et al. 2016, Identity Mappings (ours; compared in report 003)",
                input_size=224, min_input_size=1,
-               options={"stem": "imagenet (7x7/2 conv, max-pool) or small (3x3/1 conv) for 32/64 px inputs",
+               options={"stem": "imagenet (7x7/2 conv, max-pool), small (3x3/1 conv) or small_pool (3x3/1 conv, max-pool) "
+                                "for 32/64 px inputs",
                         "dropout": "dropout rate before the FC (default 0)"})
 
 

@@ -35,6 +35,10 @@ def parse_options(items: list[str], where: str) -> dict[str, Any]:
 
 
 STEMS = ("imagenet", "small")
+RESNET_STEMS = STEMS + ("small_pool",)
+"""The ResNet families also take ``small_pool``: the small stem's 3x3 stride-1 conv with the ImageNet
+stem's max-pool kept, so the residual stages see S/2 maps (4x the ImageNet stem's FLOPs, a quarter
+of the small stem's)."""
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ Small-image variant (``stem="small"``): the 7x7 stride-2 conv becomes a 3x3 stri
 the first max-pool goes, as in He et al.'s CIFAR ResNets and the Tiny ImageNet ResNet-18 that
 reaches 60.7% top-1 at 64 px (shared/ANCHORS.md): a 64 px image then reaches layer4 at 8x8
 instead of 2x2, for about 15x the FLOPs of the ImageNet stem at the same input size.
+
+Between the two (``stem="small_pool"``): the same 3x3 stride-1 conv, with the max-pool kept, as
+many Tiny ImageNet ResNets do: a 64 px image reaches layer1 at 32x32 and layer4 at 4x4, for about
+4x the ImageNet stem's FLOPs.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from cnnbench.models.registry import register_model
+from cnnbench.models.registry import RESNET_STEMS, register_model
 from cnnbench.models.torchvision_adapter import TORCHVISION_OPTIONS, TorchvisionModel, build_torchvision
 
 SOURCE = "He et al. 2016, Deep Residual Learning (torchvision)"
@@ -24,6 +28,7 @@ class ResNetAdapter(TorchvisionModel):
     # forward_features uses ``relu`` only right after ``bn1``: a fused batch norm may take it over
     # (cnnbench.train.fused_bn)
     stem_relu_follows_bn1 = True
+    stems = RESNET_STEMS
 
     def __init__(self, net: nn.Module) -> None:
         super().__init__(net, classifier_name="fc", head_names=("avgpool", "head_drop", "fc"))
@@ -41,12 +46,18 @@ class ResNetAdapter(TorchvisionModel):
         self.replace_first_conv(kernel_size=3, stride=1, padding=1)
         self.maxpool = nn.Identity()
 
+    def use_small_pool_stem(self) -> None:
+        self.replace_first_conv(kernel_size=3, stride=1, padding=1)
+
 
 def _resnet(torchvision_name: str, **kwargs) -> ResNetAdapter:
     return build_torchvision(ResNetAdapter, torchvision_name, **kwargs)
 
 
-_COMMON = dict(family="resnet", source=SOURCE, input_size=224, options=TORCHVISION_OPTIONS)
+_COMMON = dict(family="resnet", source=SOURCE, input_size=224, options={
+    **TORCHVISION_OPTIONS,
+    "stem": "imagenet (torchvision's 7x7/2 conv, max-pool), small (3x3/1 conv, no pool: ~15x the FLOPs at 64 px) "
+            "or small_pool (3x3/1 conv, max-pool: ~4x)"})
 
 
 @register_model(**_COMMON, min_input_size=1, torchvision_name="resnet18",

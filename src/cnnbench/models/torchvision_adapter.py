@@ -32,6 +32,8 @@ class TorchvisionModel(ZooModel):
     """Base adapter: subclasses set ``first_conv_name`` and implement the feature/head split."""
 
     first_conv_name: str = ""
+    stems: tuple[str, ...] = STEMS
+    """The ``stem`` option's values for this family."""
     # Whether the family's own init scales the stem's weights with 1/sqrt(fan-in) (PyTorch's
     # default and DenseNet's Kaiming fan-in), rather than with fan-out (ResNet, VGG) or a fixed
     # std (GoogLeNet, Inception-V3): a fresh stem for other input channels must be rescaled then.
@@ -53,6 +55,10 @@ class TorchvisionModel(ZooModel):
 
     def use_small_stem(self) -> None:
         """Switch to the family's small-image variant (documented per family)."""
+        raise NotImplementedError
+
+    def use_small_pool_stem(self) -> None:
+        """The small stem's conv with the ImageNet stem's pooling kept (families listing it in ``stems``)."""
         raise NotImplementedError
 
     # --- shared surgery -------------------------------------------------------------------
@@ -133,7 +139,7 @@ def build_torchvision(adapter: type[TorchvisionModel], torchvision_name: str, *,
     import torchvision
 
     del input_size  # torchvision models pool adaptively; create_model has checked the size
-    check_choice("stem", stem, STEMS)
+    check_choice("stem", stem, adapter.stems)
     check_dropout(dropout)
     check_choice("extra_fc", extra_fc, (True, False))
     imagenet_head = pretrained is not None or extra_fc
@@ -147,6 +153,8 @@ def build_torchvision(adapter: type[TorchvisionModel], torchvision_name: str, *,
         model.replace_first_conv(in_channels=in_channels)
     if stem == "small":
         model.use_small_stem()
+    elif stem == "small_pool":
+        model.use_small_pool_stem()
     if extra_fc:
         model.add_extra_fc(num_classes)
     elif pretrained is not None and num_classes != 1000:
