@@ -1,7 +1,7 @@
 """Section ``tta``: val top-1 reached within fixed CPU-time budgets, and the time to a fixed top-1.
 
 Recipes race on the same data: cnnbench's ``modern`` recipe (the studies' own, e.g.
-``skoltech22_cnns/modern``: ImageNet-stem ResNet-18, SGD-Nesterov, cosine, label smoothing,
+``skoltech22_cnns/modern``: ResNet-18 with the small_pool stem, SGD-Nesterov, cosine, label smoothing,
 bf16) against the reports' best from-scratch recipe (report
 003's ResNet-18, RAdam 1e-3, step decay, 45% published on the full data). All are trained by
 cnnbench's engine — the comparison is of recipes, not of engines.
