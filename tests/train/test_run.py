@@ -68,8 +68,10 @@ def test_cli_writes_the_run_folder(tiny_data, tmp_path, capsys, monkeypatch):
     assert env["torch"] == torch.__version__ and env["device"] == "cpu" and env["precision"] == "fp32"
     assert len(env["dataset_manifest_hash"]) == 16
     # fp32 simple_cnn at 12 px: no map small enough for a matmul conv, no fused BN, its one max pool in C++,
-    # and plain momentum SGD on the CPU, where torch's fused kernel is slower than its default path
-    assert env["fast_paths"] == {"gemm_convs": 0, "nhwc_max_pools": 1, "fused_optimizer": False}
+    # and plain momentum SGD on the CPU, where torch's fused kernel is slower than its default path;
+    # subnormal floats flushed to zero on the recipe's one thread
+    assert env["fast_paths"] == {"gemm_convs": 0, "nhwc_max_pools": 1, "fused_optimizer": False,
+                                 "flush_denormal": "1 thread"}
 
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")  # weights_only=True inside
     for key in ("model", "optimizer", "scheduler", "scaler", "ema", "rng", "epoch", "loader", "recipe", "classes",

@@ -77,5 +77,28 @@ class Kernels:
         return self.module
 
 
+CPU_FLAGS = Kernels(Path(__file__).with_name("cpu_flags.cpp"), "flush-to-zero switch for torch's CPU threads")
+"""FTZ/DAZ on every intra-op thread (``flush_denormals``)."""
+
 NHWC_OPS = Kernels(Path(__file__).with_name("nhwc_ops.cpp"), "channels_last im2col and max-pool kernels")
 """im2col, col2im and max pooling on channels_last activations (``gemm_conv``, ``max_pool``)."""
+
+
+_flushing = False
+
+
+def flush_denormals(on: bool) -> str:
+    """Flush subnormal floats to zero (``on``) or stop, on every thread of torch's CPU pool, and say
+    where it took effect. Without the compiled switch, only the calling thread (torch's own
+    ``set_flush_denormal``). Turning it off when this never turned it on does nothing."""
+    global _flushing
+    if not on and not _flushing:
+        return "off"
+    _flushing = on
+    module = CPU_FLAGS.load()
+    if module is None:
+        supported = torch.set_flush_denormal(on)
+        return f"calling thread only ({CPU_FLAGS.error})" if supported else "unsupported on this CPU"
+    torch.set_flush_denormal(on)  # torch's own record of the mode, for the calling thread
+    threads = module.set_flush_denormal(on)
+    return f"{threads} thread{'s' if threads != 1 else ''}" if threads else "unsupported on this CPU"

@@ -38,7 +38,7 @@ from cnnbench.train.fused_bn import load_error as fused_bn_load_error
 from cnnbench.train.fused_bn import use_fused_batchnorm
 from cnnbench.train.gemm_conv import AUTO_MAX_AREA, use_gemm_convs
 from cnnbench.train.max_pool import use_nhwc_max_pool
-from cnnbench.train.native import NHWC_OPS
+from cnnbench.train.native import NHWC_OPS, flush_denormals
 from cnnbench.train.loop import (Engine, NonFiniteLoss, Progress, check_finite_weights, evaluate, improved,
                                  sums_to_metrics, train_one_epoch)
 from cnnbench.train.optim import create_l2_penalty, create_optimizer
@@ -428,6 +428,7 @@ def train_run(recipe: Recipe | None, run_dir: str | Path, resume: bool = False, 
         rundir.remove_empty(created)  # refused before anything was written (data, model): no empty run folder
         raise
     finally:
+        flush_denormals(False)  # torch's default, if _train turned it on (before the thread count changes back)
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
         shutdown_distributed()
@@ -510,6 +511,15 @@ def _train(recipe: Recipe, run_dir: Path, ckpt: dict[str, Any] | None, quiet: bo
     model = build_model(recipe, kwargs)
     mflops = count_flops(model) / 1e6  # forward FLOPs per image at the input size, torch's flop counter
     engine = build_engine(recipe, ds, model, dev, precision, ranks)
+    if dev.type == "cpu":
+        # Subnormal floats take a slow microcode path on x86 CPUs. Adam's first moments of weights
+        # whose gradients stay zero (dead units) decay by beta1 per step into that range within a
+        # few epochs, and so do weights shrunk by L2: report 000's model E slowed from 89-95
+        # s/epoch (epochs 1-3) to 141-145 (epochs 6-7), with 8.9 M of its 42.7 M moments and
+        # 8.5 M weights subnormal; its Adam step in that state takes 11x longer
+        # (benchmarks/probe_denormal.py). Flushing them to zero (FTZ/DAZ, as TensorFlow's CPU
+        # thread pools do) changes only values below 1.2e-38. train_run() turns it off again.
+        engine.fast_paths["flush_denormal"] = flush_denormals(True)
     seed_rank(recipe, ranks)
     classes = [c.id for c in ds.classes]
     progress = Progress()
