@@ -1,4 +1,4 @@
-"""Building the C++ kernels of the CPU fast paths (``fused_bn.cpp``, ``nhwc_ops.cpp``) on first use.
+"""Building the C++ kernels of the CPU fast paths (``fused_bn.cpp``, ``nhwc_ops.cpp``, ``cpu_flags.cpp``) on first use.
 
 Each source is compiled once with torch's extension builder and cached under torch's extension
 folder, keyed by the source (and the headers beside it), the flags, the CPU and the torch build,
