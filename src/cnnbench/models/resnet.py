@@ -43,7 +43,7 @@ class ResNetAdapter(TorchvisionModel):
         return self.fc(self.head_drop(torch.flatten(self.avgpool(features), 1)))
 
     def use_small_stem(self) -> None:
-        self.replace_first_conv(kernel_size=3, stride=1, padding=1)
+        self.use_small_pool_stem()
         self.maxpool = nn.Identity()
 
     def use_small_pool_stem(self) -> None:

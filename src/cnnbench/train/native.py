@@ -95,10 +95,9 @@ def flush_denormals(on: bool) -> str:
     if not on and not _flushing:
         return "off"
     _flushing = on
+    supported = torch.set_flush_denormal(on)  # the calling thread, and torch's own record of the mode
     module = CPU_FLAGS.load()
     if module is None:
-        supported = torch.set_flush_denormal(on)
         return f"calling thread only ({CPU_FLAGS.error})" if supported else "unsupported on this CPU"
-    torch.set_flush_denormal(on)  # torch's own record of the mode, for the calling thread
     threads = module.set_flush_denormal(on)
     return f"{threads} thread{'s' if threads != 1 else ''}" if threads else "unsupported on this CPU"
