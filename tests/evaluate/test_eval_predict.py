@@ -15,6 +15,7 @@ from cnnbench.errors import CnnbenchError
 from cnnbench.evaluate.evaluation import evaluate_run
 from cnnbench.evaluate.predict import predict_images, write_submission
 from cnnbench.train.checkpoint import load_checkpoint, save_checkpoint
+from cnnbench.train.native import CPU_FLAGS
 
 from eval_fixtures import NAMES, WNIDS, reference_log_probs, write_checkpointed_run
 
@@ -202,3 +203,24 @@ def test_an_output_path_that_is_a_folder_is_refused_before_the_work(run, tmp_pat
     assert main(command) == 2
     assert capsys.readouterr().err == f"cnnbench: error: {option} {folder}: is a folder; expected a file name\n"
     assert list(folder.iterdir()) == [] and [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.skipif(CPU_FLAGS.load() is None, reason=f"no C++ toolchain: {CPU_FLAGS.error}")
+def test_evaluate_and_predict_flush_subnormals_on_the_cpu_and_put_the_default_back(run, tiny_data, monkeypatch):
+    import cnnbench.evaluate.inference as inference
+    import cnnbench.evaluate.predict as predict
+
+    subnormal = torch.full((1 << 20,), 1e-40)  # split over the pool's threads by an elementwise op
+    seen = []
+
+    def recording(*args, **kwargs):
+        seen.append(bool((subnormal * 1.0 == 0).all()))
+        return original(*args, **kwargs)
+
+    original = inference.batch_log_probs
+    monkeypatch.setattr(inference, "batch_log_probs", recording)
+    monkeypatch.setattr(predict, "batch_log_probs", recording)
+    evaluate_run(run)
+    predict_images(run, [tiny_data / "val" / "images" / "val_0.JPEG"])
+    assert len(seen) >= 2 and all(seen)
+    assert torch.equal(subnormal * 1.0, subnormal)  # torch's default again for the caller

@@ -7,7 +7,7 @@ import torch
 import yaml
 
 from cnnbench.train.config import load_recipe
-from cnnbench.train.native import CPU_FLAGS, flush_denormals
+from cnnbench.train.native import CPU_FLAGS, denormals_flushed, flush_denormals
 from cnnbench.train.run import train_run
 from train_fixtures import tiny_recipe
 
@@ -41,6 +41,19 @@ def test_flush_reaches_every_thread_of_the_pool(two_threads):
     assert flush_denormals(False) == "2 threads"
     assert torch.equal(x * 1.0, x)
     assert flush_denormals(False) == "off"  # not on: nothing to undo
+
+
+def test_flushed_block_restores_the_mode_it_found(two_threads):
+    x = subnormals()
+    with denormals_flushed(torch.device("cpu")):
+        assert (x * 1.0 == 0).all()
+    assert torch.equal(x * 1.0, x)  # off again after the block
+    with denormals_flushed(torch.device("meta")):  # not the CPU: nothing changes
+        assert torch.equal(x * 1.0, x)
+    flush_denormals(True)  # as training has it
+    with denormals_flushed(torch.device("cpu")):
+        assert (x * 1.0 == 0).all()
+    assert (x * 1.0 == 0).all()  # still on: the block did not turn off what it found on
 
 
 def test_training_flushes_and_puts_the_default_back(tiny_data, tmp_path, two_threads):

@@ -22,6 +22,7 @@ from cnnbench.evaluate.inference import (
 )
 from cnnbench.evaluate.metrics import top_k_indices
 from cnnbench.files import check_writable, write_text
+from cnnbench.train.native import denormals_flushed
 
 
 @dataclass
@@ -73,8 +74,9 @@ def predict_images(run_dir: Path, paths: list[Path], top: int = 5, checkpoint: s
     images = torch.stack([decode_image_file(p, dataset.channels, dataset.image_size) for p in paths])
     resolved, precision = resolve_runtime(device, scorer.recipe)
     scorer.model.to(resolved)
-    log_probs = batch_log_probs(scorer.model, eval_pipeline(scorer, dataset.stats), images.to(resolved),
-                                precision, scorer.recipe.train.tta).cpu().numpy()
+    with denormals_flushed(resolved):
+        log_probs = batch_log_probs(scorer.model, eval_pipeline(scorer, dataset.stats), images.to(resolved),
+                                    precision, scorer.recipe.train.tta).cpu().numpy()
     chosen = top_k_indices(log_probs, top)
     return [{"file": str(path), "image": images[i].permute(1, 2, 0).numpy(),  # (H, W, C) uint8, as the model saw it
              "top": [Guess(scorer.classes[c].id, scorer.classes[c].name, round(float(np.exp(log_probs[i, c])), 6))

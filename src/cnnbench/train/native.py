@@ -13,6 +13,8 @@ import hashlib
 import logging
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -101,3 +103,18 @@ def flush_denormals(on: bool) -> str:
         return f"calling thread only ({CPU_FLAGS.error})" if supported else "unsupported on this CPU"
     threads = module.set_flush_denormal(on)
     return f"{threads} thread{'s' if threads != 1 else ''}" if threads else "unsupported on this CPU"
+
+
+@contextmanager
+def denormals_flushed(device: torch.device) -> Iterator[None]:
+    """``flush_denormals`` for the block on a CPU ``device`` (inference: ``evaluate``, ``predict``),
+    back to the mode it found after it; elsewhere nothing. Inside training, where it is on already,
+    it stays on."""
+    if device.type != "cpu" or _flushing:
+        yield
+        return
+    flush_denormals(True)
+    try:
+        yield
+    finally:
+        flush_denormals(False)
