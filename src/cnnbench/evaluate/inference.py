@@ -141,6 +141,6 @@ def split_log_probs(scorer: Scorer, pipeline: BatchPipeline, split, device: torc
     if tta not in TTA_MODES:
         raise CnnbenchError(f"--tta: expected one of {', '.join(TTA_MODES)}, got {tta!r}")
     loader = BatchLoader(split, batch_size=batch_size, shuffle=False, drop_last=False, device=str(device))
-    with denormals_flushed(device):  # as in training: activations that reach the subnormal range stay fast
+    with denormals_flushed(device):  # as in training: subnormal weights (a checkpoint from elsewhere) stay fast
         chunks = [batch_log_probs(scorer.model, pipeline, images, precision, tta).cpu().numpy() for images, _ in loader]
     return np.concatenate(chunks) if chunks else np.zeros((0, len(scorer.classes)), dtype=np.float32)
