@@ -173,6 +173,24 @@ def test_a_folder_with_another_recipe_is_never_overwritten(tmp_path):
         run_study(study, StudyOptions(scale=0.2, out=tmp_path, only=only), trainer=FakeEngine(), log=quiet, sizer=size80)
 
 
+def test_a_folder_written_before_a_setting_existed_is_the_same_recipe(tmp_path):
+    """A key a later cnnbench added (here augment.mix_prob) is missing from older recipe.yaml files;
+    at its default the run is still the one planned: skipped, not refused or retrained."""
+    study = load_study("cambridge18_baselines")
+    only = ("logistic_regression",)
+    execute_plan(plan_study(study, StudyOptions(scale=0.1, only=only), tmp_path), FakeEngine(), quiet)
+    stored = tmp_path / "runs" / "logistic_regression" / "seed0" / "recipe.yaml"
+    text = stored.read_text()
+    assert "mix_prob: 1.0" in text
+    stored.write_text("\n".join(line for line in text.splitlines() if "mix_prob" not in line))
+    engine = FakeEngine()
+    result = run_study(study, StudyOptions(scale=0.1, out=tmp_path, only=only), trainer=engine, log=quiet, sizer=size80)
+    assert engine.calls == [] and [o.status for o in result.outcomes] == ["skipped"]
+    with pytest.raises(CnnbenchError, match=r"augment.mix_prob differs"):  # another value is another recipe
+        run_study(study, StudyOptions(scale=0.1, out=tmp_path, only=only, overrides=("augment.mix_prob=0.5",)),
+                  trainer=FakeEngine(), log=quiet, sizer=size80)
+
+
 def test_the_report_leaves_out_folders_trained_with_another_recipe(tmp_path):
     """The README's `--only modern --out <existing dir>`: an earlier --scale 0.1 folder is not reported as scale 1."""
     study = load_study("cambridge18_baselines")

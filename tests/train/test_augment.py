@@ -200,6 +200,19 @@ def test_mixup_and_cutmix_weights():
     assert create_mix(dict(hflip=0.5)) is None
 
 
+def test_mix_prob_leaves_that_share_of_batches_clean_and_changes_nothing_at_one():
+    x, y = torch.rand(4, 3, 8, 8), torch.arange(4)
+    half = create_mix(dict(mixup=0.4, cutmix=1.0, mix_prob=0.5))
+    g = torch.Generator().manual_seed(0)
+    clean = sum(half(x, y, g) is None for _ in range(400))
+    assert 160 < clean < 240  # binomial(400, 0.5): sd 10
+    # prob 1 draws nothing extra: the same generator state gives the same lambdas as before the option existed
+    a, b = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    default, explicit = create_mix(dict(mixup=0.4, cutmix=1.0)), create_mix(dict(mixup=0.4, cutmix=1.0, mix_prob=1.0))
+    assert [default(x, y, a).lam for _ in range(5)] == [explicit(x, y, b).lam for _ in range(5)]
+    assert create_mix(dict(mix_prob=0.5)) is None  # no alpha set: nothing to mix
+
+
 @pytest.mark.parametrize("name", ["brightness", "color_jitter"])
 def test_strength_above_one_never_draws_a_negative_factor(name):
     # torchvision's ColorJitter draws from [max(0, 1 - s), 1 + s]; a negative brightness factor

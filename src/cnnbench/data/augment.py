@@ -48,7 +48,7 @@ Op = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 # Keys of an augmentation mapping that are per-image ops (handled by create_augment) and keys
 # handled elsewhere (mixup/cutmix by create_mix, sets by the training loop).
-BATCH_LABEL_KEYS = ("mixup", "cutmix")
+BATCH_LABEL_KEYS = ("mixup", "cutmix", "mix_prob")
 OTHER_KEYS = ("sets",)
 
 
@@ -535,7 +535,7 @@ DEFAULTS: dict[str, Any] = {
     "hflip": 0.0, "vflip": 0.0, "rotate": 0.0, "translate": 0.0, "brightness": 0.0, "crop_padding": 0,
     "random_resized_crop": None, "center_crop": None, "blur": 0.0, "blur_sigma": (0.1, 2.0),
     "color_jitter": 0.0, "randaugment": None, "trivialaugment": False, "random_erasing": 0.0,
-    "mixup": 0.0, "cutmix": 0.0, "sets": [],
+    "mixup": 0.0, "cutmix": 0.0, "mix_prob": 1.0, "sets": [],
 }
 
 
@@ -575,12 +575,17 @@ class BatchMix:
 
     mixup: float = 0.0
     cutmix: float = 0.0
+    prob: float = 1.0
 
     def _beta(self, alpha: float, g: torch.Generator) -> float:
         seed = int(torch.randint(0, 2**62, (1,), generator=g, device=g.device).item())
         return float(np.random.default_rng(seed).beta(alpha, alpha))
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> MixedBatch:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, g: torch.Generator) -> MixedBatch | None:
+        """The mixed batch, or None when this batch stays clean (probability 1 - prob). At prob 1
+        nothing extra is drawn, so runs without mix_prob keep the random stream they always had."""
+        if self.prob < 1.0 and not bool(torch.rand(1, generator=g, device=g.device).item() < self.prob):
+            return None
         use_cutmix = self.cutmix > 0 and (self.mixup == 0 or
                                           bool(torch.rand(1, generator=g, device=g.device).item() < 0.5))
         lam = self._beta(self.cutmix if use_cutmix else self.mixup, g)
@@ -605,4 +610,4 @@ def create_mix(settings: Mapping[str, Any] | None) -> BatchMix | None:
     values = _resolve(settings)
     if values["mixup"] <= 0 and values["cutmix"] <= 0:
         return None
-    return BatchMix(float(values["mixup"]), float(values["cutmix"]))
+    return BatchMix(float(values["mixup"]), float(values["cutmix"]), float(values["mix_prob"]))

@@ -8,6 +8,7 @@ reports work on a run folder without torch or the dataset.
 
 from __future__ import annotations
 
+import copy
 import csv
 import hashlib
 import json
@@ -22,6 +23,7 @@ import yaml
 
 from cnnbench.errors import CnnbenchError
 from cnnbench.files import load_yaml, write_atomic, write_text
+from cnnbench.train.config import Recipe, build_config
 
 METRICS_COLUMNS = ("epoch", "train_loss", "train_top1", "train_top5", "val_loss", "val_top1",
                    "val_top5", "lr", "epoch_seconds", "images_per_s")
@@ -135,7 +137,17 @@ def read_recipe(run_dir: Path) -> dict[str, Any]:
         raise CnnbenchError(f"{path}: not a text file (not UTF-8); expected a YAML recipe") from None
     if not isinstance(data, dict):
         raise CnnbenchError(f"{path}: expected a mapping of recipe sections")
-    return data
+    return with_defaults(data)
+
+
+def with_defaults(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A stored recipe with the keys a later cnnbench added filled in at their defaults, so that a
+    run folder written before a new setting existed still matches (and hashes like) the same recipe
+    planned today; one that no longer validates is returned as stored."""
+    try:
+        return build_config(Recipe, copy.deepcopy(recipe)).to_dict()
+    except CnnbenchError:
+        return recipe
 
 
 def recipe_without_seed_hash(recipe: dict[str, Any]) -> str:

@@ -236,11 +236,13 @@ class AugmentConfig:
     """Mixup alpha (0 turns it off)."""
     cutmix: float = 0.0
     """CutMix alpha (0 turns it off); with both set, one of the two is chosen per batch."""
+    mix_prob: float = 1.0
+    """Probability that a batch is mixed at all when mixup or cutmix is on (timm's mixup_prob); the others train on clean images."""
     sets: list[dict[str, Any]] = field(default_factory=list)
     """Fixed augmentation 'sets' that enlarge the training set (one report doubled it): each entry is an augmentation dict like this section, applied once per epoch to a copy of the data; the original data is always included."""
 
     def __post_init__(self) -> None:
-        for name in ("hflip", "vflip", "blur", "random_erasing"):
+        for name in ("hflip", "vflip", "blur", "random_erasing", "mix_prob"):
             _within("augment", name, getattr(self, name), "a probability", 0, 1, high_open=False)
         for name in ("rotate", "brightness", "color_jitter", "mixup", "cutmix", "crop_padding"):
             _positive("augment", name, getattr(self, name), allow_zero=True)
