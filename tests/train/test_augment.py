@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 from torchvision.transforms.v2 import functional as TF
@@ -206,10 +207,13 @@ def test_mix_prob_leaves_that_share_of_batches_clean_and_changes_nothing_at_one(
     g = torch.Generator().manual_seed(0)
     clean = sum(half(x, y, g) is None for _ in range(400))
     assert 160 < clean < 240  # binomial(400, 0.5): sd 10
-    # prob 1 draws nothing extra: the same generator state gives the same lambdas as before the option existed
-    a, b = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
-    default, explicit = create_mix(dict(mixup=0.4, cutmix=1.0)), create_mix(dict(mixup=0.4, cutmix=1.0, mix_prob=1.0))
-    assert [default(x, y, a).lam for _ in range(5)] == [explicit(x, y, b).lam for _ in range(5)]
+    # prob 1 draws nothing extra: mixup alone takes its lambda's seed from the generator's first
+    # draw, as before the option existed; below 1 that first draw goes to the clean-or-mixed choice
+    expected_seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(1)).item())
+    expected = float(np.random.default_rng(expected_seed).beta(0.4, 0.4))
+    assert create_mix(dict(mixup=0.4, mix_prob=1.0))(x, y, torch.Generator().manual_seed(1)).lam == expected
+    assert create_mix(dict(mixup=0.4))(x, y, torch.Generator().manual_seed(1)).lam == expected
+    assert create_mix(dict(mixup=0.4, mix_prob=0.999))(x, y, torch.Generator().manual_seed(1)).lam != expected
     assert create_mix(dict(mix_prob=0.5)) is None  # no alpha set: nothing to mix
 
 
