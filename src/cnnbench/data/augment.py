@@ -46,11 +46,6 @@ from torchvision.transforms.v2 import functional as TF
 
 Op = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
-# Keys of an augmentation mapping that are per-image ops (handled by create_augment) and keys
-# handled elsewhere (mixup/cutmix by create_mix, sets by the training loop).
-BATCH_LABEL_KEYS = ("mixup", "cutmix", "mix_prob")
-OTHER_KEYS = ("sets",)
-
 
 # --------------------------------------------------------------------------- random draws
 def _uniform(g: torch.Generator, n: int, low: float, high: float, device) -> torch.Tensor:
