@@ -47,6 +47,8 @@ VARIANTS = {
                                 label="cnnbench bf16 + channels_last, torch's batch norm"),
     "bf16_cl_torch_pool": Variant(bf16=True, channels_last=True, compile=False, train=(("pool_impl", "torch"),),
                                   label="cnnbench bf16 + channels_last, torch's max pool"),
+    "bf16_cl_torch_optim": Variant(bf16=True, channels_last=True, compile=False, train=(("optim_impl", "torch"),),
+                                   label="cnnbench bf16 + channels_last, torch's SGD and autocast's weight casts"),
 }
 
 

@@ -294,6 +294,8 @@ class TrainConfig:
     """torch (torch's batch norm) or auto: on the CPU with bf16 autocast and channels_last, batch norms run as one fused pass each way, with the ReLU and residual add after them in ResNets (cnnbench.train.fused_bn, compiled on first use; torch's where it cannot be built)."""
     pool_impl: str = "auto"
     """torch (torch's max pooling) or auto: on the CPU, max pooling of channels_last float32/bf16 activations runs one C++ pass each way (cnnbench.train.max_pool: 3.6 ms against torch's 8.2 for ResNet-18's stem at 64 px; compiled on first use, torch's where it cannot be built)."""
+    optim_impl: str = "auto"
+    """torch (torch.optim's step) or auto: on the CPU under bf16 autocast, SGD (with optim.fused left null) runs one C++ pass per tensor, the same bits as torch's, that also writes each conv/linear weight's bf16 copy, which the next forward pass uses instead of autocast's cast (cnnbench.train.weight_copies; compiled on first use, torch's where it cannot be built)."""
     device: str = "auto"
     """auto, cpu, cuda, cuda:N or mps."""
     early_stopping: int | None = None
@@ -320,6 +322,7 @@ class TrainConfig:
         _choice("train", "conv_impl", self.conv_impl, ("auto", "torch"))
         _choice("train", "bn_impl", self.bn_impl, ("auto", "torch"))
         _choice("train", "pool_impl", self.pool_impl, ("auto", "torch"))
+        _choice("train", "optim_impl", self.optim_impl, ("auto", "torch"))
         _positive("train", "eval_every", self.eval_every)
         _positive("train", "early_stopping", self.early_stopping, note="or null to never stop early")
         _positive("train", "workers", self.workers, allow_zero=True)

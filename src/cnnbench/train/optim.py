@@ -81,13 +81,25 @@ def use_fused(cfg: OptimConfig, device: torch.device) -> bool:
     return available
 
 
-def create_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
+def writes_weight_copies(cfg: OptimConfig, device: torch.device) -> bool:
+    """Whether ``cfg``'s optimiser can run as ``SGDWithCopies`` on ``device`` (``train.optim_impl:
+    auto`` decides whether it should): SGD on the CPU with ``optim.fused`` left to cnnbench."""
+    return cfg.name == "sgd" and device.type == "cpu" and cfg.fused is None
+
+
+def create_optimizer(model: nn.Module, cfg: OptimConfig, weight_copies: bool = False) -> torch.optim.Optimizer:
     """The torch.optim optimiser named by ``cfg.name`` over the model's trainable parameters, with
-    torch's fused kernel where ``use_fused`` says so (on the parameters' device)."""
+    torch's fused kernel where ``use_fused`` says so (on the parameters' device); with
+    ``weight_copies`` (where ``writes_weight_copies``), SGD is ``SGDWithCopies``: torch's SGD in one
+    pass per tensor that also writes the bf16 weight copies ``attach_weight_copies`` registers."""
     if cfg.name == "sgd" and cfg.nesterov and cfg.momentum <= 0:
         raise CnnbenchError(f"optim.nesterov: Nesterov SGD needs momentum > 0, got momentum={cfg.momentum}")
     groups = param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias)
     device = next((p.device for g in groups for p in g["params"]), torch.device("cpu"))
+    if weight_copies and writes_weight_copies(cfg, device):
+        from cnnbench.train.weight_copies import SGDWithCopies  # imports the model-layer classes it switches to
+
+        return SGDWithCopies(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
     return OPTIMIZERS[cfg.name](groups, cfg, **({"fused": True} if use_fused(cfg, device) else {}))
 
 

@@ -41,9 +41,10 @@ from cnnbench.train.max_pool import use_nhwc_max_pool
 from cnnbench.train.native import NHWC_OPS, flush_denormals
 from cnnbench.train.loop import (Engine, NonFiniteLoss, Progress, check_finite_weights, evaluate, improved,
                                  sums_to_metrics, train_one_epoch)
-from cnnbench.train.optim import create_l2_penalty, create_optimizer
+from cnnbench.train.optim import create_l2_penalty, create_optimizer, writes_weight_copies
 from cnnbench.train.schedule import Horizon, create_schedule
 from cnnbench.train.views import ViewStream
+from cnnbench.train.weight_copies import SGD_STEP, SGDWithCopies, attach_weight_copies
 
 
 @dataclass
@@ -150,7 +151,16 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
             if ranks.is_main:
                 print(f"cnnbench: the fused batch norm could not be built ({fused_bn_load_error()}); "
                       "training with torch's, which is slower here", file=sys.stderr, flush=True)
-    optimizer = create_optimizer(model, recipe.optim)
+    wants_copies = (t.optim_impl == "auto" and precision.dtype == torch.bfloat16 and not t.compile
+                    and writes_weight_copies(recipe.optim, device))
+    optimizer = create_optimizer(model, recipe.optim, weight_copies=wants_copies and SGD_STEP.load() is not None)
+    if isinstance(optimizer, SGDWithCopies):
+        fast_paths["weight_copies"] = attach_weight_copies(model, optimizer)
+    elif wants_copies:  # the kernel could not be built
+        fast_paths["sgd_step_unavailable"] = SGD_STEP.error
+        if ranks.is_main:
+            print(f"cnnbench: the one-pass SGD step could not be built ({SGD_STEP.error}); training with torch's SGD "
+                  "and autocast's weight casts, which are slower here", file=sys.stderr, flush=True)
     fast_paths["fused_optimizer"] = bool(optimizer.defaults.get("fused"))
     horizon = Horizon(t.epochs, sum(len(loader) for loader in loaders))
     net = model

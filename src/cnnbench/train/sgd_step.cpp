@@ -1,0 +1,122 @@
+// One SGD step over float32 CPU parameters in one pass, writing each weight's bf16 copy on the way.
+//
+// Why hand-written: under bf16 autocast every convolution and linear layer casts its float32
+// weight to bf16 in the forward pass (a read of the weight and a write of the copy, every step),
+// and torch's SGD then updates the weight in three passes (momentum *= mu, momentum += g,
+// weight -= lr * momentum), each reading and writing whole tensors. On ResNet-18 at 64 px
+// (batch 128, 2-core AMX Xeon, torch 2.14) those weight-sized passes took about 20 ms of a 195 ms
+// training step (torch.profiler, session 18). Here each element is read once, updated in
+// registers and written once, and its bf16 rounding is written beside it for the next forward
+// pass (cnnbench.train.weight_copies).
+//
+// The arithmetic is torch's single-tensor SGD, operation for operation and in float32 (each
+// `add(x, alpha=a)` is one fused multiply-add, as ATen's vectorised add is), so the weights come
+// out bit for bit as torch.optim.SGD's default CPU path leaves them (tests/train/test_weight_copies.py).
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include "bf16.h"
+
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace {
+
+struct Hyper {
+  float lr, momentum, dampening_complement, weight_decay;
+  bool nesterov, maximize;
+};
+
+template <bool kDecay, bool kMomentum, bool kFirst, bool kCopy>
+void update(float* __restrict p, const float* __restrict g, float* __restrict m, uint16_t* __restrict copy,
+            int64_t begin, int64_t end, const Hyper& h) {
+  const float neg_lr = -h.lr;
+  for (int64_t i = begin; i < end; ++i) {
+    float d = h.maximize ? -g[i] : g[i];
+    if (kDecay) d = std::fma(p[i], h.weight_decay, d);        // grad.add(param, alpha=weight_decay)
+    if (kMomentum) {
+      float buf;
+      if (kFirst) {
+        buf = d;                                              // torch.clone(grad)
+      } else {
+        buf = m[i] * h.momentum;                              // buf.mul_(momentum)
+        buf = std::fma(d, h.dampening_complement, buf);       // .add_(grad, alpha=1 - dampening)
+      }
+      m[i] = buf;
+      d = h.nesterov ? std::fma(buf, h.momentum, d) : buf;    // grad.add(buf, alpha=momentum) or buf
+    }
+    const float w = std::fma(d, neg_lr, p[i]);                // param.add_(grad, alpha=-lr)
+    p[i] = w;
+    if (kCopy) copy[i] = float_to_bf16(w);
+  }
+}
+
+using Update = void (*)(float*, const float*, float*, uint16_t*, int64_t, int64_t, const Hyper&);
+
+template <bool kDecay, bool kMomentum, bool kFirst>
+Update pick_copy(bool copy) {
+  return copy ? update<kDecay, kMomentum, kFirst, true> : update<kDecay, kMomentum, kFirst, false>;
+}
+
+template <bool kDecay>
+Update pick(bool momentum, bool first, bool copy) {
+  if (!momentum) return pick_copy<kDecay, false, false>(copy);
+  return first ? pick_copy<kDecay, true, true>(copy) : pick_copy<kDecay, true, false>(copy);
+}
+
+void check_like(const at::Tensor& t, const at::Tensor& param, at::ScalarType dtype, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == dtype, name, ": expected a CPU ", c10::toString(dtype), " tensor");
+  TORCH_CHECK(t.sizes() == param.sizes() && t.strides() == param.strides(), name,
+              ": expected the parameter's shape and strides");
+}
+
+// params[i] -= lr * direction(grads[i]) with momentum buffers bufs[i] (ignored without momentum;
+// first[i]: the buffer starts as the gradient, as torch's first step does) and, where copies is
+// not empty, copies[i] = bf16(params[i]) after the update.
+void sgd_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, std::vector<at::Tensor> bufs,
+              std::vector<bool> first, std::vector<at::Tensor> copies, double lr, double momentum,
+              double dampening, double weight_decay, bool nesterov, bool maximize) {
+  const size_t n = params.size();
+  const bool use_momentum = momentum != 0.0;
+  TORCH_CHECK(grads.size() == n && (!use_momentum || (bufs.size() == n && first.size() == n)),
+              "sgd_step: one gradient (and momentum buffer) per parameter");
+  TORCH_CHECK(copies.empty() || copies.size() == n, "sgd_step: one copy per parameter, or none");
+  // Scalars as ATen passes them to a float32 kernel: each Python float rounded to float once.
+  const Hyper h{static_cast<float>(lr), static_cast<float>(momentum), static_cast<float>(1.0 - dampening),
+                static_cast<float>(weight_decay), nesterov, maximize};
+  for (size_t i = 0; i < n; ++i) {
+    const at::Tensor& p = params[i];
+    TORCH_CHECK(p.device().is_cpu() && p.scalar_type() == at::kFloat && p.is_non_overlapping_and_dense(),
+                "sgd_step: parameters must be dense float32 CPU tensors");
+    check_like(grads[i], p, at::kFloat, "gradient");
+    float* m = nullptr;
+    if (use_momentum) {
+      check_like(bufs[i], p, at::kFloat, "momentum buffer");
+      m = bufs[i].data_ptr<float>();
+    }
+    uint16_t* c = nullptr;
+    if (!copies.empty()) {
+      check_like(copies[i], p, at::kBFloat16, "copy");
+      c = reinterpret_cast<uint16_t*>(copies[i].data_ptr<at::BFloat16>());
+    }
+    const bool is_first = use_momentum && first[i];
+    const Update f = weight_decay != 0.0 ? pick<true>(use_momentum, is_first, c != nullptr)
+                                         : pick<false>(use_momentum, is_first, c != nullptr);
+    float* w = p.data_ptr<float>();
+    const float* g = grads[i].data_ptr<float>();
+    at::parallel_for(0, p.numel(), 1 << 15, [&](int64_t begin, int64_t end) { f(w, g, m, c, begin, end, h); });
+    // The update went around ATen's in-place ops: count it on the tensors' version counters as
+    // torch.optim's add_ would, so that anything holding an older version (autograd's saved
+    // tensors, the forward pass's check of the copy) sees the change.
+    torch::autograd::impl::bump_version(p);
+    if (use_momentum) torch::autograd::impl::bump_version(bufs[i]);
+    if (c != nullptr) torch::autograd::impl::bump_version(copies[i]);
+  }
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("sgd_step", &sgd_step, "torch.optim.SGD's step in one pass per tensor, writing bf16 copies of the weights");
+}

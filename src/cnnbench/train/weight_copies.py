@@ -1,0 +1,204 @@
+"""bf16 copies of the weights, written by the SGD step, read by the next forward pass (CPU, bf16 autocast).
+
+Under bf16 autocast each convolution and linear layer casts its float32 weight to bf16 in every
+forward pass, and autograd casts the bf16 gradient back; torch's SGD then updates the float32
+weight in three passes over it. ``SGDWithCopies`` does the whole update in one pass per tensor
+(``sgd_step.cpp``) and writes the weight's bf16 rounding in the same pass; the layers switched by
+``attach_weight_copies`` feed that copy to their operator instead of casting (``_UseCopy``), and
+the gradient still reaches the float32 weight as float32. The copy is exactly what autocast's
+cast would produce (round to nearest even), and the update is torch's default CPU SGD operation
+for operation, so a run's weights are the same bits with or without this path (tested).
+
+A copy is used only while it is current: it records the weight's version counter after the step
+that wrote it, and any other change to the weight (loading a checkpoint, a step by another
+optimiser, an in-place edit) bumps that counter, so the layer casts as before until the next step
+writes a fresh copy. Copies are not state: they are not in the state_dict or the checkpoint, and
+a deep copy of the model (the EMA's) starts without them.
+
+Why hand-written: torch has no optimiser step that also emits a low-precision copy of the weights
+for the CPU (its ``fused`` SGD and Adam update in place only), and autocast's own cast cache lasts
+one forward pass. ``python benchmarks/probe_optim.py --copies`` times it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnbench.train.gemm_conv import GemmConv2d
+from cnnbench.train.native import Kernels
+
+SGD_STEP = Kernels(Path(__file__).with_name("sgd_step.cpp"), "one-pass SGD step")
+
+
+class WeightCopy:
+    """A layer's bf16 weight as the last step left it (``tensor``, None before the first step) and
+    the weight's version counter right after that step. Deep copies and pickles of the model
+    carry no copy (``None``): another model's weights have other versions."""
+
+    __slots__ = ("tensor", "version")
+
+    def __init__(self) -> None:
+        self.tensor: torch.Tensor | None = None
+        self.version = -1
+
+    def __deepcopy__(self, memo) -> None:
+        return None
+
+    def __reduce__(self):
+        return type(None), ()
+
+
+class _UseCopy(torch.autograd.Function):
+    """The bf16 copy forward; backward, the gradient cast to the float32 weight's dtype, which is
+    the backward of autocast's cast."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, copy: torch.Tensor) -> torch.Tensor:
+        ctx.dtype = weight.dtype
+        return copy.view_as(copy)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.to(ctx.dtype), None
+
+
+def forward_weight(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
+    """``weight``'s current bf16 copy where the layer runs under CPU autocast to the copy's dtype,
+    else ``weight`` itself (autocast then casts it, as without copies)."""
+    copy: WeightCopy | None = module.__dict__.get("weight_copy")
+    if copy is None or copy.tensor is None or weight._version != copy.version:
+        return weight
+    if not (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == copy.tensor.dtype):
+        return weight
+    return _UseCopy.apply(weight, copy.tensor)
+
+
+class CopyConv2d(nn.Conv2d):
+    """``nn.Conv2d`` that runs on its weight's bf16 copy where one is current."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return super()._conv_forward(input, forward_weight(self, weight), bias)
+
+
+class CopyGemmConv2d(GemmConv2d):
+    """``GemmConv2d`` (im2col + matmul) that runs on its weight's bf16 copy where one is current."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return super()._conv_forward(input, forward_weight(self, weight), bias)
+
+
+class CopyLinear(nn.Linear):
+    """``nn.Linear`` that runs on its weight's bf16 copy where one is current."""
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.linear(input, forward_weight(self, self.weight), self.bias)
+
+
+SWITCHES = {nn.Conv2d: CopyConv2d, GemmConv2d: CopyGemmConv2d, nn.Linear: CopyLinear}
+
+
+class SGDWithCopies(torch.optim.SGD):
+    """``torch.optim.SGD`` whose step runs ``sgd_step.cpp`` — one pass per tensor, the same bits as
+    torch's default CPU step — and writes the bf16 copies of the weights ``attach_weight_copies``
+    registered. Its state and state_dict are torch's (``momentum_buffer``), so checkpoints move
+    freely between the two. Where the kernel does not apply (a non-float32 or sparse tensor, a
+    tensor learning rate, ``differentiable``) the whole step is torch's, and the copies go stale
+    by the weights' version counters until a step here writes them again."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.copies: dict[torch.Tensor, WeightCopy] = {}
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        groups = [self._gather(group) for group in self.param_groups]
+        if SGD_STEP.module is None or any(g is None for g in groups):
+            super().step()
+            return loss
+        for group, (params, grads) in zip(self.param_groups, groups):
+            if params:
+                self._step_group(group, params, grads)
+        return loss
+
+    def _gather(self, group: dict):
+        """(params, grads) of the group that have gradients, or None where the kernel cannot take them."""
+        if group.get("differentiable") or isinstance(group["lr"], torch.Tensor):
+            return None
+        params, grads = [], []
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            g = p.grad
+            if g.is_sparse or p.dtype != torch.float32 or g.dtype != torch.float32 or p.device.type != "cpu":
+                return None
+            if not p.is_contiguous() and not p.is_contiguous(memory_format=torch.channels_last):
+                return None
+            if g.stride() != p.stride():  # a gradient in another layout than its weight: copy it once
+                g = torch.empty_like(p).copy_(g)
+            params.append(p)
+            grads.append(g)
+        return params, grads
+
+    def _step_group(self, group: dict, params: list, grads: list) -> None:
+        momentum = group["momentum"]
+        bufs, first = [], []
+        if momentum != 0:
+            for p in params:
+                state = self.state[p]
+                buf = state.get("momentum_buffer")
+                if buf is None or buf.stride() != p.stride():
+                    new = torch.empty_like(p)
+                    if buf is not None:  # a resumed buffer in another layout
+                        new.copy_(buf)
+                    first.append(buf is None)
+                    buf = state["momentum_buffer"] = new
+                else:
+                    first.append(False)
+                bufs.append(buf)
+        copied, plain = [], []
+        for i, p in enumerate(params):
+            (copied if p in self.copies else plain).append(i)
+        for indices, with_copies in ((copied, True), (plain, False)):
+            if not indices:
+                continue
+            ps = [params[i] for i in indices]
+            copies = [self._copy_tensor(p) for p in ps] if with_copies else []
+            SGD_STEP.module.sgd_step(ps, [grads[i] for i in indices], [bufs[i] for i in indices] if bufs else [],
+                                     [first[i] for i in indices] if first else [], copies, group["lr"], momentum,
+                                     group["dampening"], group["weight_decay"], group["nesterov"], group["maximize"])
+            if with_copies:
+                for p in ps:
+                    self.copies[p].version = p._version
+
+    def _copy_tensor(self, p: torch.Tensor) -> torch.Tensor:
+        copy = self.copies[p]
+        if copy.tensor is None or copy.tensor.stride() != p.stride():
+            copy.tensor = torch.empty_like(p, dtype=torch.bfloat16)
+        return copy.tensor
+
+
+def attach_weight_copies(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """Give every plain ``nn.Conv2d``, ``GemmConv2d`` and ``nn.Linear`` of ``model`` whose float32
+    CPU weight ``optimizer`` (an ``SGDWithCopies``) updates a bf16 copy, written by each step and
+    read by the next forward pass. Returns how many layers were switched: 0 where the kernel cannot
+    be built (``SGD_STEP.error`` says why)."""
+    if not isinstance(optimizer, SGDWithCopies):
+        raise TypeError(f"attach_weight_copies needs an SGDWithCopies optimiser, got {type(optimizer).__name__}")
+    stepped = {p for group in optimizer.param_groups for p in group["params"]}
+    layers = [m for m in model.modules() if type(m) in SWITCHES and m.weight in stepped
+              and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"]
+    optimizer.copies = {}
+    if not layers or SGD_STEP.load() is None:
+        return 0
+    for layer in layers:
+        layer.__class__ = SWITCHES[type(layer)]
+        layer.weight_copy = optimizer.copies.setdefault(layer.weight, WeightCopy())  # a tied weight: one copy
+    return len(layers)
