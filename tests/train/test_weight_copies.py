@@ -52,12 +52,13 @@ OPTIONS = [dict(momentum=0.9), dict(momentum=0.9, nesterov=True, weight_decay=5e
            dict(momentum=0.0, weight_decay=1e-3), dict(momentum=0.5, dampening=0.3, maximize=True)]
 
 
+@pytest.mark.parametrize("bf16_grads", [False, True], ids=["float32 grads", "bf16 grads"])
 @pytest.mark.parametrize("options", OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()))
-def test_same_bits_as_torchs_sgd(options):
+def test_same_bits_as_torchs_sgd(options, bf16_grads):
     ref, ours = small_net(), small_net()
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, **options)
     our_opt = SGDWithCopies(ours.parameters(), lr=0.05, **options)
-    assert attach_weight_copies(ours, our_opt) == 3
+    assert attach_weight_copies(ours, our_opt, bf16_grads=bf16_grads) == 3
     assert [type(m) for m in ours if type(m) in (CopyConv2d, CopyGemmConv2d, CopyLinear)] == [CopyConv2d, CopyGemmConv2d, CopyLinear]
     assert train(ref, ref_opt, 5) == train(ours, our_opt, 5)  # the forward passes read the copies from step 2 on
     for p, q in zip(ref.parameters(), ours.parameters()):
@@ -67,6 +68,53 @@ def test_same_bits_as_torchs_sgd(options):
     for layer in (ours[0], ours[3], ours[7]):  # each copy is autocast's cast of the weight it belongs to
         assert torch.equal(layer.weight_copy.tensor, layer.weight.to(torch.bfloat16))
         assert layer.weight_copy.tensor.stride() == layer.weight.stride()
+
+
+def test_bf16_gradients_stay_on_the_copies_until_the_step():
+    net = small_net()
+    opt = SGDWithCopies(net.parameters(), lr=0.05, momentum=0.9)
+    attach_weight_copies(net, opt, bf16_grads=True)
+    train(net, opt, 1)  # the first forward casts (no copies yet): float32 gradients in .grad
+    x, y = batch(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = F.cross_entropy(net(x).float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    conv = net[0]
+    assert conv.weight.grad is None and conv.weight_copy.grad.dtype == torch.bfloat16
+    assert net[1].weight.grad is not None  # the batch norm's parameters have no copies
+    opt.step()
+    assert conv.weight_copy.grad is None
+
+
+@pytest.mark.parametrize("bf16_grads", [False, True], ids=["float32 grads", "bf16 grads"])
+def test_a_weight_used_twice_in_a_forward_pass_gets_torchs_bits(bf16_grads):
+    # Autocast casts a weight once per forward pass, so autograd adds its two uses' gradients in
+    # bf16 before the cast back; the copy is handed out once per pass (the model's pre-hook) to match.
+    class Thrice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(3)
+            self.conv = nn.Conv2d(3, 3, 3, padding=1, bias=False).to(memory_format=torch.channels_last)
+
+        def forward(self, x):
+            y = self.conv(x)
+            return self.conv(y) + self.conv(y.flip(2))
+
+    twice = Thrice
+    x = torch.randn(2, 3, 6, 6).contiguous(memory_format=torch.channels_last)
+    ref, ours = twice(), twice()
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
+    our_opt = SGDWithCopies(ours.parameters(), lr=0.1, momentum=0.9)
+    attach_weight_copies(ours, our_opt, bf16_grads=bf16_grads)
+    for net, opt in ((ref, ref_opt), (ours, our_opt)):
+        for _ in range(3):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = net(x).float().square().mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    assert torch.equal(ref.conv.weight, ours.conv.weight) and type(ours.conv) is CopyConv2d
 
 
 def test_the_forward_pass_reads_a_copy_only_while_it_is_current():
@@ -161,8 +209,11 @@ def test_a_step_torch_takes_over_leaves_the_copies_stale():
     # now lag the weights, are not read.
     net = small_net()
     extra = nn.Parameter(torch.zeros(3, dtype=torch.float64))
+    ref = small_net()
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
     opt = SGDWithCopies([*net.parameters(), extra], lr=0.05, momentum=0.9)
-    attach_weight_copies(net, opt)
+    attach_weight_copies(net, opt, bf16_grads=True)  # torch's step takes the kept gradients too
+    train(ref, ref_opt, 2)
     train(net, opt, 1)  # extra has no gradient: the kernel's step
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert forward_weight(net[0], net[0].weight) is not net[0].weight
@@ -174,6 +225,7 @@ def test_a_step_torch_takes_over_leaves_the_copies_stale():
     extra.grad = torch.ones(3, dtype=torch.float64)
     opt.step()
     assert torch.equal(extra.detach(), torch.full((3,), -0.05, dtype=torch.float64))  # torch's first step
+    assert all(torch.equal(p, q) for p, q in zip(ref.parameters(), net.parameters()))
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert forward_weight(net[0], net[0].weight) is net[0].weight
 
@@ -199,6 +251,25 @@ def test_engine_uses_weight_copies_for_bf16_sgd_on_the_cpu(tiny_data, impl, prec
     assert isinstance(engine.optimizer, SGDWithCopies) == switched
     assert engine.fast_paths.get("weight_copies", 0) == (layers if switched else 0) and layers == 4  # simple_cnn
     assert sum(type(m) in (CopyConv2d, CopyLinear) for m in engine.model.modules()) == engine.fast_paths.get("weight_copies", 0)
+    assert engine.fast_paths.get("bf16_weight_grads", False) == switched  # no L2, no clipping, one process
+
+
+@pytest.mark.parametrize("optim", [{"l2": 1e-4}, {"grad_clip": 1.0}])
+def test_engine_keeps_float32_gradients_where_the_loop_reads_them(tiny_data, optim):
+    from cnnbench.data import load_dataset
+    from cnnbench.train.config import load_recipe
+    from cnnbench.train.device import Precision
+    from cnnbench.train.distributed import Ranks
+    from cnnbench.train.run import build_engine, build_model, model_kwargs
+
+    from train_fixtures import tiny_recipe
+
+    ds = load_dataset("tiny-imagenet", data=str(tiny_data))
+    cpu = torch.device("cpu")
+    recipe = load_recipe(values=tiny_recipe(tiny_data, optim=optim))
+    engine = build_engine(recipe, ds, build_model(recipe, model_kwargs(recipe, ds)), cpu, Precision("bf16", cpu), Ranks())
+    assert engine.fast_paths["weight_copies"] == 4 and "bf16_weight_grads" not in engine.fast_paths
+    assert not any(copy.holds_grad for copy in engine.optimizer.copies.values())
 
 
 def test_bf16_runs_with_and_without_copies_and_a_resumed_one_agree(tiny_data, tmp_path):

@@ -155,7 +155,12 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
                     and writes_weight_copies(recipe.optim, device))
     optimizer = create_optimizer(model, recipe.optim, weight_copies=wants_copies and SGD_STEP.load() is not None)
     if isinstance(optimizer, SGDWithCopies):
-        fast_paths["weight_copies"] = attach_weight_copies(model, optimizer)
+        # Gradients may stay bf16 for the step where nothing reads weight.grad before it: no Keras L2,
+        # no clipping (both edit or read .grad after backward) and no DDP (its hooks all-reduce .grad).
+        bf16_grads = recipe.optim.l2 <= 0 and recipe.optim.grad_clip is None and not ranks.distributed
+        fast_paths["weight_copies"] = attach_weight_copies(model, optimizer, bf16_grads=bf16_grads)
+        if bf16_grads and fast_paths["weight_copies"]:
+            fast_paths["bf16_weight_grads"] = True
     elif wants_copies:  # the kernel could not be built
         fast_paths["sgd_step_unavailable"] = SGD_STEP.error
         if ranks.is_main:

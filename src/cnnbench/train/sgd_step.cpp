@@ -28,12 +28,14 @@ struct Hyper {
   bool nesterov, maximize;
 };
 
-template <bool kDecay, bool kMomentum, bool kFirst, bool kCopy>
-void update(float* __restrict p, const float* __restrict g, float* __restrict m, uint16_t* __restrict copy,
+// G: float, or uint16_t holding a bf16 gradient (widened exactly, as grad.to(float32) does).
+template <typename G, bool kDecay, bool kMomentum, bool kFirst, bool kCopy>
+void update(float* __restrict p, const G* __restrict g, float* __restrict m, uint16_t* __restrict copy,
             int64_t begin, int64_t end, const Hyper& h) {
   const float neg_lr = -h.lr;
   for (int64_t i = begin; i < end; ++i) {
-    float d = h.maximize ? -g[i] : g[i];
+    const float gi = load_value(g[i]);
+    float d = h.maximize ? -gi : gi;
     if (kDecay) d = std::fma(p[i], h.weight_decay, d);        // grad.add(param, alpha=weight_decay)
     if (kMomentum) {
       float buf;
@@ -52,17 +54,23 @@ void update(float* __restrict p, const float* __restrict g, float* __restrict m,
   }
 }
 
-using Update = void (*)(float*, const float*, float*, uint16_t*, int64_t, int64_t, const Hyper&);
+template <typename G>
+using Update = void (*)(float*, const G*, float*, uint16_t*, int64_t, int64_t, const Hyper&);
 
-template <bool kDecay, bool kMomentum, bool kFirst>
-Update pick_copy(bool copy) {
-  return copy ? update<kDecay, kMomentum, kFirst, true> : update<kDecay, kMomentum, kFirst, false>;
+template <typename G, bool kDecay, bool kMomentum, bool kFirst>
+Update<G> pick_copy(bool copy) {
+  return copy ? update<G, kDecay, kMomentum, kFirst, true> : update<G, kDecay, kMomentum, kFirst, false>;
 }
 
-template <bool kDecay>
-Update pick(bool momentum, bool first, bool copy) {
-  if (!momentum) return pick_copy<kDecay, false, false>(copy);
-  return first ? pick_copy<kDecay, true, true>(copy) : pick_copy<kDecay, true, false>(copy);
+template <typename G, bool kDecay>
+Update<G> pick_momentum(bool momentum, bool first, bool copy) {
+  if (!momentum) return pick_copy<G, kDecay, false, false>(copy);
+  return first ? pick_copy<G, kDecay, true, true>(copy) : pick_copy<G, kDecay, true, false>(copy);
+}
+
+template <typename G>
+Update<G> pick(bool decay, bool momentum, bool first, bool copy) {
+  return decay ? pick_momentum<G, true>(momentum, first, copy) : pick_momentum<G, false>(momentum, first, copy);
 }
 
 void check_like(const at::Tensor& t, const at::Tensor& param, at::ScalarType dtype, const char* name) {
@@ -71,7 +79,7 @@ void check_like(const at::Tensor& t, const at::Tensor& param, at::ScalarType dty
               ": expected the parameter's shape and strides");
 }
 
-// params[i] -= lr * direction(grads[i]) with momentum buffers bufs[i] (ignored without momentum;
+// params[i] -= lr * direction(grads[i]) (float32 or bf16 gradients) with momentum buffers bufs[i] (ignored without momentum;
 // first[i]: the buffer starts as the gradient, as torch's first step does) and, where copies is
 // not empty, copies[i] = bf16(params[i]) after the update.
 void sgd_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, std::vector<at::Tensor> bufs,
@@ -89,7 +97,10 @@ void sgd_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, std
     const at::Tensor& p = params[i];
     TORCH_CHECK(p.device().is_cpu() && p.scalar_type() == at::kFloat && p.is_non_overlapping_and_dense(),
                 "sgd_step: parameters must be dense float32 CPU tensors");
-    check_like(grads[i], p, at::kFloat, "gradient");
+    const at::Tensor& g = grads[i];
+    TORCH_CHECK(g.scalar_type() == at::kFloat || g.scalar_type() == at::kBFloat16,
+                "gradient: expected float32 or bfloat16, got ", g.scalar_type());
+    check_like(g, p, g.scalar_type(), "gradient");
     float* m = nullptr;
     if (use_momentum) {
       check_like(bufs[i], p, at::kFloat, "momentum buffer");
@@ -101,11 +112,17 @@ void sgd_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, std
       c = reinterpret_cast<uint16_t*>(copies[i].data_ptr<at::BFloat16>());
     }
     const bool is_first = use_momentum && first[i];
-    const Update f = weight_decay != 0.0 ? pick<true>(use_momentum, is_first, c != nullptr)
-                                         : pick<false>(use_momentum, is_first, c != nullptr);
+    const bool decay = weight_decay != 0.0;
     float* w = p.data_ptr<float>();
-    const float* g = grads[i].data_ptr<float>();
-    at::parallel_for(0, p.numel(), 1 << 15, [&](int64_t begin, int64_t end) { f(w, g, m, c, begin, end, h); });
+    if (g.scalar_type() == at::kFloat) {
+      const Update<float> f = pick<float>(decay, use_momentum, is_first, c != nullptr);
+      const float* gp = g.data_ptr<float>();
+      at::parallel_for(0, p.numel(), 1 << 15, [&](int64_t begin, int64_t end) { f(w, gp, m, c, begin, end, h); });
+    } else {
+      const Update<uint16_t> f = pick<uint16_t>(decay, use_momentum, is_first, c != nullptr);
+      const uint16_t* gp = reinterpret_cast<const uint16_t*>(g.data_ptr<at::BFloat16>());
+      at::parallel_for(0, p.numel(), 1 << 15, [&](int64_t begin, int64_t end) { f(w, gp, m, c, begin, end, h); });
+    }
     // The update went around ATen's in-place ops: count it on the tensors' version counters as
     // torch.optim's add_ would, so that anything holding an older version (autograd's saved
     // tensors, the forward pass's check of the copy) sees the change.

@@ -37,13 +37,21 @@ SGD_STEP = Kernels(Path(__file__).with_name("sgd_step.cpp"), "one-pass SGD step"
 class WeightCopy:
     """A layer's bf16 weight as the last step left it (``tensor``, None before the first step) and
     the weight's version counter right after that step. Deep copies and pickles of the model
-    carry no copy (``None``): another model's weights have other versions."""
+    carry no copy (``None``): another model's weights have other versions.
 
-    __slots__ = ("tensor", "version")
+    With ``holds_grad`` (``attach_weight_copies(..., bf16_grads=True)``) the weight's gradient is
+    kept here as the bf16 tensor the layer's backward produced (``grad``; float32 once a second
+    use of the weight in one backward adds to it) instead of being widened into ``weight.grad``:
+    the step reads it directly. ``weight.grad`` then stays None."""
 
-    def __init__(self) -> None:
+    __slots__ = ("tensor", "version", "holds_grad", "grad", "used")
+
+    def __init__(self, holds_grad: bool = False) -> None:
         self.tensor: torch.Tensor | None = None
         self.version = -1
+        self.holds_grad = holds_grad
+        self.grad: torch.Tensor | None = None
+        self.used: tuple | None = None  # (the copy as the current forward pass uses it, its version, grad mode)
 
     def __deepcopy__(self, memo) -> None:
         return None
@@ -51,19 +59,28 @@ class WeightCopy:
     def __reduce__(self):
         return type(None), ()
 
+    def add_grad(self, grad: torch.Tensor) -> None:
+        """Keep ``grad`` (bf16), or add it to the one kept (a weight used by two forward passes
+        before one step), as autograd adds two gradients of one tensor: in the gradients' dtype."""
+        self.grad = grad if self.grad is None else self.grad + grad
+
 
 class _UseCopy(torch.autograd.Function):
     """The bf16 copy forward; backward, the gradient cast to the float32 weight's dtype, which is
-    the backward of autocast's cast."""
+    the backward of autocast's cast — or, where the copy holds gradients, the bf16 gradient kept
+    on the copy for the step and none for the weight."""
 
     @staticmethod
-    def forward(ctx, weight: torch.Tensor, copy: torch.Tensor) -> torch.Tensor:
-        ctx.dtype = weight.dtype
+    def forward(ctx, weight: torch.Tensor, copy: torch.Tensor, holder: WeightCopy) -> torch.Tensor:
+        ctx.dtype, ctx.holder = weight.dtype, holder
         return copy.view_as(copy)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return grad.to(ctx.dtype), None
+        if ctx.holder.holds_grad:
+            ctx.holder.add_grad(grad)
+            return None, None, None
+        return grad.to(ctx.dtype), None, None
 
 
 def forward_weight(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
@@ -74,7 +91,15 @@ def forward_weight(module: nn.Module, weight: torch.Tensor) -> torch.Tensor:
         return weight
     if not (torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == copy.tensor.dtype):
         return weight
-    return _UseCopy.apply(weight, copy.tensor)
+    # A weight used twice in one forward pass gets the same tensor both times, as autocast's cast
+    # cache gives it: autograd then adds the two bf16 gradients before the one cast back (the
+    # model's forward pre-hook, set by attach_weight_copies, starts each pass afresh).
+    key = (copy.version, torch.is_grad_enabled())
+    if copy.used is not None and copy.used[1:] == key:
+        return copy.used[0]
+    used = _UseCopy.apply(weight, copy.tensor, copy)
+    copy.used = (used, *key)
+    return used
 
 
 class CopyConv2d(nn.Conv2d):
@@ -121,12 +146,34 @@ class SGDWithCopies(torch.optim.SGD):
                 loss = closure()
         groups = [self._gather(group) for group in self.param_groups]
         if SGD_STEP.module is None or any(g is None for g in groups):
+            self._widen_kept_grads()
             super().step()
             return loss
         for group, (params, grads) in zip(self.param_groups, groups):
             if params:
                 self._step_group(group, params, grads)
+        for copy in self.copies.values():
+            copy.grad = None
         return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        super().zero_grad(set_to_none)
+        for copy in self.copies.values():
+            copy.grad = None
+
+    def _widen_kept_grads(self) -> None:
+        """Put the gradients the copies hold into ``.grad`` as float32, for torch's own step."""
+        for p, copy in self.copies.items():
+            if copy.grad is not None:
+                g = copy.grad.float()
+                p.grad = g if p.grad is None else p.grad + g
+                copy.grad = None
+
+    def _grad_of(self, p: torch.Tensor) -> torch.Tensor | None:
+        copy = self.copies.get(p)
+        if copy is not None and copy.grad is not None:
+            return copy.grad if p.grad is None else p.grad + copy.grad.float()
+        return p.grad
 
     def _gather(self, group: dict):
         """(params, grads) of the group that have gradients, or None where the kernel cannot take them."""
@@ -134,15 +181,16 @@ class SGDWithCopies(torch.optim.SGD):
             return None
         params, grads = [], []
         for p in group["params"]:
-            if p.grad is None:
+            g = self._grad_of(p)
+            if g is None:
                 continue
-            g = p.grad
-            if g.is_sparse or p.dtype != torch.float32 or g.dtype != torch.float32 or p.device.type != "cpu":
+            if (g.is_sparse or p.dtype != torch.float32 or g.dtype not in (torch.float32, torch.bfloat16)
+                    or p.device.type != "cpu"):
                 return None
             if not p.is_contiguous() and not p.is_contiguous(memory_format=torch.channels_last):
                 return None
             if g.stride() != p.stride():  # a gradient in another layout than its weight: copy it once
-                g = torch.empty_like(p).copy_(g)
+                g = torch.empty_like(p, dtype=g.dtype).copy_(g)
             params.append(p)
             grads.append(g)
         return params, grads
@@ -185,11 +233,13 @@ class SGDWithCopies(torch.optim.SGD):
         return copy.tensor
 
 
-def attach_weight_copies(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+def attach_weight_copies(model: nn.Module, optimizer: torch.optim.Optimizer, bf16_grads: bool = False) -> int:
     """Give every plain ``nn.Conv2d``, ``GemmConv2d`` and ``nn.Linear`` of ``model`` whose float32
     CPU weight ``optimizer`` (an ``SGDWithCopies``) updates a bf16 copy, written by each step and
-    read by the next forward pass. Returns how many layers were switched: 0 where the kernel cannot
-    be built (``SGD_STEP.error`` says why)."""
+    read by the next forward pass. With ``bf16_grads`` their gradients stay bf16 on the copies for
+    the step (see ``WeightCopy``): for runs where nothing else reads ``weight.grad`` between backward
+    and step (no Keras L2, no clipping, no DDP). Returns how many layers were switched: 0 where the
+    kernel cannot be built (``SGD_STEP.error`` says why)."""
     if not isinstance(optimizer, SGDWithCopies):
         raise TypeError(f"attach_weight_copies needs an SGDWithCopies optimiser, got {type(optimizer).__name__}")
     stepped = {p for group in optimizer.param_groups for p in group["params"]}
@@ -198,7 +248,15 @@ def attach_weight_copies(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
     optimizer.copies = {}
     if not layers or SGD_STEP.load() is None:
         return 0
+    copies = optimizer.copies
+
+    def new_forward_pass(_module, _args) -> None:
+        for copy in copies.values():
+            copy.used = None
+
+    model.register_forward_pre_hook(new_forward_pass)
     for layer in layers:
         layer.__class__ = SWITCHES[type(layer)]
-        layer.weight_copy = optimizer.copies.setdefault(layer.weight, WeightCopy())  # a tied weight: one copy
+        # a tied weight: one copy
+        layer.weight_copy = optimizer.copies.setdefault(layer.weight, WeightCopy(holds_grad=bf16_grads))
     return len(layers)
