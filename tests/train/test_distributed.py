@@ -133,3 +133,34 @@ def test_two_gloo_processes_train_and_agree_and_resume_exactly(tiny_data, tmp_pa
     for r in resumed:
         for key, value in r["whole"].items():
             assert torch.equal(value, r["cut"][key]), key
+
+
+def test_two_gloo_processes_train_in_bf16_with_weight_copies_and_agree(tiny_data, tmp_path):
+    # bf16 SGD on the CPU runs SGDWithCopies; under DDP its weight gradients stay float32 in .grad,
+    # where DDP's hooks all-reduce them, and the replicas stay identical.
+    from cnnbench.train.weight_copies import SGD_STEP
+
+    if SGD_STEP.load() is None:
+        pytest.skip(f"no C++ toolchain: {SGD_STEP.error}")
+    values = tiny_recipe(tiny_data, model={"name": "simple_cnn", "dropout": 0.0},
+                         train={"epochs": 1, "precision": "bf16"})
+    recipe_file = tmp_path / "recipe.yaml"
+    recipe_file.write_text(yaml.safe_dump(values))
+    train_run(load_recipe(recipe_file), tmp_path / "single", quiet=True)  # also builds the shared cache
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_SOCKET_IFNAME="lo", MASTER_ADDR="127.0.0.1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(WORKER), str(recipe_file), str(tmp_path / "ddp"), str(tmp_path)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert [r["status"] for r in ranks] == ["finished", "finished"]
+    for key, value in ranks[0]["model"].items():
+        assert torch.equal(value, ranks[1]["model"][key]), key
+    fast = json.loads((tmp_path / "ddp" / "env.json").read_text())["fast_paths"]
+    assert fast["weight_copies"] == 4 and "bf16_weight_grads" not in fast
+    single = json.loads((tmp_path / "single" / "env.json").read_text())["fast_paths"]
+    assert single["weight_copies"] == 4 and single["bf16_weight_grads"] is True
+    reference = load_checkpoint(tmp_path / "single" / "checkpoints" / "last.pt")
+    for key, value in reference["model"].items():  # bf16 forward passes: agree to bf16's precision
+        if value.is_floating_point():
+            torch.testing.assert_close(ranks[0]["model"][key], value, rtol=2e-2, atol=2e-2)
