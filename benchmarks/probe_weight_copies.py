@@ -1,4 +1,4 @@
-"""ResNet-18's bf16 training step with torch's SGD against the one-pass step that writes bf16 weight copies.
+"""ResNet-18's bf16 training step with torch's SGD or Adam against the one-pass step that writes bf16 weight copies.
 
     python benchmarks/probe_weight_copies.py [--steps 3] [--rounds 9] [--batch 128]
 
@@ -6,11 +6,11 @@ Model only (random inputs, no data loading), bf16 autocast + channels_last at 64
 other CPU fast path of the engine (matmul convolutions, fused batch norm, NHWC max pool). Three
 ways of doing the weights' part of a step take turns in each round:
 
-- torch: ``torch.optim.SGD`` as ``create_optimizer`` makes it (torch's fused kernel where
-  ``optim.fused: null`` picks it: Nesterov or weight decay), autocast casting each weight to bf16
+- torch: ``torch.optim.SGD`` or ``Adam`` as ``create_optimizer`` makes it (torch's fused kernel
+  where ``optim.fused: null`` picks it: SGD with Nesterov or weight decay, Adam), autocast casting each weight to bf16
   in the forward pass and autograd widening each weight gradient back to float32
   (``train.optim_impl: torch``);
-- copies: ``SGDWithCopies``, one C++ pass per tensor that also writes each conv/linear weight's
+- copies: ``SGDWithCopies`` or ``AdamWithCopies``, one C++ pass per tensor that also writes each conv/linear weight's
   bf16 copy, which the next forward pass reads instead of casting, gradients still widened to
   float32 (what runs with Keras L2, gradient clipping or DDP);
 - copies + bf16 gradients: the same, the weight gradients kept in bf16 for the step (the
@@ -18,8 +18,8 @@ ways of doing the weights' part of a step take turns in each round:
 
 Images/s per step, medians over the rounds of ``--steps`` steps each, and each way's ratio to
 torch's; then whether the three models hold the same weights after all those steps (they must
-with plain momentum SGD, where torch runs its default, unfused loop; its fused kernel rounds in
-another order). The whole training loop, data included, is ``cnnbench bench --only train --set
+with plain momentum SGD, where torch runs its default, unfused loop; its fused kernels round in
+another order, and torch's Adam takes its square roots through MKL, which rounds some otherwise). The whole training loop, data included, is ``cnnbench bench --only train --set
 "variants=[bf16_cl_torch_optim, bf16_cl]"``.
 """
 
@@ -44,6 +44,7 @@ WAYS = ("torch", "copies", "copies + bf16 gradients")
 SETTINGS = {  # label -> OptimConfig options
     "SGD, momentum 0.9 (the bench's)": dict(momentum=0.9),
     "SGD, momentum 0.9, Nesterov, weight decay (the modern recipe's)": dict(momentum=0.9, nesterov=True, weight_decay=5e-4),
+    "Adam (reports 000 and 004)": dict(name="adam", lr=2e-4),
 }
 
 
@@ -53,7 +54,7 @@ def build(way: str, options: dict, batch: int):
     use_gemm_convs(model, torch.zeros(1, 3, 64, 64), AUTO_MAX_AREA[torch.bfloat16])
     use_nhwc_max_pool(model)
     use_fused_batchnorm(model)
-    optimizer = create_optimizer(model, OptimConfig(name="sgd", lr=0.01, **options), weight_copies=way != "torch")
+    optimizer = create_optimizer(model, OptimConfig(**{"name": "sgd", "lr": 0.01, **options}), weight_copies=way != "torch")
     if way != "torch":
         attach_weight_copies(model, optimizer, bf16_grads=way == "copies + bf16 gradients")
     g = torch.Generator().manual_seed(1)
@@ -76,7 +77,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=128)
     args = parser.parse_args()
     if SGD_STEP.load() is None:
-        raise SystemExit(f"the one-pass SGD step could not be built: {SGD_STEP.error}")
+        raise SystemExit(f"the one-pass optimiser step could not be built: {SGD_STEP.error}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, ResNet-18 at 64 px, batch {args.batch}, "
           f"bf16 + channels_last; images/s, median of {args.rounds} rounds of {args.steps} steps [min-max]")
     print(f"{'optimiser':64} {'way':24} {'images/s':>18} {'x torch':>8}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
@@ -13,8 +14,8 @@ import torch.nn.functional as F
 from cnnbench.train import weight_copies
 from cnnbench.train.gemm_conv import GemmConv2d
 from cnnbench.train.native import Kernels
-from cnnbench.train.weight_copies import (SGD_STEP, CopyConv2d, CopyGemmConv2d, CopyLinear, SGDWithCopies,
-                                          attach_weight_copies, forward_weight)
+from cnnbench.train.weight_copies import (SGD_STEP, AdamWithCopies, CopyConv2d, CopyGemmConv2d, CopyLinear,
+                                          SGDWithCopies, attach_weight_copies, forward_weight)
 
 pytestmark = pytest.mark.skipif(SGD_STEP.load() is None, reason=f"no C++ toolchain: {SGD_STEP.error}")
 
@@ -68,6 +69,51 @@ def test_same_bits_as_torchs_sgd(options, bf16_grads):
     for layer in (ours[0], ours[3], ours[7]):  # each copy is autocast's cast of the weight it belongs to
         assert torch.equal(layer.weight_copy.tensor, layer.weight.to(torch.bfloat16))
         assert layer.weight_copy.tensor.stride() == layer.weight.stride()
+
+
+ADAM_OPTIONS = [dict(), dict(weight_decay=1e-2), dict(weight_decay=1e-2, decoupled_weight_decay=True),
+                dict(betas=(0.4, 0.99), maximize=True), dict(amsgrad=True)]
+
+
+@pytest.mark.parametrize("bf16_grads", [False, True], ids=["float32 grads", "bf16 grads"])
+@pytest.mark.parametrize("options", ADAM_OPTIONS, ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()) or "defaults")
+def test_torchs_adam_to_float32_rounding(options, bf16_grads):
+    # torch's default (single-tensor) Adam and AdamW on the CPU, operation for operation; betas
+    # (0.4, ...) take lerp's other branch (weight 0.6 >= 0.5); amsgrad runs torch's own step. Not bit
+    # for bit: torch takes exp_avg_sq's square root through MKL's vector math, which rounds a few
+    # elements in a thousand otherwise than the correctly rounded square root here.
+    ref, ours = small_net(), small_net()
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=1e-2, **options)
+    our_opt = AdamWithCopies(ours.parameters(), lr=1e-2, **options)
+    attach_weight_copies(ours, our_opt, bf16_grads=bf16_grads)
+    assert train(ref, ref_opt, 5) == pytest.approx(train(ours, our_opt, 5), rel=1e-4)
+    for p, q in zip(ref.parameters(), ours.parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+        assert torch.equal(ref_opt.state[p]["step"], our_opt.state[q]["step"])
+        for key in ("exp_avg", "exp_avg_sq"):
+            torch.testing.assert_close(ref_opt.state[p][key], our_opt.state[q][key], rtol=1e-3, atol=1e-7)
+    torch.optim.AdamW(ref.parameters()).load_state_dict(copy.deepcopy(our_opt.state_dict()))  # torch's format
+
+
+def test_one_adam_step_matches_torch_but_for_its_square_roots():
+    # One step on 70,000 values, where torch's vectorised kernels run: the moments are the same
+    # bits, and the weights too wherever torch's square root is the correctly rounded one.
+    g = torch.Generator().manual_seed(0)
+    p, grad = torch.randn(70_000, generator=g), torch.randn(70_000, generator=g) * 0.1
+    ref = nn.Parameter(p.clone())
+    ref.grad = grad.clone()
+    ref_opt = torch.optim.Adam([ref], lr=1e-2)
+    ref_opt.step()
+    ours = nn.Parameter(p.clone())
+    ours.grad = grad.clone()
+    our_opt = AdamWithCopies([ours], lr=1e-2)
+    our_opt.step()
+    state, our_state = ref_opt.state[ref], our_opt.state[ours]
+    assert torch.equal(state["exp_avg"], our_state["exp_avg"]) and torch.equal(state["exp_avg_sq"], our_state["exp_avg_sq"])
+    exact_root = torch.from_numpy(np.sqrt(state["exp_avg_sq"].numpy())) == state["exp_avg_sq"].sqrt()
+    assert exact_root.float().mean() > 0.99  # MKL's root (where torch has it) differs here and there
+    assert torch.equal(ref.detach()[exact_root], ours.detach()[exact_root])
+    assert (ref.detach() != ours.detach()).sum() <= (~exact_root).sum()
 
 
 def test_bf16_gradients_stay_on_the_copies_until_the_step():
@@ -193,13 +239,13 @@ def test_frozen_and_fp32_runs_leave_layers_alone():
 def test_without_the_kernel_the_step_is_torchs(tmp_path, monkeypatch, capsys):
     broken = tmp_path / "sgd_step.cpp"
     broken.write_text("this is not C++;\n")
-    monkeypatch.setattr(weight_copies, "SGD_STEP", Kernels(broken, "one-pass SGD step"))
+    monkeypatch.setattr(weight_copies, "SGD_STEP", Kernels(broken, "one-pass SGD and Adam steps"))
     monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "build"))
     ref, ours = small_net(), small_net()
     ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
     our_opt = SGDWithCopies(ours.parameters(), lr=0.05, momentum=0.9)
     assert attach_weight_copies(ours, our_opt) == 0 and type(ours[0]) is nn.Conv2d
-    assert weight_copies.SGD_STEP.error and "compiling the one-pass SGD step" in capsys.readouterr().err
+    assert weight_copies.SGD_STEP.error and "compiling the one-pass SGD and Adam steps" in capsys.readouterr().err
     assert train(ref, ref_opt, 3) == train(ours, our_opt, 3)
     assert all(torch.equal(p, q) for p, q in zip(ref.parameters(), ours.parameters()))
 
@@ -232,7 +278,8 @@ def test_a_step_torch_takes_over_leaves_the_copies_stale():
 
 @pytest.mark.parametrize("impl, precision, optim, switched",
                          [("auto", "bf16", {}, True), ("torch", "bf16", {}, False), ("auto", "fp32", {}, False),
-                          ("auto", "bf16", {"fused": True}, False), ("auto", "bf16", {"name": "adam"}, False)])
+                          ("auto", "bf16", {"fused": True}, False), ("auto", "bf16", {"name": "adam"}, True),
+                          ("auto", "bf16", {"name": "adamw"}, True), ("auto", "bf16", {"name": "radam"}, False)])
 def test_engine_uses_weight_copies_for_bf16_sgd_on_the_cpu(tiny_data, impl, precision, optim, switched):
     from cnnbench.data import load_dataset
     from cnnbench.train.config import load_recipe
@@ -248,7 +295,10 @@ def test_engine_uses_weight_copies_for_bf16_sgd_on_the_cpu(tiny_data, impl, prec
     model = build_model(recipe, model_kwargs(recipe, ds))
     layers = sum(type(m) in (nn.Conv2d, nn.Linear) for m in model.modules())
     engine = build_engine(recipe, ds, model, cpu, Precision(precision, cpu), Ranks())
-    assert isinstance(engine.optimizer, SGDWithCopies) == switched
+    assert isinstance(engine.optimizer, (SGDWithCopies, AdamWithCopies)) == switched
+    if switched and optim:
+        assert isinstance(engine.optimizer, AdamWithCopies)
+        assert engine.optimizer.defaults["decoupled_weight_decay"] == (optim["name"] == "adamw")
     assert engine.fast_paths.get("weight_copies", 0) == (layers if switched else 0) and layers == 4  # simple_cnn
     assert sum(type(m) in (CopyConv2d, CopyLinear) for m in engine.model.modules()) == engine.fast_paths.get("weight_copies", 0)
     assert engine.fast_paths.get("bf16_weight_grads", False) == switched  # no L2, no clipping, one process

@@ -82,24 +82,29 @@ def use_fused(cfg: OptimConfig, device: torch.device) -> bool:
 
 
 def writes_weight_copies(cfg: OptimConfig, device: torch.device) -> bool:
-    """Whether ``cfg``'s optimiser can run as ``SGDWithCopies`` on ``device`` (``train.optim_impl:
-    auto`` decides whether it should): SGD on the CPU with ``optim.fused`` left to cnnbench."""
-    return cfg.name == "sgd" and device.type == "cpu" and cfg.fused is None
+    """Whether ``cfg``'s optimiser can run with bf16 weight copies on ``device`` (``train.optim_impl:
+    auto`` decides whether it should): SGD, Adam or AdamW on the CPU with ``optim.fused`` left to
+    cnnbench."""
+    return cfg.name in ("sgd", "adam", "adamw") and device.type == "cpu" and cfg.fused is None
 
 
 def create_optimizer(model: nn.Module, cfg: OptimConfig, weight_copies: bool = False) -> torch.optim.Optimizer:
     """The torch.optim optimiser named by ``cfg.name`` over the model's trainable parameters, with
     torch's fused kernel where ``use_fused`` says so (on the parameters' device); with
-    ``weight_copies`` (where ``writes_weight_copies``), SGD is ``SGDWithCopies``: torch's SGD in one
-    pass per tensor that also writes the bf16 weight copies ``attach_weight_copies`` registers."""
+    ``weight_copies`` (where ``writes_weight_copies``), SGD is ``SGDWithCopies`` and Adam or AdamW
+    ``AdamWithCopies``: torch's update in one pass per tensor that also writes the bf16 weight copies
+    ``attach_weight_copies`` registers."""
     if cfg.name == "sgd" and cfg.nesterov and cfg.momentum <= 0:
         raise CnnbenchError(f"optim.nesterov: Nesterov SGD needs momentum > 0, got momentum={cfg.momentum}")
     groups = param_groups(model, cfg.weight_decay, cfg.no_decay_bn_bias)
     device = next((p.device for g in groups for p in g["params"]), torch.device("cpu"))
     if weight_copies and writes_weight_copies(cfg, device):
-        from cnnbench.train.weight_copies import SGDWithCopies  # imports the model-layer classes it switches to
+        # imported here: the module switches model layers and builds its C++ kernel on first use
+        from cnnbench.train.weight_copies import AdamWithCopies, SGDWithCopies
 
-        return SGDWithCopies(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        if cfg.name == "sgd":
+            return SGDWithCopies(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
+        return AdamWithCopies(groups, lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, decoupled_weight_decay=cfg.name == "adamw")
     return OPTIMIZERS[cfg.name](groups, cfg, **({"fused": True} if use_fused(cfg, device) else {}))
 
 

@@ -44,7 +44,7 @@ from cnnbench.train.loop import (Engine, NonFiniteLoss, Progress, check_finite_w
 from cnnbench.train.optim import create_l2_penalty, create_optimizer, writes_weight_copies
 from cnnbench.train.schedule import Horizon, create_schedule
 from cnnbench.train.views import ViewStream
-from cnnbench.train.weight_copies import SGD_STEP, SGDWithCopies, attach_weight_copies
+from cnnbench.train.weight_copies import SGD_STEP, CopyingOptimizer, attach_weight_copies
 
 
 @dataclass
@@ -154,7 +154,7 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
     wants_copies = (t.optim_impl == "auto" and precision.dtype == torch.bfloat16 and not t.compile
                     and writes_weight_copies(recipe.optim, device))
     optimizer = create_optimizer(model, recipe.optim, weight_copies=wants_copies and SGD_STEP.load() is not None)
-    if isinstance(optimizer, SGDWithCopies):
+    if isinstance(optimizer, CopyingOptimizer):
         # Gradients may stay bf16 for the step where nothing reads weight.grad before it: no Keras L2,
         # no clipping (both edit or read .grad after backward) and no DDP (its hooks all-reduce .grad).
         bf16_grads = recipe.optim.l2 <= 0 and recipe.optim.grad_clip is None and not ranks.distributed
@@ -164,8 +164,8 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
     elif wants_copies:  # the kernel could not be built
         fast_paths["sgd_step_unavailable"] = SGD_STEP.error
         if ranks.is_main:
-            print(f"cnnbench: the one-pass SGD step could not be built ({SGD_STEP.error}); training with torch's SGD "
-                  "and autocast's weight casts, which are slower here", file=sys.stderr, flush=True)
+            print(f"cnnbench: the one-pass optimiser step could not be built ({SGD_STEP.error}); training with "
+                  "torch's optimiser and autocast's weight casts, which are slower here", file=sys.stderr, flush=True)
     fast_paths["fused_optimizer"] = bool(optimizer.defaults.get("fused"))
     horizon = Horizon(t.epochs, sum(len(loader) for loader in loaders))
     net = model

@@ -1,13 +1,15 @@
-"""bf16 copies of the weights, written by the SGD step, read by the next forward pass (CPU, bf16 autocast).
+"""bf16 copies of the weights, written by the optimiser step, read by the next forward pass (CPU, bf16 autocast).
 
 Under bf16 autocast each convolution and linear layer casts its float32 weight to bf16 in every
 forward pass, and autograd casts the bf16 gradient back; torch's SGD then updates the float32
-weight in three passes over it. ``SGDWithCopies`` does the whole update in one pass per tensor
-(``sgd_step.cpp``) and writes the weight's bf16 rounding in the same pass; the layers switched by
-``attach_weight_copies`` feed that copy to their operator instead of casting (``_UseCopy``), and
-the gradient still reaches the float32 weight as float32. The copy is exactly what autocast's
-cast would produce (round to nearest even), and the update is torch's default CPU SGD operation
-for operation, so a run's weights are the same bits with or without this path (tested).
+weight in three passes over it (Adam, unfused, in seven). ``SGDWithCopies`` and ``AdamWithCopies``
+(Adam and AdamW) do the whole update in one pass per tensor (``sgd_step.cpp``) and write the
+weight's bf16 rounding in the same pass; the layers switched by ``attach_weight_copies`` feed that
+copy to their operator instead of casting (``_UseCopy``), and the gradient reaches the float32
+weight as float32, or stays bf16 for the step (``bf16_grads``). The copy is exactly what
+autocast's cast would produce (round to nearest even), and the update is torch's default CPU SGD
+or Adam operation for operation, so a run's weights are the same bits as with torch's unfused
+optimiser (tested; torch's fused kernels round in another order).
 
 A copy is used only while it is current: it records the weight's version counter after the step
 that wrote it, and any other change to the weight (loading a checkpoint, a step by another
@@ -17,7 +19,7 @@ a deep copy of the model (the EMA's) starts without them.
 
 Why hand-written: torch has no optimiser step that also emits a low-precision copy of the weights
 for the CPU (its ``fused`` SGD and Adam update in place only), and autocast's own cast cache lasts
-one forward pass. ``python benchmarks/probe_optim.py --copies`` times it.
+one forward pass. ``python benchmarks/probe_weight_copies.py`` times it against torch's.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import torch.nn.functional as F
 from cnnbench.train.gemm_conv import GemmConv2d
 from cnnbench.train.native import Kernels
 
-SGD_STEP = Kernels(Path(__file__).with_name("sgd_step.cpp"), "one-pass SGD step")
+SGD_STEP = Kernels(Path(__file__).with_name("sgd_step.cpp"), "one-pass SGD and Adam steps")
 
 
 class WeightCopy:
@@ -126,13 +128,14 @@ class CopyLinear(nn.Linear):
 SWITCHES = {nn.Conv2d: CopyConv2d, GemmConv2d: CopyGemmConv2d, nn.Linear: CopyLinear}
 
 
-class SGDWithCopies(torch.optim.SGD):
-    """``torch.optim.SGD`` whose step runs ``sgd_step.cpp`` — one pass per tensor, the same bits as
-    torch's default CPU step — and writes the bf16 copies of the weights ``attach_weight_copies``
-    registered. Its state and state_dict are torch's (``momentum_buffer``), so checkpoints move
-    freely between the two. Where the kernel does not apply (a non-float32 or sparse tensor, a
-    tensor learning rate, ``differentiable``) the whole step is torch's, and the copies go stale
-    by the weights' version counters until a step here writes them again."""
+class CopyingOptimizer(torch.optim.Optimizer):
+    """What ``SGDWithCopies`` and ``AdamWithCopies`` share: a step that runs ``sgd_step.cpp`` — one
+    pass per tensor, the same bits as torch's default CPU step — and writes the bf16 copies of the
+    weights ``attach_weight_copies`` registered. The state and state_dict are torch's optimiser's,
+    so checkpoints move freely between the two. Where the kernel does not apply (a non-float32 or
+    sparse tensor, a tensor learning rate, ``differentiable``, ``capturable``, ``amsgrad``) the
+    whole step is torch's, and the copies go stale by the weights' version counters until a step
+    here writes them again. Subclasses put this first in their bases, before the torch.optim class."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -156,6 +159,13 @@ class SGDWithCopies(torch.optim.SGD):
             copy.grad = None
         return loss
 
+    def _step_group(self, group: dict, params: list, grads: list) -> None:
+        raise NotImplementedError
+
+    def _kernel_takes(self, group: dict) -> bool:
+        """Whether the group's options are the kernel's (beyond float32 dense CPU tensors)."""
+        return not (group.get("differentiable") or group.get("capturable") or isinstance(group["lr"], torch.Tensor))
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
         for copy in self.copies.values():
@@ -177,7 +187,7 @@ class SGDWithCopies(torch.optim.SGD):
 
     def _gather(self, group: dict):
         """(params, grads) of the group that have gradients, or None where the kernel cannot take them."""
-        if group.get("differentiable") or isinstance(group["lr"], torch.Tensor):
+        if not self._kernel_takes(group):
             return None
         params, grads = [], []
         for p in group["params"]:
@@ -195,22 +205,46 @@ class SGDWithCopies(torch.optim.SGD):
             grads.append(g)
         return params, grads
 
+    def _state_tensor(self, p: torch.Tensor, key: str) -> tuple[torch.Tensor, bool]:
+        """``state[p][key]`` in ``p``'s layout (zeros if absent; a resumed tensor in another layout
+        is copied once), and whether it was absent."""
+        state = self.state[p]
+        value = state.get(key)
+        if value is None or value.stride() != p.stride():
+            new = torch.zeros_like(p) if value is None else torch.empty_like(p).copy_(value)
+            state[key] = new
+            return new, value is None
+        return value, False
+
+    def _copy_tensor(self, p: torch.Tensor) -> torch.Tensor | None:
+        """The bf16 copy the step writes for ``p``, or None where ``p`` has none."""
+        copy = self.copies.get(p)
+        if copy is None:
+            return None
+        if copy.tensor is None or copy.tensor.stride() != p.stride():
+            copy.tensor = torch.empty_like(p, dtype=torch.bfloat16)
+        return copy.tensor
+
+    def _written(self, params: list) -> None:
+        """Record the weights' versions after the kernel wrote their copies."""
+        for p in params:
+            copy = self.copies.get(p)
+            if copy is not None:
+                copy.version = p._version
+
+
+class SGDWithCopies(CopyingOptimizer, torch.optim.SGD):
+    """``torch.optim.SGD`` with the one-pass step that writes bf16 weight copies (``CopyingOptimizer``);
+    state ``momentum_buffer`` as torch's."""
+
     def _step_group(self, group: dict, params: list, grads: list) -> None:
         momentum = group["momentum"]
         bufs, first = [], []
         if momentum != 0:
             for p in params:
-                state = self.state[p]
-                buf = state.get("momentum_buffer")
-                if buf is None or buf.stride() != p.stride():
-                    new = torch.empty_like(p)
-                    if buf is not None:  # a resumed buffer in another layout
-                        new.copy_(buf)
-                    first.append(buf is None)
-                    buf = state["momentum_buffer"] = new
-                else:
-                    first.append(False)
+                buf, absent = self._state_tensor(p, "momentum_buffer")
                 bufs.append(buf)
+                first.append(absent)
         copied, plain = [], []
         for i, p in enumerate(params):
             (copied if p in self.copies else plain).append(i)
@@ -222,26 +256,41 @@ class SGDWithCopies(torch.optim.SGD):
             SGD_STEP.module.sgd_step(ps, [grads[i] for i in indices], [bufs[i] for i in indices] if bufs else [],
                                      [first[i] for i in indices] if first else [], copies, group["lr"], momentum,
                                      group["dampening"], group["weight_decay"], group["nesterov"], group["maximize"])
-            if with_copies:
-                for p in ps:
-                    self.copies[p].version = p._version
+            self._written(ps)
 
-    def _copy_tensor(self, p: torch.Tensor) -> torch.Tensor:
-        copy = self.copies[p]
-        if copy.tensor is None or copy.tensor.stride() != p.stride():
-            copy.tensor = torch.empty_like(p, dtype=torch.bfloat16)
-        return copy.tensor
+
+class AdamWithCopies(CopyingOptimizer, torch.optim.Adam):
+    """``torch.optim.Adam`` (``decoupled_weight_decay=True``: AdamW) with the one-pass step that
+    writes bf16 weight copies (``CopyingOptimizer``); state ``step``, ``exp_avg``, ``exp_avg_sq``
+    as torch's. ``amsgrad`` runs torch's step."""
+
+    def _kernel_takes(self, group: dict) -> bool:
+        return super()._kernel_takes(group) and not group["amsgrad"] and not isinstance(group["betas"][0], torch.Tensor)
+
+    def _step_group(self, group: dict, params: list, grads: list) -> None:
+        beta1, beta2 = group["betas"]
+        for p, g in zip(params, grads):
+            state = self.state[p]
+            if "step" not in state:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)  # torch's (non-capturable) step count
+            exp_avg, _ = self._state_tensor(p, "exp_avg")
+            exp_avg_sq, _ = self._state_tensor(p, "exp_avg_sq")
+            state["step"] += 1
+            SGD_STEP.module.adam_step(p, g, exp_avg, exp_avg_sq, self._copy_tensor(p), state["step"].item(),
+                                      group["lr"], beta1, beta2, group["eps"], group["weight_decay"],
+                                      group.get("decoupled_weight_decay", False), group["maximize"])
+        self._written(params)
 
 
 def attach_weight_copies(model: nn.Module, optimizer: torch.optim.Optimizer, bf16_grads: bool = False) -> int:
     """Give every plain ``nn.Conv2d``, ``GemmConv2d`` and ``nn.Linear`` of ``model`` whose float32
-    CPU weight ``optimizer`` (an ``SGDWithCopies``) updates a bf16 copy, written by each step and
+    CPU weight ``optimizer`` (an ``SGDWithCopies`` or ``AdamWithCopies``) updates a bf16 copy, written by each step and
     read by the next forward pass. With ``bf16_grads`` their gradients stay bf16 on the copies for
     the step (see ``WeightCopy``): for runs where nothing else reads ``weight.grad`` between backward
     and step (no Keras L2, no clipping, no DDP). Returns how many layers were switched: 0 where the
     kernel cannot be built (``SGD_STEP.error`` says why)."""
-    if not isinstance(optimizer, SGDWithCopies):
-        raise TypeError(f"attach_weight_copies needs an SGDWithCopies optimiser, got {type(optimizer).__name__}")
+    if not isinstance(optimizer, CopyingOptimizer):
+        raise TypeError(f"attach_weight_copies needs an SGDWithCopies or AdamWithCopies optimiser, got {type(optimizer).__name__}")
     stepped = {p for group in optimizer.param_groups for p in group["params"]}
     layers = [m for m in model.modules() if type(m) in SWITCHES and m.weight in stepped
               and m.weight.dtype == torch.float32 and m.weight.device.type == "cpu"]
