@@ -24,6 +24,11 @@ of single-tensor ops, one pass per term, so fused SGD only pays with Nesterov or
 The fused kernels round in another order than the default path, so their weights differ from
 it in the last bits (6e-8 after 5 steps of SGD with momentum); each path is deterministic, and
 both keep the same state, so a checkpoint from either resumes on the other.
+
+On the CPU under bf16 autocast (``train.optim_impl: auto``), SGD, Adam and AdamW with
+``optim.fused`` left null run neither: ``cnnbench.train.weight_copies``' one-pass step, which
+also writes the bf16 weight copies the next forward pass reads (torch's default path's
+arithmetic, the same state).
 """
 
 from __future__ import annotations
