@@ -13,8 +13,10 @@ optimiser (tested; torch's fused kernels round in another order).
 
 A copy is used only while it is current: it records the weight's version counter after the step
 that wrote it, and any other change to the weight (loading a checkpoint, a step by another
-optimiser, an in-place edit) bumps that counter, so the layer casts as before until the next step
-writes a fresh copy. Copies are not state: they are not in the state_dict or the checkpoint, and
+optimiser, an in-place edit under ``torch.no_grad()``) bumps that counter, so the layer casts as
+before until the next step writes a fresh copy. An edit through ``weight.data`` is not seen (it
+bypasses the version counter, as it bypasses autograd): the forward passes before the next step
+still read the old copy. Copies are not state: they are not in the state_dict or the checkpoint, and
 a deep copy of the model (the EMA's) starts without them.
 
 Why hand-written: torch has no optimiser step that also emits a low-precision copy of the weights
