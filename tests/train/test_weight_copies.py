@@ -163,6 +163,24 @@ def test_a_weight_used_twice_in_a_forward_pass_gets_torchs_bits(bf16_grads):
     assert torch.equal(ref.conv.weight, ours.conv.weight) and type(ours.conv) is CopyConv2d
 
 
+@pytest.mark.parametrize("bf16_grads", [False, True], ids=["float32 grads", "bf16 grads"])
+def test_two_backward_passes_before_a_step_accumulate_as_torchs(bf16_grads):
+    ref, ours = small_net(), small_net()
+    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
+    our_opt = SGDWithCopies(ours.parameters(), lr=0.05, momentum=0.9)
+    attach_weight_copies(ours, our_opt, bf16_grads=bf16_grads)
+    for net, opt in ((ref, ref_opt), (ours, our_opt)):
+        for step in range(3):
+            opt.zero_grad(set_to_none=True)
+            for half in range(2):  # gradient accumulation over two batches
+                x, y = batch(10 * step + half)
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    loss = F.cross_entropy(net(x).float(), y)
+                loss.backward()
+            opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(ref.parameters(), ours.parameters()))
+
+
 def test_the_forward_pass_reads_a_copy_only_while_it_is_current():
     net = small_net()
     opt = SGDWithCopies(net.parameters(), lr=0.05, momentum=0.9)

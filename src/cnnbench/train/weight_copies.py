@@ -45,8 +45,8 @@ class WeightCopy:
 
     With ``holds_grad`` (``attach_weight_copies(..., bf16_grads=True)``) the weight's gradient is
     kept here as the bf16 tensor the layer's backward produced (``grad``; float32 once a second
-    use of the weight in one backward adds to it) instead of being widened into ``weight.grad``:
-    the step reads it directly. ``weight.grad`` then stays None."""
+    backward before the step adds to it) instead of being widened into ``weight.grad``: the step
+    reads it directly. ``weight.grad`` then stays None."""
 
     __slots__ = ("tensor", "version", "holds_grad", "grad", "used")
 
@@ -64,9 +64,10 @@ class WeightCopy:
         return type(None), ()
 
     def add_grad(self, grad: torch.Tensor) -> None:
-        """Keep ``grad`` (bf16), or add it to the one kept (a weight used by two forward passes
-        before one step), as autograd adds two gradients of one tensor: in the gradients' dtype."""
-        self.grad = grad if self.grad is None else self.grad + grad
+        """Keep ``grad`` (bf16), or add it to the one kept (two backward passes before one step) in
+        float32, as autograd accumulates into a float32 ``weight.grad``. (Uses within one forward
+        pass of the model share one copy tensor, whose gradients autograd has already summed.)"""
+        self.grad = grad if self.grad is None else self.grad.float() + grad.float()
 
 
 class _UseCopy(torch.autograd.Function):
