@@ -295,7 +295,7 @@ class TrainConfig:
     pool_impl: str = "auto"
     """torch (torch's max pooling) or auto: on the CPU, max pooling of channels_last float32/bf16 activations runs one C++ pass each way (cnnbench.train.max_pool: 3.6 ms against torch's 8.2 for ResNet-18's stem at 64 px; compiled on first use, torch's where it cannot be built)."""
     optim_impl: str = "auto"
-    """torch (torch.optim's step) or auto: on the CPU under bf16 autocast, SGD, Adam and AdamW (with optim.fused left null) run one C++ pass per tensor, the same bits as torch's unfused step, that also writes each conv/linear weight's bf16 copy, which the next forward pass uses instead of autocast's cast (cnnbench.train.weight_copies; compiled on first use, torch's where it cannot be built)."""
+    """torch (torch.optim's step) or auto: on the CPU under bf16 autocast, SGD, Adam and AdamW (with optim.fused left null) run one C++ pass per tensor, torch's unfused arithmetic (SGD bit for bit), that also writes each conv/linear weight's bf16 copy, which the next forward pass uses instead of autocast's cast (cnnbench.train.weight_copies; compiled on first use, torch's where it cannot be built)."""
     device: str = "auto"
     """auto, cpu, cuda, cuda:N or mps."""
     early_stopping: int | None = None

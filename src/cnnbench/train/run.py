@@ -162,7 +162,7 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
         if bf16_grads and fast_paths["weight_copies"]:
             fast_paths["bf16_weight_grads"] = True
     elif wants_copies:  # the kernel could not be built
-        fast_paths["sgd_step_unavailable"] = SGD_STEP.error
+        fast_paths["weight_copies_unavailable"] = SGD_STEP.error
         if ranks.is_main:
             print(f"cnnbench: the one-pass optimiser step could not be built ({SGD_STEP.error}); training with "
                   "torch's optimiser and autocast's weight casts, which are slower here", file=sys.stderr, flush=True)
