@@ -245,7 +245,7 @@ def test_deep_copies_and_state_dicts_carry_no_copy():
     assert set(net.state_dict()) == set(small_net().state_dict())
 
 
-def test_frozen_and_fp32_runs_leave_layers_alone():
+def test_frozen_layers_are_left_alone_and_other_optimisers_refused():
     net = small_net()
     net[0].weight.requires_grad_(False)
     opt = SGDWithCopies([p for p in net.parameters() if p.requires_grad], lr=0.05, momentum=0.9)
@@ -298,7 +298,7 @@ def test_a_step_torch_takes_over_leaves_the_copies_stale():
                          [("auto", "bf16", {}, True), ("torch", "bf16", {}, False), ("auto", "fp32", {}, False),
                           ("auto", "bf16", {"fused": True}, False), ("auto", "bf16", {"name": "adam"}, True),
                           ("auto", "bf16", {"name": "adamw"}, True), ("auto", "bf16", {"name": "radam"}, False)])
-def test_engine_uses_weight_copies_for_bf16_sgd_on_the_cpu(tiny_data, impl, precision, optim, switched):
+def test_engine_uses_weight_copies_for_bf16_sgd_and_adam_on_the_cpu(tiny_data, impl, precision, optim, switched):
     from cnnbench.data import load_dataset
     from cnnbench.train.config import load_recipe
     from cnnbench.train.device import Precision
