@@ -24,7 +24,8 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <vector>
+#include <initializer_list>
+#include <type_traits>
 
 namespace {
 
@@ -135,57 +136,64 @@ void check_like(const at::Tensor& t, const at::Tensor& param, at::ScalarType dty
               ": expected the parameter's shape and strides");
 }
 
-// params[i] -= lr * direction(grads[i]) (float32 or bf16 gradients) with momentum buffers bufs[i] (ignored without momentum;
-// first[i]: the buffer starts as the gradient, as torch's first step does) and, where copies is
-// not empty, copies[i] = bf16(params[i]) after the update.
-void sgd_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, std::vector<at::Tensor> bufs,
-              std::vector<bool> first, std::vector<at::Tensor> copies, double lr, double momentum,
-              double dampening, double weight_decay, bool nesterov, bool maximize) {
-  const size_t n = params.size();
+// What both steps check: a dense float32 CPU parameter and a float32 or bf16 gradient laid out like it.
+void check_param_and_grad(const at::Tensor& param, const at::Tensor& grad) {
+  TORCH_CHECK(param.device().is_cpu() && param.scalar_type() == at::kFloat && param.is_non_overlapping_and_dense(),
+              "parameters must be dense float32 CPU tensors");
+  TORCH_CHECK(grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kBFloat16,
+              "gradient: expected float32 or bfloat16, got ", grad.scalar_type());
+  check_like(grad, param, grad.scalar_type(), "gradient");
+}
+
+// The bf16 copy's bits, checked against the parameter, or nullptr without a copy.
+uint16_t* copy_data(const c10::optional<at::Tensor>& copy, const at::Tensor& param) {
+  if (!copy) return nullptr;
+  check_like(*copy, param, at::kBFloat16, "copy");
+  return reinterpret_cast<uint16_t*>(copy->data_ptr<at::BFloat16>());
+}
+
+// run(gp) with the gradient's data as const float* or, for bf16, as its const uint16_t* bits.
+template <typename Run>
+void with_grad_data(const at::Tensor& grad, Run run) {
+  if (grad.scalar_type() == at::kFloat) run(grad.data_ptr<float>());
+  else run(reinterpret_cast<const uint16_t*>(grad.data_ptr<at::BFloat16>()));
+}
+
+template <typename P>
+using Elem = std::remove_const_t<std::remove_pointer_t<P>>;
+
+// The update went around ATen's in-place ops: count it on the tensors' version counters as
+// torch.optim's in-place ops would, so that anything holding an older version (autograd's saved
+// tensors, the forward pass's check of the copy) sees the change.
+void bump_versions(std::initializer_list<const at::Tensor*> tensors) {
+  for (const at::Tensor* t : tensors)
+    if (t != nullptr) torch::autograd::impl::bump_version(*t);
+}
+
+// One SGD step of one parameter: param -= lr * direction(grad) (a float32 or bf16 gradient), with
+// its momentum buffer (none without momentum; first: the buffer starts as the gradient, as torch's
+// first step does) and, with a copy, copy = bf16(param) after the update.
+void sgd_step(at::Tensor param, at::Tensor grad, c10::optional<at::Tensor> buf, bool first,
+              c10::optional<at::Tensor> copy, double lr, double momentum, double dampening, double weight_decay,
+              bool nesterov, bool maximize) {
+  check_param_and_grad(param, grad);
   const bool use_momentum = momentum != 0.0;
-  TORCH_CHECK(grads.size() == n && (!use_momentum || (bufs.size() == n && first.size() == n)),
-              "sgd_step: one gradient (and momentum buffer) per parameter");
-  TORCH_CHECK(copies.empty() || copies.size() == n, "sgd_step: one copy per parameter, or none");
+  TORCH_CHECK(!use_momentum || buf, "sgd_step: momentum needs a buffer");
+  float* m = nullptr;
+  if (use_momentum) {
+    check_like(*buf, param, at::kFloat, "momentum buffer");
+    m = buf->data_ptr<float>();
+  }
+  uint16_t* c = copy_data(copy, param);
   // Scalars as ATen passes them to a float32 kernel: each Python float rounded to float once.
   const Hyper h{static_cast<float>(lr), static_cast<float>(momentum), static_cast<float>(1.0 - dampening),
                 static_cast<float>(weight_decay), nesterov, maximize};
-  for (size_t i = 0; i < n; ++i) {
-    const at::Tensor& p = params[i];
-    TORCH_CHECK(p.device().is_cpu() && p.scalar_type() == at::kFloat && p.is_non_overlapping_and_dense(),
-                "sgd_step: parameters must be dense float32 CPU tensors");
-    const at::Tensor& g = grads[i];
-    TORCH_CHECK(g.scalar_type() == at::kFloat || g.scalar_type() == at::kBFloat16,
-                "gradient: expected float32 or bfloat16, got ", g.scalar_type());
-    check_like(g, p, g.scalar_type(), "gradient");
-    float* m = nullptr;
-    if (use_momentum) {
-      check_like(bufs[i], p, at::kFloat, "momentum buffer");
-      m = bufs[i].data_ptr<float>();
-    }
-    uint16_t* c = nullptr;
-    if (!copies.empty()) {
-      check_like(copies[i], p, at::kBFloat16, "copy");
-      c = reinterpret_cast<uint16_t*>(copies[i].data_ptr<at::BFloat16>());
-    }
-    const bool is_first = use_momentum && first[i];
-    const bool decay = weight_decay != 0.0;
-    float* w = p.data_ptr<float>();
-    if (g.scalar_type() == at::kFloat) {
-      const Update<float> f = pick<float>(decay, use_momentum, is_first, c != nullptr);
-      const float* gp = g.data_ptr<float>();
-      at::parallel_for(0, p.numel(), 1 << 15, [&](int64_t begin, int64_t end) { f(w, gp, m, c, begin, end, h); });
-    } else {
-      const Update<uint16_t> f = pick<uint16_t>(decay, use_momentum, is_first, c != nullptr);
-      const uint16_t* gp = reinterpret_cast<const uint16_t*>(g.data_ptr<at::BFloat16>());
-      at::parallel_for(0, p.numel(), 1 << 15, [&](int64_t begin, int64_t end) { f(w, gp, m, c, begin, end, h); });
-    }
-    // The update went around ATen's in-place ops: count it on the tensors' version counters as
-    // torch.optim's add_ would, so that anything holding an older version (autograd's saved
-    // tensors, the forward pass's check of the copy) sees the change.
-    torch::autograd::impl::bump_version(p);
-    if (use_momentum) torch::autograd::impl::bump_version(bufs[i]);
-    if (c != nullptr) torch::autograd::impl::bump_version(copies[i]);
-  }
+  float* w = param.data_ptr<float>();
+  with_grad_data(grad, [&](auto* gp) {
+    const auto f = pick<Elem<decltype(gp)>>(weight_decay != 0.0, use_momentum, use_momentum && first, c != nullptr);
+    at::parallel_for(0, param.numel(), 1 << 15, [&](int64_t begin, int64_t end) { f(w, gp, m, c, begin, end, h); });
+  });
+  bump_versions({&param, use_momentum ? &*buf : nullptr, c ? &*copy : nullptr});
 }
 
 // One Adam (or AdamW, decoupled) step of one parameter: param, its float32 or bf16 gradient, its
@@ -195,46 +203,29 @@ void sgd_step(std::vector<at::Tensor> params, std::vector<at::Tensor> grads, std
 void adam_step(at::Tensor param, at::Tensor grad, at::Tensor exp_avg, at::Tensor exp_avg_sq,
                c10::optional<at::Tensor> copy, double step, double lr, double beta1, double beta2, double eps,
                double weight_decay, bool decoupled, bool maximize) {
-  TORCH_CHECK(param.device().is_cpu() && param.scalar_type() == at::kFloat && param.is_non_overlapping_and_dense(),
-              "adam_step: parameters must be dense float32 CPU tensors");
-  TORCH_CHECK(grad.scalar_type() == at::kFloat || grad.scalar_type() == at::kBFloat16,
-              "gradient: expected float32 or bfloat16, got ", grad.scalar_type());
-  check_like(grad, param, grad.scalar_type(), "gradient");
+  check_param_and_grad(param, grad);
   check_like(exp_avg, param, at::kFloat, "exp_avg");
   check_like(exp_avg_sq, param, at::kFloat, "exp_avg_sq");
-  uint16_t* c = nullptr;
-  if (copy) {
-    check_like(*copy, param, at::kBFloat16, "copy");
-    c = reinterpret_cast<uint16_t*>(copy->data_ptr<at::BFloat16>());
-  }
+  uint16_t* c = copy_data(copy, param);
   const double bias_correction1 = 1.0 - std::pow(beta1, step);
   const double bias_correction2 = 1.0 - std::pow(beta2, step);
   const AdamHyper h{static_cast<float>(1.0 - lr * weight_decay), static_cast<float>(weight_decay),
                     static_cast<float>(1.0 - beta1), static_cast<float>(beta2), static_cast<float>(1.0 - beta2),
                     static_cast<float>(std::pow(bias_correction2, 0.5)), static_cast<float>(eps),
                     static_cast<float>(-(lr / bias_correction1)), maximize};
-  const bool decay = weight_decay != 0.0;
   float* w = param.data_ptr<float>();
   float* m = exp_avg.data_ptr<float>();
   float* v = exp_avg_sq.data_ptr<float>();
-  if (grad.scalar_type() == at::kFloat) {
-    const AdamUpdate<float> f = pick_adam<float>(decay, decoupled, c != nullptr);
-    const float* gp = grad.data_ptr<float>();
+  with_grad_data(grad, [&](auto* gp) {
+    const auto f = pick_adam<Elem<decltype(gp)>>(weight_decay != 0.0, decoupled, c != nullptr);
     at::parallel_for(0, param.numel(), 1 << 15, [&](int64_t begin, int64_t end) { f(w, gp, m, v, c, begin, end, h); });
-  } else {
-    const AdamUpdate<uint16_t> f = pick_adam<uint16_t>(decay, decoupled, c != nullptr);
-    const uint16_t* gp = reinterpret_cast<const uint16_t*>(grad.data_ptr<at::BFloat16>());
-    at::parallel_for(0, param.numel(), 1 << 15, [&](int64_t begin, int64_t end) { f(w, gp, m, v, c, begin, end, h); });
-  }
-  torch::autograd::impl::bump_version(param);
-  torch::autograd::impl::bump_version(exp_avg);
-  torch::autograd::impl::bump_version(exp_avg_sq);
-  if (c != nullptr) torch::autograd::impl::bump_version(*copy);
+  });
+  bump_versions({&param, &exp_avg, &exp_avg_sq, c ? &*copy : nullptr});
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
-  module.def("sgd_step", &sgd_step, "torch.optim.SGD's step in one pass per tensor, writing bf16 copies of the weights");
+  module.def("sgd_step", &sgd_step, "torch.optim.SGD's step of one tensor in one pass, writing its bf16 copy");
   module.def("adam_step", &adam_step, "torch.optim.Adam's (or AdamW's) step of one tensor in one pass, writing its bf16 copy");
 }

@@ -158,8 +158,7 @@ class CopyingOptimizer(torch.optim.Optimizer):
         for group, (params, grads) in zip(self.param_groups, groups):
             if params:
                 self._step_group(group, params, grads)
-        for copy in self.copies.values():
-            copy.grad = None
+        self._drop_kept_grads()
         return loss
 
     def _step_group(self, group: dict, params: list, grads: list) -> None:
@@ -171,16 +170,19 @@ class CopyingOptimizer(torch.optim.Optimizer):
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         super().zero_grad(set_to_none)
+        self._drop_kept_grads()
+
+    def _drop_kept_grads(self) -> None:
         for copy in self.copies.values():
             copy.grad = None
 
     def _widen_kept_grads(self) -> None:
         """Put the gradients the copies hold into ``.grad`` as float32, for torch's own step."""
-        for p, copy in self.copies.items():
-            if copy.grad is not None:
-                g = copy.grad.float()
-                p.grad = g if p.grad is None else p.grad + g
-                copy.grad = None
+        for p in self.copies:
+            g = self._grad_of(p)
+            if g is not None:
+                p.grad = g.float()
+        self._drop_kept_grads()
 
     def _grad_of(self, p: torch.Tensor) -> torch.Tensor | None:
         copy = self.copies.get(p)
@@ -242,24 +244,11 @@ class SGDWithCopies(CopyingOptimizer, torch.optim.SGD):
 
     def _step_group(self, group: dict, params: list, grads: list) -> None:
         momentum = group["momentum"]
-        bufs, first = [], []
-        if momentum != 0:
-            for p in params:
-                buf, absent = self._state_tensor(p, "momentum_buffer")
-                bufs.append(buf)
-                first.append(absent)
-        copied, plain = [], []
-        for i, p in enumerate(params):
-            (copied if p in self.copies else plain).append(i)
-        for indices, with_copies in ((copied, True), (plain, False)):
-            if not indices:
-                continue
-            ps = [params[i] for i in indices]
-            copies = [self._copy_tensor(p) for p in ps] if with_copies else []
-            SGD_STEP.module.sgd_step(ps, [grads[i] for i in indices], [bufs[i] for i in indices] if bufs else [],
-                                     [first[i] for i in indices] if first else [], copies, group["lr"], momentum,
-                                     group["dampening"], group["weight_decay"], group["nesterov"], group["maximize"])
-            self._written(ps)
+        for p, g in zip(params, grads):
+            buf, first = self._state_tensor(p, "momentum_buffer") if momentum != 0 else (None, False)
+            SGD_STEP.module.sgd_step(p, g, buf, first, self._copy_tensor(p), group["lr"], momentum, group["dampening"],
+                                     group["weight_decay"], group["nesterov"], group["maximize"])
+        self._written(params)
 
 
 class AdamWithCopies(CopyingOptimizer, torch.optim.Adam):
