@@ -64,7 +64,10 @@ def conv_step(conv: nn.Conv2d, x: torch.Tensor, bf16: bool, gemm: bool, native: 
     return step
 
 
-def model_step(batch: int, gemm: bool, fused_bn: bool = False, nhwc_ops: bool = False):
+def model_step(batch: int, gemm: bool, fused_bn: bool = False, nhwc_ops: bool = False, optimizer=None):
+    """(model, step): ResNet-18 at 64 px with the chosen fast paths, and one bf16 + channels_last
+    training step of it on a fixed random batch; ``optimizer(model)`` makes the optimiser (default:
+    SGD, lr 0.01, momentum 0.9). ``probe_weight_copies.py`` builds its steps here too."""
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=200, input_size=64).to(memory_format=torch.channels_last)
     if gemm:
@@ -78,15 +81,15 @@ def model_step(batch: int, gemm: bool, fused_bn: bool = False, nhwc_ops: bool = 
         raise SystemExit(f"the NHWC kernels could not be built: {NHWC_OPS.error}")
     x = torch.randn(batch, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 200, (batch,))
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    opt = optimizer(model) if optimizer is not None else torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def step() -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16):
             loss = F.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)
         loss.backward()
-        optimizer.step()
-    return step
+        opt.step()
+    return model, step
 
 
 # torch.profiler op name -> kind of work (checked in order; the first match wins)
@@ -157,11 +160,11 @@ def main() -> None:
         if covering_pairs(size, size, (k, k), (s, s), (p, p)) is not None:  # the Python path's CoveringConv
             python = [median_ms(conv_step(conv, x, bf16, True, native=False), args.repeats) for bf16 in (True, False)]
             print(f"{'  (CoveringConv, without nhwc_ops.cpp)':40} {'':12} {python[0]:12.1f} {'':12} {python[1]:12.1f}")
-    steps = {"torch convs + torch BN": model_step(args.batch, False),
-             "matmul convs + torch BN": model_step(args.batch, True),
-             "matmul convs (Python im2col) + fused BN": model_step(args.batch, True, fused_bn=True),
+    steps = {"torch convs + torch BN": model_step(args.batch, False)[1],
+             "matmul convs + torch BN": model_step(args.batch, True)[1],
+             "matmul convs (Python im2col) + fused BN": model_step(args.batch, True, fused_bn=True)[1],
              "matmul convs + fused BN + C++ im2col and max pool (default)": model_step(args.batch, True, fused_bn=True,
-                                                                                     nhwc_ops=True)}
+                                                                                     nhwc_ops=True)[1]}
     for step in steps.values():
         step(), step()  # warm-up
     rates = {name: [] for name in steps}

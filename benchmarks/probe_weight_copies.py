@@ -30,15 +30,12 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 
-from cnnbench.models import create_model
 from cnnbench.train.config import OptimConfig
-from cnnbench.train.fused_bn import use_fused_batchnorm
-from cnnbench.train.gemm_conv import AUTO_MAX_AREA, use_gemm_convs
-from cnnbench.train.max_pool import use_nhwc_max_pool
 from cnnbench.train.optim import create_optimizer
 from cnnbench.train.weight_copies import SGD_STEP, attach_weight_copies
+
+from probe_convs import model_step  # the script beside this one
 
 WAYS = ("torch", "copies", "copies + bf16 gradients")
 SETTINGS = {  # label -> OptimConfig options
@@ -49,25 +46,14 @@ SETTINGS = {  # label -> OptimConfig options
 
 
 def build(way: str, options: dict, batch: int):
-    torch.manual_seed(0)
-    model = create_model("resnet18", num_classes=200, input_size=64).to(memory_format=torch.channels_last)
-    use_gemm_convs(model, torch.zeros(1, 3, 64, 64), AUTO_MAX_AREA[torch.bfloat16])
-    use_nhwc_max_pool(model)
-    use_fused_batchnorm(model)
-    optimizer = create_optimizer(model, OptimConfig(**{"name": "sgd", "lr": 0.01, **options}), weight_copies=way != "torch")
-    if way != "torch":
-        attach_weight_copies(model, optimizer, bf16_grads=way == "copies + bf16 gradients")
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(batch, 3, 64, 64, generator=g).contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 200, (batch,), generator=g)
-
-    def step() -> None:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = F.cross_entropy(model(x).float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return model, step
+    """(model, step) for one way (probe_convs' ResNet-18 step with every fast path on)."""
+    def make_optimizer(model):
+        optimizer = create_optimizer(model, OptimConfig(**{"name": "sgd", "lr": 0.01, **options}),
+                                     weight_copies=way != "torch")
+        if way != "torch":
+            attach_weight_copies(model, optimizer, bf16_grads=way == "copies + bf16 gradients")
+        return optimizer
+    return model_step(batch, True, fused_bn=True, nhwc_ops=True, optimizer=make_optimizer)
 
 
 def main() -> None:
