@@ -49,6 +49,15 @@ def train(net: nn.Module, opt: torch.optim.Optimizer, steps: int, first_seed: in
     return losses
 
 
+def sgd_twins(make_net, bf16_grads: bool = False, lr: float = 0.05):
+    """Two nets from ``make_net`` to train side by side: (ref, torch's SGD, ours, SGDWithCopies with
+    the copies attached), momentum 0.9."""
+    ref, ours = make_net(), make_net()
+    our_opt = SGDWithCopies(ours.parameters(), lr=lr, momentum=0.9)
+    attach_weight_copies(ours, our_opt, bf16_grads=bf16_grads)
+    return ref, torch.optim.SGD(ref.parameters(), lr=lr, momentum=0.9), ours, our_opt
+
+
 OPTIONS = [dict(momentum=0.9), dict(momentum=0.9, nesterov=True, weight_decay=5e-4), dict(momentum=0.0),
            dict(momentum=0.0, weight_decay=1e-3), dict(momentum=0.5, dampening=0.3, maximize=True)]
 
@@ -147,12 +156,8 @@ def test_a_weight_used_twice_in_a_forward_pass_gets_torchs_bits(bf16_grads):
             y = self.conv(x)
             return self.conv(y) + self.conv(y.flip(2))
 
-    twice = Thrice
     x = torch.randn(2, 3, 6, 6).contiguous(memory_format=torch.channels_last)
-    ref, ours = twice(), twice()
-    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.1, momentum=0.9)
-    our_opt = SGDWithCopies(ours.parameters(), lr=0.1, momentum=0.9)
-    attach_weight_copies(ours, our_opt, bf16_grads=bf16_grads)
+    ref, ref_opt, ours, our_opt = sgd_twins(Thrice, bf16_grads, lr=0.1)
     for net, opt in ((ref, ref_opt), (ours, our_opt)):
         for _ in range(3):
             with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -165,10 +170,7 @@ def test_a_weight_used_twice_in_a_forward_pass_gets_torchs_bits(bf16_grads):
 
 @pytest.mark.parametrize("bf16_grads", [False, True], ids=["float32 grads", "bf16 grads"])
 def test_two_backward_passes_before_a_step_accumulate_as_torchs(bf16_grads):
-    ref, ours = small_net(), small_net()
-    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
-    our_opt = SGDWithCopies(ours.parameters(), lr=0.05, momentum=0.9)
-    attach_weight_copies(ours, our_opt, bf16_grads=bf16_grads)
+    ref, ref_opt, ours, our_opt = sgd_twins(small_net, bf16_grads)
     for net, opt in ((ref, ref_opt), (ours, our_opt)):
         for step in range(3):
             opt.zero_grad(set_to_none=True)
@@ -206,10 +208,8 @@ def test_the_forward_pass_reads_a_copy_only_while_it_is_current():
 def test_a_loaded_state_dict_makes_the_copies_stale_and_training_matches_torch():
     # A resumed run loads weights into a model whose copies were written from others: the load
     # bumps the weights' versions, so the next forward casts the loaded weights, as torch does.
-    donor, ref, ours = small_net(seed=1), small_net(), small_net()
-    ref_opt = torch.optim.SGD(ref.parameters(), lr=0.05, momentum=0.9)
-    our_opt = SGDWithCopies(ours.parameters(), lr=0.05, momentum=0.9)
-    attach_weight_copies(ours, our_opt)
+    donor = small_net(seed=1)
+    ref, ref_opt, ours, our_opt = sgd_twins(small_net)
     train(ours, our_opt, 2)
     ref.load_state_dict(donor.state_dict())
     ours.load_state_dict(donor.state_dict())
