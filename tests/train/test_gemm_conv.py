@@ -8,7 +8,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from cnnbench.models import create_model
-from cnnbench.train.gemm_conv import AUTO_MAX_AREA, GemmConv2d, gemm_conv2d, output_areas, use_gemm_convs
+from cnnbench.train import gemm_conv
+from cnnbench.train.gemm_conv import AUTO_MAX_AREA, GemmConv2d, PatchMatmul, gemm_conv2d, output_areas, use_gemm_convs
 
 
 @pytest.mark.parametrize("cin, cout, size, kernel, stride, padding, bias", [
@@ -64,6 +65,47 @@ def test_covering_conv_weight_gradient_has_the_weights_layout(fmt):
     weight = torch.randn(8, 16, 3, 3).contiguous(memory_format=fmt).requires_grad_()
     gemm_conv2d(x, weight, None, (1, 1), (1, 1), native=False).sum().backward()
     assert weight.grad.is_contiguous(memory_format=fmt) and weight.grad.stride() == weight.stride()
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("dtype, out_channels, tol", [
+    (torch.float32, 40, 1e-5),
+    (torch.bfloat16, 40, 2e-2),
+    (torch.bfloat16, 600, 2e-2),  # bf16 above OUT_SLICE: the forward runs in slices of 256 + 88 columns
+])
+def test_patch_matmul_is_the_product_and_its_gradients(dtype, out_channels, tol, native, monkeypatch):
+    g = torch.Generator().manual_seed(out_channels)
+    patches = torch.randn(96, 72, generator=g).to(dtype)
+    matrix = torch.randn(out_channels, 72, generator=g).to(dtype)
+    upstream = torch.randn(96, out_channels, generator=g).to(dtype)
+    slices, transposes = [], []
+    mm = torch.mm
+    monkeypatch.setattr(gemm_conv.torch, "mm", lambda *a, **k: slices.append(a[1].shape) or mm(*a, **k))
+    ops = gemm_conv.NHWC_OPS.load()
+    if ops is not None:  # count the C++ transposes of the gradient
+        monkeypatch.setattr(gemm_conv.NHWC_OPS, "module", type("Spy", (), {
+            "transpose2d": staticmethod(lambda t: transposes.append(t.shape) or ops.transpose2d(t))})())
+    p1, m1 = patches.clone().requires_grad_(), matrix.clone().requires_grad_()
+    ours = PatchMatmul.apply(p1, m1, native)
+    assert len(slices) == (3 if dtype == torch.bfloat16 and out_channels > PatchMatmul.OUT_SLICE else 0)
+    p2, m2 = patches.double().requires_grad_(), matrix.double().requires_grad_()
+    expected = p2 @ m2.t()
+    torch.testing.assert_close(ours.double(), expected, atol=tol * 10, rtol=tol)
+    grads = torch.autograd.grad(ours, [p1, m1], upstream)
+    expected_grads = torch.autograd.grad(expected, [p2, m2], upstream.double())
+    for a, b in zip(grads, expected_grads):
+        assert a.dtype == dtype and a.shape == b.shape
+        torch.testing.assert_close(a.double(), b, atol=tol * 10, rtol=tol)
+    assert transposes == ([(96, out_channels)] if native and ops is not None else [])
+
+
+def test_gemm_conv_weight_gradient_keeps_the_channels_last_layout():
+    weight = torch.randn(16, 8, 3, 3).contiguous(memory_format=torch.channels_last).requires_grad_()
+    x = torch.randn(2, 8, 4, 4).contiguous(memory_format=torch.channels_last)
+    gemm_conv2d(x, weight, None, (1, 1), (1, 1), covering=False).sum().backward()
+    assert weight.grad.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(weight.grad, torch.autograd.grad(F.conv2d(x, weight, None, 1, 1).sum(), weight)[0],
+                               atol=1e-4, rtol=1e-4)
 
 
 def test_gemm_conv_under_bf16_autocast_computes_in_bf16():

@@ -71,6 +71,24 @@ def test_a_channels_last_2x2_map_runs_im2col_not_the_covering_matmul(monkeypatch
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows, cols", [(1, 1), (5, 37), (64, 33), (70, 130), (2048, 256)])
+def test_transpose2d_is_torchs_transpose(rows, cols, dtype):
+    x = torch.randn(rows, cols, generator=torch.Generator().manual_seed(rows * cols)).to(dtype)
+    out = NHWC_OPS.module.transpose2d(x)
+    assert out.is_contiguous() and out.dtype == dtype
+    assert torch.equal(out, x.t())
+
+
+@pytest.mark.parametrize("bad, message", [
+    (torch.zeros(2, 3, 4), "contiguous 2-d"), (torch.zeros(4, 6).t(), "contiguous 2-d"),
+    (torch.zeros(3, 3, dtype=torch.float64), "float32 or bfloat16"),
+])
+def test_transpose2d_rejects_what_it_cannot_take(bad, message):
+    with pytest.raises(RuntimeError, match=message):
+        NHWC_OPS.module.transpose2d(bad)
+
+
 def cl(x):
     return x.contiguous(memory_format=torch.channels_last)
 

@@ -19,6 +19,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -248,9 +249,39 @@ at::Tensor max_pool_backward(const at::Tensor& grad_y, const at::Tensor& taps, i
   return grad_x;
 }
 
+// x (R, C) -> its transpose (C, R), contiguous, float or bf16. Why hand-written: torch's copy of a
+// transposed bf16 view took 0.38 ms for ResNet-18's (2048, 256) layer3 gradient here, a third of
+// the matmul it feeds (gemm_conv.py: the weight gradient as a plain (O, M) @ (M, K) product).
+// Square tiles keep both the rows read and the rows written in L1.
+at::Tensor transpose2d(const at::Tensor& x) {
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "x: expected a contiguous 2-d tensor");
+  TORCH_CHECK(x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16,
+              "x: expected float32 or bfloat16, got ", x.scalar_type());
+  const int64_t rows = x.size(0), cols = x.size(1);
+  auto out = at::empty({cols, rows}, x.options());
+  constexpr int64_t kTile = 32;
+  dispatch(x, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    const T* src = data_of<T>(x);
+    T* dst = data_of<T>(out);
+    at::parallel_for(0, (cols + kTile - 1) / kTile, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t j0 = begin * kTile; j0 < std::min(cols, end * kTile); j0 += kTile) {
+        const int64_t j1 = std::min(cols, j0 + kTile);
+        for (int64_t i0 = 0; i0 < rows; i0 += kTile) {
+          const int64_t i1 = std::min(rows, i0 + kTile);
+          for (int64_t j = j0; j < j1; ++j)
+            for (int64_t i = i0; i < i1; ++i) dst[j * rows + i] = src[i * cols + j];
+        }
+      }
+    });
+  });
+  return out;
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("im2col", &im2col, "(N, H, W, C) -> (N, Ho, Wo, kh*kw*C) patches, zero padding");
   module.def("col2im", &col2im, "the adjoint of im2col: patch gradients summed onto their input pixels");
   module.def("max_pool_forward", &max_pool_forward, "(N, H, W, C) max pooling -> (channels_last values, uint8 taps)");
   module.def("max_pool_backward", &max_pool_backward, "gradient of max_pool_forward");
+  module.def("transpose2d", &transpose2d, "(R, C) -> (C, R), contiguous");
 }
