@@ -12,9 +12,10 @@ Model-only (random inputs, no data loading), side by side in one process, median
 2. one SGD training step of the whole model, bf16 autocast + channels_last, with every
    convolution in torch (``train.conv_impl: torch``), with ``use_gemm_convs`` (``auto``), with
    those and the fused batch norms of ``cnnbench.train.fused_bn`` (``train.bn_impl: auto``) but
-   the Python im2col and torch's max pool (session 9's default), and with the C++ im2col and
-   max pool of ``nhwc_ops.cpp`` too (``train.pool_impl: auto``; the default: what ``cnnbench
-   train`` runs);
+   the Python im2col and torch's max pool (session 9's default), with the C++ im2col and
+   max pool of ``nhwc_ops.cpp`` too (``train.pool_impl: auto``), and with the stem's batch norm,
+   ReLU and max pool in one C++ call each way (``fused_bn.cpp``'s ``bn_relu_pool_*``; the default:
+   what ``cnnbench train`` runs);
 3. where the default step's time goes: torch.profiler's self time per kind of operation
    beside torch's FLOP counter, against this machine's measured bf16 matmul peak, and the FLOP
    utilisation the step would reach if everything but its convolutions and matmuls took no
@@ -64,10 +65,13 @@ def conv_step(conv: nn.Conv2d, x: torch.Tensor, bf16: bool, gemm: bool, native: 
     return step
 
 
-def model_step(batch: int, gemm: bool, fused_bn: bool = False, nhwc_ops: bool = False, optimizer=None):
+def model_step(batch: int, gemm: bool, fused_bn: bool = False, nhwc_ops: bool = False, optimizer=None,
+               stem_pool: bool = True):
     """(model, step): ResNet-18 at 64 px with the chosen fast paths, and one bf16 + channels_last
     training step of it on a fixed random batch; ``optimizer(model)`` makes the optimiser (default:
-    SGD, lr 0.01, momentum 0.9). ``probe_weight_copies.py`` builds its steps here too."""
+    SGD, lr 0.01, momentum 0.9). With ``fused_bn`` and ``nhwc_ops`` the stem's batch norm takes its
+    max pool over, as in the engine, unless ``stem_pool`` is False. ``probe_weight_copies.py`` builds
+    its steps here too."""
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=200, input_size=64).to(memory_format=torch.channels_last)
     if gemm:
@@ -75,10 +79,13 @@ def model_step(batch: int, gemm: bool, fused_bn: bool = False, nhwc_ops: bool = 
         for conv in model.modules():
             if isinstance(conv, GemmConv2d):
                 conv.native_im2col = nhwc_ops
-    if fused_bn and not use_fused_batchnorm(model):
+    fuse_first = not stem_pool  # the engine switches the pools first, so the stem's batch norm can take its pool
+    if fused_bn and fuse_first and not use_fused_batchnorm(model):
         raise SystemExit(f"the fused batch norm could not be built: {load_error()}")
     if nhwc_ops and not use_nhwc_max_pool(model):
         raise SystemExit(f"the NHWC kernels could not be built: {NHWC_OPS.error}")
+    if fused_bn and not fuse_first and not use_fused_batchnorm(model):
+        raise SystemExit(f"the fused batch norm could not be built: {load_error()}")
     x = torch.randn(batch, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 200, (batch,))
     opt = optimizer(model) if optimizer is not None else torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -94,7 +101,7 @@ def model_step(batch: int, gemm: bool, fused_bn: bool = False, nhwc_ops: bool = 
 
 # torch.profiler op name -> kind of work (checked in order; the first match wins)
 KINDS = [("convolution (oneDNN)", ("convolution",)), ("matmul (incl. im2col convolutions)", ("aten::mm", "aten::addmm", "aten::bmm")),
-         ("batch norm (+ ReLU, add when fused)", ("batch_norm", "BatchNormAct")), ("pooling", ("pool", "MaxPool")), ("optimizer", ("_foreach", "Optimizer")),
+         ("batch norm (+ ReLU, add, stem pool)", ("batch_norm", "BatchNormAct", "BatchNormReluPool")), ("pooling", ("pool", "MaxPool")), ("optimizer", ("_foreach", "Optimizer")),
          ("copies, elementwise, im2col", ("add", "relu", "clamp", "threshold", "copy", "cat", "fill", "mul", "zero", "Im2col",
                                           "slice", "to_copy", "empty", "view", "as_strided", "permute", "reshape"))]
 FLOP_KINDS = {"convolution": "convolution (oneDNN)", "convolution_backward": "convolution (oneDNN)",
@@ -163,8 +170,10 @@ def main() -> None:
     steps = {"torch convs + torch BN": model_step(args.batch, False)[1],
              "matmul convs + torch BN": model_step(args.batch, True)[1],
              "matmul convs (Python im2col) + fused BN": model_step(args.batch, True, fused_bn=True)[1],
-             "matmul convs + fused BN + C++ im2col and max pool (default)": model_step(args.batch, True, fused_bn=True,
-                                                                                     nhwc_ops=True)[1]}
+             "matmul convs + fused BN + C++ im2col and max pool": model_step(args.batch, True, fused_bn=True,
+                                                                           nhwc_ops=True, stem_pool=False)[1],
+             "... + the stem's max pool inside its batch norm (default)": model_step(args.batch, True, fused_bn=True,
+                                                                                   nhwc_ops=True)[1]}
     for step in steps.values():
         step(), step()  # warm-up
     rates = {name: [] for name in steps}
@@ -178,7 +187,7 @@ def main() -> None:
               f"[{min(r):.0f}-{max(r):.0f}]")
     peak = measure_matmul_peak("bf16", sizes=tuple(args.peak_sizes), repeats=args.repeats).gflops.median
     model_gflop = training_flops_per_image(create_model("resnet18", num_classes=200, input_size=64), 64) * args.batch / 1e9
-    breakdown(steps["matmul convs + fused BN + C++ im2col and max pool (default)"], args.batch, max(args.repeats, 2), peak, model_gflop)
+    breakdown(steps["... + the stem's max pool inside its batch norm (default)"], args.batch, max(args.repeats, 2), peak, model_gflop)
 
 
 if __name__ == "__main__":

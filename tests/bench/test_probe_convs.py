@@ -13,7 +13,7 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "probe_convs.py"
 
 
-def test_probe_convs_prints_every_shape_and_both_model_steps():
+def test_probe_convs_prints_every_shape_and_every_model_step():
     done = subprocess.run([sys.executable, str(SCRIPT), "--repeats", "1", "--batch", "2", "--peak-sizes", "128"],
                           capture_output=True, text=True, check=True)
     lines = done.stdout.splitlines()
@@ -25,7 +25,7 @@ def test_probe_convs_prints_every_shape_and_both_model_steps():
     steps = [line for line in lines if line.startswith("ResNet-18 64 px training step")]
     assert [s.split(", ")[2].rsplit(": ", 1)[0] for s in steps] == [
         "torch convs + torch BN", "matmul convs + torch BN", "matmul convs (Python im2col) + fused BN",
-        "matmul convs + fused BN + C++ im2col and max pool (default)"]
+        "matmul convs + fused BN + C++ im2col and max pool", "... + the stem's max pool inside its batch norm (default)"]
     assert all(float(s.split(": ")[1].split(" img/s")[0]) > 0 for s in steps)
 
     # breakdown: one row per kind of work, the shares add up to the whole step, and the two
@@ -39,7 +39,7 @@ def test_probe_convs_prints_every_shape_and_both_model_steps():
         name, numbers = line[:38].strip(), line[38:].split()
         kinds[name] = [float(v.rstrip("%")) for v in numbers]
     assert {"convolution (oneDNN)", "matmul (incl. im2col convolutions)",
-            "batch norm (+ ReLU, add when fused)"} <= kinds.keys()
+            "batch norm (+ ReLU, add, stem pool)"} <= kinds.keys()
     assert sum(v[1] for v in kinds.values()) == pytest.approx(100.0, abs=0.5)
     whole = next(line for line in table if line.startswith("whole step"))[38:].split()  # ms, share, GFLOP, ...
     assert float(whole[0]) == pytest.approx(sum(v[0] for v in kinds.values()), rel=0.01)  # ms/step

@@ -203,6 +203,8 @@ def test_engine_switches_batch_norms_for_bf16_on_the_cpu(tiny_data, impl, precis
     engine = build_engine(recipe, ds, build_model(recipe, model_kwargs(recipe, ds)), cpu, Precision(precision, cpu), Ranks())
     assert sum(isinstance(m, FusedBatchNorm2d) for m in engine.model.modules()) == fused
     assert engine.fast_paths.get("fused_batchnorms", 0) == fused
+    # the stem's max pool goes into its batch norm with them (the pools were switched to cnnbench's first)
+    assert engine.fast_paths.get("fused_bn_pools", 0) == (1 if fused else 0) == fused_bn.fused_pools(engine.model)
 
 
 def test_a_failed_build_leaves_torchs_batch_norm_and_says_why(tmp_path, monkeypatch, capsys):

@@ -28,6 +28,8 @@ class ResNetAdapter(TorchvisionModel):
     # forward_features uses ``relu`` only right after ``bn1``: a fused batch norm may take it over
     # (cnnbench.train.fused_bn)
     stem_relu_follows_bn1 = True
+    # ... and ``maxpool`` only right after that ``relu``: the fused batch norm may take the pool over too
+    stem_pool_follows_relu = True
     stems = RESNET_STEMS
 
     def __init__(self, net: nn.Module) -> None:

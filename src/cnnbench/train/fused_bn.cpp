@@ -14,7 +14,9 @@
 #include <ATen/Parallel.h>
 
 #include "bf16.h"
+#include "window.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -66,21 +68,18 @@ void per_channel_sums(int64_t m, int64_t c, RowSums row_sums, std::vector<double
     for (int64_t j = 0; j < c; ++j) { t1[j] += part1[blk * c + j]; t2[j] += part2[blk * c + j]; }
 }
 
-}  // namespace
+// The batch statistics of x (M rows, C) bf16 and what normalising with them takes.
+struct BatchStats {
+  at::Tensor mean, var, invstd;     // (C) float32; var is the biased batch variance
+  std::vector<float> scale, offset;  // x * scale + offset = (x - mean) * invstd * w + b
+};
 
-// x (M rows, C) bf16 -> (y, mean, invstd, var): y = [relu](x * w * invstd + (b - mean * w * invstd) [+ residual]);
-// var is the biased batch variance (the caller turns it into the unbiased running estimate).
-std::vector<at::Tensor> bn_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
-                                   const c10::optional<at::Tensor>& residual, double eps, bool relu) {
-  const int64_t c = channels_of(x, "x"), m = c ? x.numel() / c : 0;
-  TORCH_CHECK(m > 0, "x: no rows");
-  if (residual) check_like(*residual, x, "residual");
+BatchStats batch_stats(const at::Tensor& x, int64_t c, int64_t m, const at::Tensor& weight, const at::Tensor& bias,
+                       double eps) {
   auto w = weight.to(at::kFloat).contiguous(), b = bias.to(at::kFloat).contiguous();
   const uint16_t* xp = bf16_data(x);
-  const int64_t blocks = (m + kBlockRows - 1) / kBlockRows;
-
-  // Pass 1: per-block sums of (x - shift) and its square, shift = the first row (a shifted
-  // single-pass variance stays accurate when |mean| >> std, where E[x^2] - E[x]^2 would cancel).
+  // Per-block sums of (x - shift) and its square, shift = the first row (a shifted single-pass
+  // variance stays accurate when |mean| >> std, where E[x^2] - E[x]^2 would cancel).
   std::vector<float> shift(c);
   for (int64_t j = 0; j < c; ++j) shift[j] = bf16_to_float(xp[j]);
   const float* k = shift.data();
@@ -93,23 +92,66 @@ std::vector<at::Tensor> bn_forward(const at::Tensor& x, const at::Tensor& weight
       s2[j] += d * d;
     }
   }, t1, t2);
-  auto mean = at::empty({c}, x.options().dtype(at::kFloat));
-  auto var = at::empty({c}, x.options().dtype(at::kFloat));
-  auto invstd = at::empty({c}, x.options().dtype(at::kFloat));
-  std::vector<float> scale(c), offset(c);
-  {
-    const float* wp = w.data_ptr<float>();
-    const float* bp = b.data_ptr<float>();
-    for (int64_t j = 0; j < c; ++j) {
-      double mu = t1[j] / m, v = std::max(t2[j] / m - mu * mu, 0.0);
-      double is = 1.0 / std::sqrt(v + eps);
-      mean.data_ptr<float>()[j] = static_cast<float>(shift[j] + mu);
-      var.data_ptr<float>()[j] = static_cast<float>(v);
-      invstd.data_ptr<float>()[j] = static_cast<float>(is);
-      scale[j] = static_cast<float>(wp[j] * is);
-      offset[j] = static_cast<float>(bp[j] - (shift[j] + mu) * wp[j] * is);
-    }
+  BatchStats st{at::empty({c}, x.options().dtype(at::kFloat)), at::empty({c}, x.options().dtype(at::kFloat)),
+                at::empty({c}, x.options().dtype(at::kFloat)), std::vector<float>(c), std::vector<float>(c)};
+  const float* wp = w.data_ptr<float>();
+  const float* bp = b.data_ptr<float>();
+  for (int64_t j = 0; j < c; ++j) {
+    double mu = t1[j] / m, v = std::max(t2[j] / m - mu * mu, 0.0);
+    double is = 1.0 / std::sqrt(v + eps);
+    st.mean.data_ptr<float>()[j] = static_cast<float>(shift[j] + mu);
+    st.var.data_ptr<float>()[j] = static_cast<float>(v);
+    st.invstd.data_ptr<float>()[j] = static_cast<float>(is);
+    st.scale[j] = static_cast<float>(wp[j] * is);
+    st.offset[j] = static_cast<float>(bp[j] - (shift[j] + mu) * wp[j] * is);
   }
+  return st;
+}
+
+// What the batch norm's backward takes from its two per-channel sums over m rows, t1 = sum(dz) and
+// t2 = sum(dz * (x - mean)): grad_bias, grad_weight, and grad_x's coefficients k1, k2, k3 in
+// grad_x = k1 * (dz - k2 - (x - mean) * k3) = w * invstd * (dz - mean(dz) - (x - mean) * invstd^2 * mean(dz * (x - mean))).
+struct BackwardCoefficients {
+  at::Tensor grad_weight, grad_bias;
+  std::vector<float> k1, k2, k3;
+};
+
+BackwardCoefficients backward_coefficients(const std::vector<double>& t1, const std::vector<double>& t2,
+                                           const at::Tensor& weight, const float* is, int64_t m, const at::Tensor& like) {
+  const int64_t c = static_cast<int64_t>(t1.size());
+  auto w = weight.to(at::kFloat).contiguous();
+  const float* wp = w.data_ptr<float>();
+  BackwardCoefficients k{at::empty({c}, like.options()), at::empty({c}, like.options()), std::vector<float>(c),
+                         std::vector<float>(c), std::vector<float>(c)};
+  for (int64_t j = 0; j < c; ++j) {
+    k.grad_bias.data_ptr<float>()[j] = static_cast<float>(t1[j]);
+    k.grad_weight.data_ptr<float>()[j] = static_cast<float>(t2[j] * is[j]);
+    k.k1[j] = wp[j] * is[j];
+    k.k2[j] = static_cast<float>(t1[j] / m);
+    k.k3[j] = static_cast<float>(t2[j] / m * is[j] * is[j]);
+  }
+  return k;
+}
+
+// The normalised value before rounding: one explicit fused multiply-add, so that bn_relu_pool_forward,
+// which normalises only each window's winner, gets bn_forward's bits (a bare x * a + o may or may not
+// be contracted to an FMA, differently in each loop).
+inline float normalised(float x, float scale, float offset) { return std::fma(x, scale, offset); }
+
+}  // namespace
+
+// x (M rows, C) bf16 -> (y, mean, invstd, var): y = [relu](x * w * invstd + (b - mean * w * invstd) [+ residual]);
+// var is the biased batch variance (the caller turns it into the unbiased running estimate).
+std::vector<at::Tensor> bn_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                   const c10::optional<at::Tensor>& residual, double eps, bool relu) {
+  const int64_t c = channels_of(x, "x"), m = c ? x.numel() / c : 0;
+  TORCH_CHECK(m > 0, "x: no rows");
+  if (residual) check_like(*residual, x, "residual");
+  const uint16_t* xp = bf16_data(x);
+  const int64_t blocks = (m + kBlockRows - 1) / kBlockRows;
+  BatchStats st = batch_stats(x, c, m, weight, bias, eps);
+  const std::vector<float>& scale = st.scale;
+  const std::vector<float>& offset = st.offset;
 
   // Pass 2: normalise, add, clamp.
   auto y = at::empty_like(x);
@@ -124,18 +166,18 @@ std::vector<at::Tensor> bn_forward(const at::Tensor& x, const at::Tensor& weight
       if (rp) {
         const uint16_t* __restrict rr = rp + r * c;
         for (int64_t j = 0; j < c; ++j) {
-          float v = bf16_to_float(xr[j]) * a[j] + o[j] + bf16_to_float(rr[j]);
+          float v = normalised(bf16_to_float(xr[j]), a[j], o[j]) + bf16_to_float(rr[j]);
           yr[j] = float_to_bf16(relu ? std::max(v, 0.f) : v);
         }
       } else {
         for (int64_t j = 0; j < c; ++j) {
-          float v = bf16_to_float(xr[j]) * a[j] + o[j];
+          float v = normalised(bf16_to_float(xr[j]), a[j], o[j]);
           yr[j] = float_to_bf16(relu ? std::max(v, 0.f) : v);
         }
       }
     }
   });
-  return {y, mean, invstd, var};
+  return {y, st.mean, st.invstd, st.var};
 }
 
 // Gradients of bn_forward: (grad_x, grad_weight, grad_bias). With relu the gradient passes where the
@@ -152,7 +194,6 @@ std::vector<at::Tensor> bn_backward(const at::Tensor& grad_y, const at::Tensor& 
   const uint16_t* yp = relu ? bf16_data(y) : nullptr;
   const float* mu = mean.data_ptr<float>();
   const float* is = invstd.data_ptr<float>();
-  auto w = weight.to(at::kFloat).contiguous();
   const int64_t blocks = (m + kBlockRows - 1) / kBlockRows;
 
   // Pass 1: sum(dz) and sum(dz * (x - mean)) per channel, dz = grad_y masked by the ReLU.
@@ -168,20 +209,7 @@ std::vector<at::Tensor> bn_backward(const at::Tensor& grad_y, const at::Tensor& 
       s2[j] += dz * (bf16_to_float(xr[j]) - mu[j]);
     }
   }, t1, t2);
-  auto grad_weight = at::empty({c}, mean.options());
-  auto grad_bias = at::empty({c}, mean.options());
-  std::vector<float> k1(c), k2(c), k3(c);
-  {
-    const float* wp = w.data_ptr<float>();
-    for (int64_t j = 0; j < c; ++j) {
-      grad_bias.data_ptr<float>()[j] = static_cast<float>(t1[j]);
-      grad_weight.data_ptr<float>()[j] = static_cast<float>(t2[j] * is[j]);
-      // grad_x = w * invstd * (dz - mean(dz) - (x - mean) * invstd^2 * mean(dz * (x - mean)))
-      k1[j] = wp[j] * is[j];
-      k2[j] = static_cast<float>(t1[j] / m);
-      k3[j] = static_cast<float>(t2[j] / m * is[j] * is[j]);
-    }
-  }
+  BackwardCoefficients k = backward_coefficients(t1, t2, weight, is, m, mean);
 
   // Pass 2: grad_x (and the masked gradient for a residual input).
   auto grad_x = at::empty_like(x);
@@ -189,9 +217,9 @@ std::vector<at::Tensor> bn_backward(const at::Tensor& grad_y, const at::Tensor& 
   uint16_t* dxp = bf16_data_mut(grad_x);
   uint16_t* dzp = want_grad_z ? bf16_data_mut(grad_z) : nullptr;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    const float* __restrict a = k1.data();
-    const float* __restrict md = k2.data();
-    const float* __restrict q = k3.data();
+    const float* __restrict a = k.k1.data();
+    const float* __restrict md = k.k2.data();
+    const float* __restrict q = k.k3.data();
     for (int64_t r = begin * kBlockRows; r < std::min(m, end * kBlockRows); ++r) {
       const uint16_t* __restrict gr = gp + r * c;
       const uint16_t* __restrict xr = xp + r * c;
@@ -208,10 +236,143 @@ std::vector<at::Tensor> bn_backward(const at::Tensor& grad_y, const at::Tensor& 
       }
     }
   });
-  return {grad_x, grad_weight, grad_bias, grad_z};
+  return {grad_x, k.grad_weight, k.grad_bias, grad_z};
+}
+
+// A ResNet stem's batch norm + ReLU + max pool, x (N, C, H, W) channels_last bf16 -> (y, taps, winners,
+// mean, invstd, var): y the pooled output (N, C, Ho, Wo) channels_last, taps (N, Ho, Wo, C) uint8 which
+// tap of each window won, winners (N, C, Ho, Wo) the winners' input values.
+//
+// The pool runs on x before normalising: relu(x * scale + offset) rounded to bf16 is non-decreasing in x
+// where scale > 0 (non-increasing where scale < 0, constant where 0), so the window maximum of the
+// normalised map is the normalised window maximum of x (minimum where scale < 0), and only the Ho x Wo
+// winners are normalised, where bn_forward + max_pool_forward normalise and write the whole H x W map and
+// read it back. The values are those two kernels' bits; the taps are too except where two pixels of a
+// window differ in x but round to the same bf16 output: the two kernels pass the gradient to the first
+// of them, this one to the larger x (the pixel that wins in float32). A NaN wins, as there.
+std::vector<at::Tensor> bn_relu_pool_forward(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
+                                             double eps, std::vector<int64_t> kernel, std::vector<int64_t> stride,
+                                             std::vector<int64_t> padding) {
+  const int64_t c = channels_of(x, "x");
+  TORCH_CHECK(x.dim() == 4, "x: expected a channels_last (N, C, H, W) tensor");
+  const Window g(x.size(0), x.size(2), x.size(3), c, kernel, stride, padding);
+  g.check_poolable();
+  const int64_t m = g.n * g.h * g.w;
+  TORCH_CHECK(m > 0, "x: no rows");
+  BatchStats st = batch_stats(x, c, m, weight, bias, eps);
+  // Each channel pools sign * x: x's maximum where scale > 0, its minimum where scale < 0 (sign * (sign *
+  // x) = x gives the winner back); where scale is 0 every output is the same, the key is 0, the first
+  // pixel wins, as in max_pool_forward, and its x is read back through its tap.
+  std::vector<float> sign(c);
+  std::vector<int64_t> flat;  // the channels whose scale is 0 (none, in a trained network)
+  for (int64_t j = 0; j < c; ++j) {
+    sign[j] = st.scale[j] > 0.f ? 1.f : (st.scale[j] < 0.f ? -1.f : 0.f);
+    if (sign[j] == 0.f) flat.push_back(j);
+  }
+
+  const auto options = x.options().memory_format(at::MemoryFormat::ChannelsLast);
+  auto y = at::empty({g.n, c, g.ho, g.wo}, options);
+  auto winners = at::empty({g.n, c, g.ho, g.wo}, options);
+  auto taps = at::empty({g.n, g.ho, g.wo, c}, x.options().dtype(at::kByte));
+  const uint16_t* xp = bf16_data(x);
+  uint16_t* yp = bf16_data_mut(y);
+  uint16_t* wp = bf16_data_mut(winners);
+  uint8_t* tp = taps.data_ptr<uint8_t>();
+  const int64_t h = g.h, w = g.w, wo = g.wo;
+  const float* sg = sign.data();
+  const float* a = st.scale.data();
+  const float* o = st.offset.data();
+  window_winners(g, xp, [sg](int64_t k, uint16_t v) { return bf16_to_float(v) * sg[k]; },
+                 [&](int64_t r, int64_t ox, float* __restrict kk, const float* __restrict arg) {
+    const int64_t b = r / g.ho, oy = r % g.ho;
+    for (int64_t k : flat) {  // the key lost x: read the winner's
+      const int64_t tap = static_cast<int64_t>(arg[k]);
+      const int64_t yy = oy * g.sh - g.ph + tap / g.kw, xx = ox * g.sw - g.pw + tap % g.kw;
+      kk[k] = bf16_to_float(xp[((b * h + yy) * w + xx) * c + k]);
+    }
+    const int64_t at = (r * wo + ox) * c;
+    uint16_t* __restrict dy = yp + at;
+    uint16_t* __restrict dw = wp + at;
+    uint8_t* __restrict dt = tp + at;
+    for (int64_t k = 0; k < c; ++k) {
+      const float v = sg[k] != 0.f ? kk[k] * sg[k] : kk[k];
+      dy[k] = float_to_bf16(std::max(normalised(v, a[k], o[k]), 0.f));
+      dw[k] = float_to_bf16(v);
+      dt[k] = static_cast<uint8_t>(arg[k]);
+    }
+  });
+  return {y, taps, winners, st.mean, st.invstd, st.var};
+}
+
+// Gradients of bn_relu_pool_forward: (grad_x, grad_weight, grad_bias) from the pooled gradient. A window
+// passes its gradient to its winner where its output is > 0 (the ReLU); the batch norm's two sums run over
+// the windows (the winners' x was kept), and grad_x is one gather: each input pixel adds the gradients of
+// the windows it won, in tap order, and applies the batch norm's backward, so the H x W gradient of the
+// pool is never written nor read back (max_pool_backward then bn_backward: three passes over it).
+std::vector<at::Tensor> bn_relu_pool_backward(const at::Tensor& grad_y, const at::Tensor& taps, const at::Tensor& y,
+                                              const at::Tensor& winners, const at::Tensor& x, const at::Tensor& mean,
+                                              const at::Tensor& invstd, const at::Tensor& weight,
+                                              std::vector<int64_t> kernel, std::vector<int64_t> stride,
+                                              std::vector<int64_t> padding) {
+  const int64_t c = channels_of(x, "x");
+  TORCH_CHECK(x.dim() == 4, "x: expected a channels_last (N, C, H, W) tensor");
+  const Window g(x.size(0), x.size(2), x.size(3), c, kernel, stride, padding);
+  const int64_t m = g.n * g.h * g.w, windows = g.n * g.ho * g.wo;
+  TORCH_CHECK(m > 0, "x: no rows");
+  channels_of(grad_y, "grad_y");
+  TORCH_CHECK(grad_y.dim() == 4 && grad_y.size(0) == g.n && grad_y.size(1) == c && grad_y.size(2) == g.ho &&
+              grad_y.size(3) == g.wo, "grad_y: expected the pooled output's shape");
+  check_like(y, grad_y, "y");
+  check_like(winners, grad_y, "winners");
+  TORCH_CHECK(taps.scalar_type() == at::kByte && taps.is_contiguous() && taps.numel() == grad_y.numel(),
+              "taps: expected the forward's uint8 taps");
+  const uint16_t* gp = bf16_data(grad_y);
+  const uint16_t* yp = bf16_data(y);
+  const uint16_t* vp = bf16_data(winners);
+  const uint16_t* xp = bf16_data(x);
+  const uint8_t* tp = taps.data_ptr<uint8_t>();
+  const float* mu = mean.data_ptr<float>();
+  const float* is = invstd.data_ptr<float>();
+
+  // Pass 1, over the windows: sum(dz) and sum(dz * (x - mean)), dz a window's gradient where it passed.
+  std::vector<double> t1, t2;
+  per_channel_sums(windows, c, [&](int64_t r, float* __restrict s1, float* __restrict s2) {
+    const uint16_t* __restrict gr = gp + r * c;
+    const uint16_t* __restrict yr = yp + r * c;
+    const uint16_t* __restrict vr = vp + r * c;
+    for (int64_t j = 0; j < c; ++j) {
+      const float dz = bf16_to_float(yr[j]) > 0.f ? bf16_to_float(gr[j]) : 0.f;
+      s1[j] += dz;
+      s2[j] += dz * (bf16_to_float(vr[j]) - mu[j]);
+    }
+  }, t1, t2);
+  BackwardCoefficients k = backward_coefficients(t1, t2, weight, is, m, mean);
+
+  // Pass 2, over the input pixels: gather dz from the windows each one won, then grad_x.
+  auto grad_x = at::empty_like(x);
+  uint16_t* dxp = bf16_data_mut(grad_x);
+  const float* a = k.k1.data();
+  const float* md = k.k2.data();
+  const float* q = k.k3.data();
+  gather_pixels(g, [gp, yp, tp, c](float* __restrict dz, int64_t pos, int64_t tap) {
+    const int64_t n = c;  // a local, loop-invariant bound
+    const uint16_t* __restrict gr = gp + pos * n;
+    const uint16_t* __restrict yr = yp + pos * n;
+    const uint8_t* __restrict tr = tp + pos * n;
+    const uint8_t t = static_cast<uint8_t>(tap);
+    for (int64_t k = 0; k < n; ++k) dz[k] += tr[k] == t && bf16_to_float(yr[k]) > 0.f ? bf16_to_float(gr[k]) : 0.f;
+  }, [&](int64_t pixel, const float* __restrict dz) {
+    const uint16_t* __restrict xr = xp + pixel * c;
+    uint16_t* __restrict dxr = dxp + pixel * c;
+    for (int64_t k = 0; k < c; ++k)
+      dxr[k] = float_to_bf16(a[k] * (dz[k] - md[k] - (bf16_to_float(xr[k]) - mu[k]) * q[k]));
+  });
+  return {grad_x, k.grad_weight, k.grad_bias};
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("bn_forward", &bn_forward, "channels_last bf16 batch norm (+ residual, + ReLU), training mode");
   module.def("bn_backward", &bn_backward, "gradients of bn_forward");
+  module.def("bn_relu_pool_forward", &bn_relu_pool_forward, "channels_last bf16 batch norm + ReLU + max pool, training mode");
+  module.def("bn_relu_pool_backward", &bn_relu_pool_backward, "gradients of bn_relu_pool_forward");
 }

@@ -11,6 +11,16 @@ the input and one write (statistics, then normalise + add + clamp) and the backw
 of the gradient, input and output and one write; ``python benchmarks/probe_convs.py`` prints the
 whole step with and without it.
 
+A torchvision ResNet's stem (batch norm, ReLU, 3x3/2 max pool on a (B, 64, 32, 32) map at 64 px)
+goes one step further where the pool is cnnbench's (``train.pool_impl: auto``): ``bn_relu_pool_*``
+pools x before normalising (the normalisation is monotonic per channel, so only each window's winner
+is normalised, to the same bits) and its backward gathers each pixel's gradient from the windows it
+won straight into the batch norm's backward, so the pool's H x W gradient is never written. Its taps
+differ from the two kernels' only in windows where two pixels round to one bf16 output: the gradient
+goes to the larger x (the float32 winner) instead of the first. Session 19, the stem's map (scratch,
+medians of 21 alternating calls, cold caches): forward 7.2 -> 6.7 ms, backward 8.2 -> 4.5; ResNet-18's
+bf16 step +3.6% (medians of 41 alternating steps, ``python benchmarks/probe_convs.py`` prints it).
+
 The C++ is compiled on first use (about 40 s here, cached under torch's extension folder, keyed
 by the source, the flags and the CPU); without a working compiler, or for anything but
 training-mode bf16 on the CPU, the modules fall back to torch's own batch norm and ReLU.
@@ -25,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from cnnbench.train.max_pool import NhwcMaxPool2d
 from cnnbench.train.native import Kernels
 
 FUSED_BN = Kernels(Path(__file__).with_name("fused_bn.cpp"), "fused batch-norm kernel")
@@ -62,6 +73,30 @@ class _BatchNormAct(torch.autograd.Function):
         return grad_x, grad_w.to(weight.dtype), grad_b.to(weight.dtype), grad_r, None, None
 
 
+class _BatchNormReluPool(torch.autograd.Function):
+    """channels_last bf16 (N, C, H, W) -> max_pool(relu(batch_norm(x))), a fresh channels_last tensor,
+    in one C++ call each way (``bn_relu_pool_forward``: the pool runs on x before normalising, so only
+    the window winners are normalised, and the backward never writes the H x W gradient of the pool);
+    mean and var come back for the running stats."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, eps, kernel, stride, padding):
+        y, taps, winners, mean, invstd, var = FUSED_BN.module.bn_relu_pool_forward(x, weight, bias, eps, kernel,
+                                                                                     stride, padding)
+        ctx.save_for_backward(x, y, taps, winners, mean, invstd, weight)
+        ctx.geometry = (kernel, stride, padding)
+        ctx.mark_non_differentiable(mean, var)
+        return y, mean, var
+
+    @staticmethod
+    def backward(ctx, grad_y, _grad_mean, _grad_var):
+        x, y, taps, winners, mean, invstd, weight = ctx.saved_tensors
+        grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+        grad_x, grad_w, grad_b = FUSED_BN.module.bn_relu_pool_backward(grad_y, taps, y, winners, x, mean, invstd,
+                                                                      weight, *ctx.geometry)
+        return grad_x, grad_w.to(weight.dtype), grad_b.to(weight.dtype), None, None, None, None
+
+
 class FusedBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` (same parameters, buffers and state_dict) whose training-mode forward on
     channels_last bf16 CPU input runs ``fused_bn.cpp``; ``forward(x, residual, relu)`` also adds a
@@ -71,21 +106,37 @@ class FusedBatchNorm2d(nn.BatchNorm2d):
     """Apply the ReLU that followed this batch norm in the model (``use_fused_batchnorm`` set it
     and replaced that ReLU by ``nn.Identity``), in every mode."""
 
+    @property
+    def fused_pool(self) -> NhwcMaxPool2d | None:
+        """The max pool that followed this batch norm and its ReLU (a ResNet stem's), the submodule
+        ``pool`` where ``use_fused_batchnorm`` moved it here (the model's own became ``nn.Identity``):
+        applied after the ReLU in every mode, in the same C++ call in training (``_BatchNormReluPool``)."""
+        return self._modules.get("pool")
+
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None, relu: bool | None = None) -> torch.Tensor:
         relu = self.fused_relu if relu is None else relu
+        pool = self.fused_pool
+        if pool is not None and residual is None and relu and self._fusable(x, None):
+            y, mean, var = _BatchNormReluPool.apply(x, self.weight, self.bias, self.eps, *pool.geometry())
+            self._update_running_stats(x, mean, var)
+            return y
         if not self._fusable(x, residual):
             y = super().forward(x)
             if residual is not None:
                 y = y + residual
-            return F.relu(y) if relu else y
-        y, mean, var = _BatchNormAct.apply(x, self.weight, self.bias, residual, self.eps, relu)
+            y = F.relu(y) if relu else y
+        else:
+            y, mean, var = _BatchNormAct.apply(x, self.weight, self.bias, residual, self.eps, relu)
+            self._update_running_stats(x, mean, var)
+        return pool(y) if pool is not None else y
+
+    def _update_running_stats(self, x: torch.Tensor, mean: torch.Tensor, var: torch.Tensor) -> None:
         with torch.no_grad():
             self.num_batches_tracked.add_(1)
             momentum = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
             rows = x.numel() // x.shape[1]
             self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
             self.running_var.lerp_((var * (rows / max(rows - 1, 1))).to(self.running_var.dtype), momentum)
-        return y
 
     def _fusable(self, x: torch.Tensor, residual: torch.Tensor | None) -> bool:
         if not (self.training and self.affine and self.track_running_stats and FUSED_BN.module is not None):
@@ -123,7 +174,8 @@ def use_fused_batchnorm(model: nn.Module) -> int:
     """Switch ``model``'s batch norms to ``FusedBatchNorm2d`` in place (parameters and state_dict
     untouched): every ``nn.BatchNorm2d``; torchvision's ResNet blocks fuse their ReLUs and residual
     adds; a ``bn1`` followed by a module ``relu`` only used after it (a torchvision ResNet's stem)
-    takes the ReLU over. Returns how many batch norms were switched, 0 where the kernels cannot
+    takes the ReLU over, and the max pool after that ReLU where it is an ``NhwcMaxPool2d`` (a
+    torchvision ResNet's stem, once ``use_nhwc_max_pool`` ran). Returns how many batch norms were switched, 0 where the kernels cannot
     be built (``load_error()`` says why); a model without batch norms never builds them."""
     if not any(type(m) is nn.BatchNorm2d for m in model.modules()) or load_extension() is None:
         return 0
@@ -140,4 +192,13 @@ def use_fused_batchnorm(model: nn.Module) -> int:
     if isinstance(stem_bn, FusedBatchNorm2d) and type(stem_relu) is nn.ReLU and getattr(model, "stem_relu_follows_bn1", False):
         stem_bn.fused_relu = True
         model.relu = nn.Identity()
+        # the stem's max pool too, where it is cnnbench's (``train.pool_impl: auto``: torch's stays torch's)
+        if type(getattr(model, "maxpool", None)) is NhwcMaxPool2d and getattr(model, "stem_pool_follows_relu", False):
+            stem_bn.add_module("pool", model.maxpool)
+            model.maxpool = nn.Identity()
     return switched
+
+
+def fused_pools(model: nn.Module) -> int:
+    """How many max pools ``use_fused_batchnorm`` took into a batch norm (a ResNet stem's: 0 or 1)."""
+    return sum(isinstance(m, FusedBatchNorm2d) and m.fused_pool is not None for m in model.modules())

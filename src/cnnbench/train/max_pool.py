@@ -48,7 +48,11 @@ class NhwcMaxPool2d(nn.MaxPool2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._runs_native(x):
             return super().forward(x)
-        return _MaxPool.apply(x, _pair(self.kernel_size), _pair(self.stride), _pair(self.padding))
+        return _MaxPool.apply(x, *self.geometry())
+
+    def geometry(self) -> tuple[list[int], list[int], list[int]]:
+        """(kernel, stride, padding) as two-value lists, the C++ kernels' arguments."""
+        return _pair(self.kernel_size), _pair(self.stride), _pair(self.padding)
 
     def _runs_native(self, x: torch.Tensor) -> bool:
         return (NHWC_OPS.module is not None and x.device.type == "cpu" and x.dim() == 4

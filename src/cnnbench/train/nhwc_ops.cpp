@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 
 #include "bf16.h"
+#include "window.h"
 
 #include <cstdint>
 #include <cstring>
@@ -24,46 +25,6 @@
 #include <vector>
 
 namespace {
-
-// An (N, H, W, C) input read through a kh x kw window with stride (sh, sw) and zero padding (ph, pw).
-struct Window {
-  int64_t n, h, w, c, kh, kw, sh, sw, ph, pw, ho, wo;
-
-  Window(int64_t n, int64_t h, int64_t w, int64_t c, std::vector<int64_t> k, std::vector<int64_t> s,
-         std::vector<int64_t> p)
-      : n(n), h(h), w(w), c(c) {
-    TORCH_CHECK(k.size() == 2 && s.size() == 2 && p.size() == 2, "kernel, stride and padding: expected two values each");
-    kh = k[0], kw = k[1], sh = s[0], sw = s[1], ph = p[0], pw = p[1];
-    TORCH_CHECK(kh > 0 && kw > 0 && sh > 0 && sw > 0 && ph >= 0 && pw >= 0, "kernel and stride > 0, padding >= 0");
-    ho = (h + 2 * ph - kh) / sh + 1;
-    wo = (w + 2 * pw - kw) / sw + 1;
-    TORCH_CHECK(ho > 0 && wo > 0, "the window does not fit the ", h, "x", w, " map");
-  }
-
-  // For max pooling: at most 256 taps (a uint8 names the winner) and padding at most half the
-  // kernel (every window holds a pixel of the map), as torch requires.
-  void check_poolable() const {
-    TORCH_CHECK(kh * kw <= 256, "max pooling: at most 256 taps per window");
-    TORCH_CHECK(ph * 2 <= kh && pw * 2 <= kw, "max pooling: padding at most half the kernel");
-  }
-
-  // The input pixel (y, x) is read by output row oy through kernel row i when y = oy * sh - ph + i.
-  // readers(y_axis) lists, for each input row (or column), the (output row, kernel row) pairs that
-  // read it, in kernel-row order: computed once per call, so the gathers below do no division per
-  // tap (the stem's pool backward did 9 integer divisions and modulos per pixel).
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> readers(bool y_axis) const {
-    const int64_t size = y_axis ? h : w, k = y_axis ? kh : kw, s = y_axis ? sh : sw, p = y_axis ? ph : pw;
-    const int64_t out = y_axis ? ho : wo;
-    std::vector<std::vector<std::pair<int64_t, int64_t>>> table(size);
-    for (int64_t y = 0; y < size; ++y)
-      for (int64_t i = 0; i < k; ++i) {
-        const int64_t ny = y + p - i;
-        if (ny < 0 || ny % s || ny / s >= out) continue;
-        table[y].emplace_back(ny / s, i);
-      }
-    return table;
-  }
-};
 
 // (N, H, W, C) contiguous, float or bf16.
 void check_nhwc(const at::Tensor& t, const char* name) {
@@ -81,29 +42,13 @@ void dispatch(const at::Tensor& t, F f) {
 template <typename T>
 T* data_of(const at::Tensor& t) { return reinterpret_cast<T*>(t.data_ptr()); }
 
-// The backward kernels: each pixel of out (N, H, W, C) sums, in fp32 and in tap order, one row of
-// C values per window that reads it (add(acc, pos, tap) adds the row of output pixel pos), then is
-// written once. The sizes are copied into locals (and the callers' closures copy theirs) so that
-// the channel loops have loop-invariant bounds the compiler vectorises on. (Timing these kernels,
-// interleave runs: a fresh 16.8 MB output can cost more in page faults than the kernel itself,
-// and the stem's pool backward read 2.1 or 5.1 ms from one run to the next that way.)
+// The backward kernels' gather (window.h) writing each pixel's sum as it is: out (N, H, W, C).
 template <typename T, typename Add>
 void gather_rows(const Window& g, T* out, Add add) {
-  const int64_t c = g.c, h = g.h, w = g.w, ho = g.ho, wo = g.wo, kw = g.kw;
-  const auto rows = g.readers(true), cols = g.readers(false);
-  at::parallel_for(0, g.n * h, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> acc(c);
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t b = r / h, y = r % h;
-      for (int64_t x = 0; x < w; ++x) {
-        float* __restrict a = acc.data();
-        for (int64_t k = 0; k < c; ++k) a[k] = 0.f;
-        for (const auto& [oy, i] : rows[y])  // tap order: kernel row, then column
-          for (const auto& [ox, j] : cols[x]) add(a, (b * ho + oy) * wo + ox, i * kw + j);
-        T* __restrict dst = out + (r * w + x) * c;
-        for (int64_t k = 0; k < c; ++k) dst[k] = store_value<T>(a[k]);
-      }
-    }
+  const int64_t c = g.c;
+  gather_pixels(g, add, [out, c](int64_t pixel, const float* __restrict a) {
+    T* __restrict dst = out + pixel * c;
+    for (int64_t k = 0; k < c; ++k) dst[k] = store_value<T>(a[k]);
   });
 }
 
@@ -173,50 +118,18 @@ std::vector<at::Tensor> max_pool_forward(const at::Tensor& x, std::vector<int64_
   g.check_poolable();
   auto y = at::empty({g.n, g.c, g.ho, g.wo}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   auto taps = at::empty({g.n, g.ho, g.wo, g.c}, x.options().dtype(at::kByte));
-  const int64_t c = g.c, h = g.h, w = g.w, wo = g.wo;  // locals: the loops vectorise on them
+  const int64_t c = g.c, wo = g.wo;
   dispatch(x, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    const T* xp = data_of<T>(x);
     T* yp = data_of<T>(y);
     uint8_t* tp = taps.data_ptr<uint8_t>();
-    at::parallel_for(0, g.n * g.ho, 1, [&](int64_t begin, int64_t end) {
-      // the running maximum and its tap as two float rows: loops over same-width values vectorise
-      // (with a uint8 tap row beside the float maximum, gcc's loop ran scalar: 33 ms against torch's 2.3)
-      std::vector<float> best(c), which(c);
-      for (int64_t r = begin; r < end; ++r) {
-        const int64_t b = r / g.ho, oy = r % g.ho;
-        for (int64_t ox = 0; ox < wo; ++ox) {
-          float* __restrict m = best.data();
-          float* __restrict arg = which.data();
-          bool first = true;
-          for (int64_t i = 0; i < g.kh; ++i) {
-            const int64_t yy = oy * g.sh - g.ph + i;
-            if (yy < 0 || yy >= h) continue;
-            for (int64_t j = 0; j < g.kw; ++j) {
-              const int64_t xx = ox * g.sw - g.pw + j;
-              if (xx < 0 || xx >= w) continue;
-              const T* __restrict src = xp + ((b * h + yy) * w + xx) * c;
-              const float tap = static_cast<float>(i * g.kw + j);
-              if (first) {  // the first pixel inside the map (padding at most half the kernel: one exists)
-                for (int64_t k = 0; k < c; ++k) { m[k] = load_value(src[k]); arg[k] = tap; }
-                first = false;
-                continue;
-              }
-              for (int64_t k = 0; k < c; ++k) {
-                const float v = load_value(src[k]);
-                const bool win = v > m[k] || v != v;
-                m[k] = win ? v : m[k];
-                arg[k] = win ? tap : arg[k];
-              }
-            }
-          }
-          T* __restrict dst = yp + (r * wo + ox) * c;
-          uint8_t* __restrict dst_tap = tp + (r * wo + ox) * c;
-          for (int64_t k = 0; k < c; ++k) {
-            dst[k] = store_value<T>(m[k]);
-            dst_tap[k] = static_cast<uint8_t>(arg[k]);
-          }
-        }
+    window_winners(g, data_of<T>(x), [](int64_t, T v) { return load_value(v); },
+                   [&](int64_t r, int64_t ox, const float* __restrict m, const float* __restrict arg) {
+      T* __restrict dst = yp + (r * wo + ox) * c;
+      uint8_t* __restrict dst_tap = tp + (r * wo + ox) * c;
+      for (int64_t k = 0; k < c; ++k) {
+        dst[k] = store_value<T>(m[k]);
+        dst_tap[k] = static_cast<uint8_t>(arg[k]);
       }
     });
   });

@@ -35,7 +35,7 @@ from cnnbench.train.device import Precision, resolve_device, resolve_precision
 from cnnbench.train.distributed import (Ranks, StopRequest, all_reduce, init_distributed,
                                         ranks_from_env, shutdown_distributed)
 from cnnbench.train.fused_bn import load_error as fused_bn_load_error
-from cnnbench.train.fused_bn import use_fused_batchnorm
+from cnnbench.train.fused_bn import fused_pools, use_fused_batchnorm
 from cnnbench.train.gemm_conv import AUTO_MAX_AREA, use_gemm_convs
 from cnnbench.train.max_pool import use_nhwc_max_pool
 from cnnbench.train.native import NHWC_OPS, flush_denormals
@@ -146,6 +146,7 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
         switched = use_fused_batchnorm(model)
         if switched:
             fast_paths["fused_batchnorms"] = switched
+            fast_paths["fused_bn_pools"] = fused_pools(model)
         elif fused_bn_load_error() and any(type(m) is torch.nn.BatchNorm2d for m in model.modules()):
             fast_paths.update(fused_batchnorms=0, fused_bn_unavailable=fused_bn_load_error())
             if ranks.is_main:
