@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import platform
+
 import pytest
 import torch
 import yaml
 
 from cnnbench.train.config import load_recipe
+from cnnbench.train import native
 from cnnbench.train.native import CPU_FLAGS, denormals_flushed, flush_denormals
 from cnnbench.train.run import train_run
 from train_fixtures import tiny_recipe
@@ -67,3 +70,5 @@ def test_training_flushes_and_puts_the_default_back(tiny_data, tmp_path, two_thr
     assert torch.equal(x * 1.0, x)  # off again for the caller
     env = yaml.safe_load((tmp_path / "run" / "env.json").read_text())
     assert env["fast_paths"]["flush_denormal"] == "2 threads"
+    if platform.libc_ver()[0] == "glibc":  # glibc's malloc kept freed memory while it trained, and has its defaults back
+        assert env["fast_paths"]["malloc_keep_freed"] == "on" and not native._keeping

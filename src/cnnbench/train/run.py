@@ -38,7 +38,7 @@ from cnnbench.train.fused_bn import load_error as fused_bn_load_error
 from cnnbench.train.fused_bn import fused_pools, use_fused_batchnorm
 from cnnbench.train.gemm_conv import AUTO_MAX_AREA, use_gemm_convs
 from cnnbench.train.max_pool import use_nhwc_max_pool
-from cnnbench.train.native import NHWC_OPS, flush_denormals
+from cnnbench.train.native import NHWC_OPS, flush_denormals, keep_freed_memory
 from cnnbench.train.loop import (Engine, NonFiniteLoss, Progress, check_finite_weights, evaluate, improved,
                                  sums_to_metrics, train_one_epoch)
 from cnnbench.train.optim import create_l2_penalty, create_optimizer, writes_weight_copies
@@ -445,6 +445,7 @@ def train_run(recipe: Recipe | None, run_dir: str | Path, resume: bool = False, 
         raise
     finally:
         flush_denormals(False)  # torch's default, if _train turned it on (before the thread count changes back)
+        keep_freed_memory(False)  # glibc's defaults, if _train changed them
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(deterministic)
         shutdown_distributed()
@@ -536,6 +537,8 @@ def _train(recipe: Recipe, run_dir: Path, ckpt: dict[str, Any] | None, quiet: bo
         # (benchmarks/probe_denormal.py). Flushing them to zero (FTZ/DAZ, as TensorFlow's CPU
         # thread pools do) changes only values below 1.2e-38. train_run() turns it off again.
         engine.fast_paths["flush_denormal"] = flush_denormals(True)
+        # glibc's malloc returned and re-faulted a step's large tensors every step (native.py)
+        engine.fast_paths["malloc_keep_freed"] = keep_freed_memory(True)
     seed_rank(recipe, ranks)
     classes = [c.id for c in ds.classes]
     progress = Progress()
