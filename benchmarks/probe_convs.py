@@ -79,13 +79,12 @@ def model_step(batch: int, gemm: bool, fused_bn: bool = False, nhwc_ops: bool = 
         for conv in model.modules():
             if isinstance(conv, GemmConv2d):
                 conv.native_im2col = nhwc_ops
-    fuse_first = not stem_pool  # the engine switches the pools first, so the stem's batch norm can take its pool
-    if fused_bn and fuse_first and not use_fused_batchnorm(model):
-        raise SystemExit(f"the fused batch norm could not be built: {load_error()}")
-    if nhwc_ops and not use_nhwc_max_pool(model):
-        raise SystemExit(f"the NHWC kernels could not be built: {NHWC_OPS.error}")
-    if fused_bn and not fuse_first and not use_fused_batchnorm(model):
-        raise SystemExit(f"the fused batch norm could not be built: {load_error()}")
+    # the engine switches the pools first, so that the stem's batch norm can take its pool over
+    switches = [(nhwc_ops, use_nhwc_max_pool, lambda: f"the NHWC kernels could not be built: {NHWC_OPS.error}"),
+                (fused_bn, use_fused_batchnorm, lambda: f"the fused batch norm could not be built: {load_error()}")]
+    for wanted, switch, failure in switches if stem_pool else switches[::-1]:
+        if wanted and not switch(model):
+            raise SystemExit(failure())
     x = torch.randn(batch, 3, 64, 64).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 200, (batch,))
     opt = optimizer(model) if optimizer is not None else torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

@@ -131,7 +131,7 @@ class PatchMatmul(torch.autograd.Function):
         grad_matrix = None
         if ctx.needs_input_grad[1]:
             grad = grad.contiguous()
-            ops = NHWC_OPS.load() if ctx.native and grad.dtype in (torch.float32, torch.bfloat16) else None
+            ops = _native_ops(grad) if ctx.native else None
             grad_t = ops.transpose2d(grad) if ops is not None else grad.t().contiguous()
             grad_matrix = grad_t @ patches
         return grad_patches, grad_matrix, None
@@ -139,7 +139,8 @@ class PatchMatmul(torch.autograd.Function):
 
 def _native_ops(nhwc: torch.Tensor):
     """The compiled NHWC kernels where they apply to ``nhwc`` (a contiguous float32 or bf16 CPU
-    tensor, as a channels_last activation permuted to (B, H, W, C) is), else None."""
+    tensor, as a channels_last activation permuted to (B, H, W, C) is, or a contiguous matrix for
+    ``transpose2d``), else None."""
     if nhwc.device.type != "cpu" or nhwc.dtype not in (torch.float32, torch.bfloat16) or not nhwc.is_contiguous():
         return None
     return NHWC_OPS.load()
