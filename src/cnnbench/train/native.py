@@ -135,8 +135,8 @@ def keep_freed_memory(on: bool) -> str:
     threshold, so every step faults its pages in again: ResNet-18's 64 px bf16 step took 7,000-15,000
     page faults and 10-19 ms of system time on this 2-core VM. With large blocks taken from the heap
     (mmap threshold 1 GB), freed memory kept (trim threshold 2 GB) and the heap grown 256 MB at a time,
-    it took 0-160 faults and 0.2-1.1 ms: 150-170 ms -> 147-156 ms a step (session 19, scratch, 9 of 10
-    alternating process pairs faster, median +6%). The cost: the process keeps its peak heap until
+    it took 0-160 faults and 0.2-1.1 ms: 150-170 ms -> 147-160 ms a step (session 19, scratch, 9 of 10
+    alternating process pairs of 15 steps faster, median +6%). The cost: the process keeps its peak heap until
     training ends; ``off`` sets glibc's defaults back (fixed ones: mallopt stops glibc's own
     adjustment of the mmap threshold). Elsewhere than glibc (macOS, musl) nothing changes."""
     global _keeping
