@@ -111,7 +111,8 @@ def test_each_ablation_changes_only_its_own_recipe_key(monkeypatch):
     base = throughput.variant_stepper(ctx, "resnet18", throughput.VARIANTS["bf16_cl"]).to_dict()
     for name, key, value in [("bf16_cl_torch_bn", ("train", "bn_impl"), "torch"),
                              ("bf16_cl_torch_pool", ("train", "pool_impl"), "torch"),
-                             ("bf16_cl_torch_optim", ("train", "optim_impl"), "torch")]:
+                             ("bf16_cl_torch_optim", ("train", "optim_impl"), "torch"),
+                             ("bf16_cl_torch_conv_grad", ("train", "conv_grad_impl"), "torch")]:
         recipe = throughput.variant_stepper(ctx, "resnet18", throughput.VARIANTS[name]).to_dict()
         assert base[key[0]][key[1]] != value and recipe[key[0]][key[1]] == value
         recipe[key[0]][key[1]] = base[key[0]][key[1]]

@@ -28,6 +28,8 @@ from cnnbench.evaluate.runs import read_json, read_summary
 from cnnbench.models import count_flops, create_model
 from cnnbench.models.base import count_parameters, freeze_backbone
 from cnnbench.train import rundir
+from cnnbench.train.amx_conv import load_error as amx_load_error
+from cnnbench.train.amx_conv import use_amx_convs
 from cnnbench.train.checkpoint import (capture_rng_state, checkpoint_path, gather_rng_states, load_checkpoint,
                                        rank_rng_state, restore_rng_state, save_checkpoint)
 from cnnbench.train.config import Recipe, TrainConfig
@@ -135,6 +137,10 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
         cfg = model.cnnbench_cfg
         example = torch.zeros(1, cfg["in_channels"], input_size, input_size, device=device)
         fast_paths["gemm_convs"] = use_gemm_convs(model, example, AUTO_MAX_AREA[precision.dtype])
+    if t.conv_grad_impl == "auto" and device.type == "cpu" and precision.dtype == torch.bfloat16 and t.channels_last:
+        fast_paths["amx_weight_grads"] = use_amx_convs(model)
+        if amx_load_error():
+            fast_paths["amx_weight_grads_unavailable"] = amx_load_error()
     if t.pool_impl == "auto" and device.type == "cpu" and t.channels_last:
         fast_paths["nhwc_max_pools"] = use_nhwc_max_pool(model)
     if NHWC_OPS.error:  # the gemm convolutions' im2col and the max pools fall back to Python and torch

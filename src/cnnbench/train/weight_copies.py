@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnbench.train.amx_conv import AmxConv2d
 from cnnbench.train.gemm_conv import GemmConv2d
 from cnnbench.train.native import Kernels
 
@@ -121,6 +122,13 @@ class CopyGemmConv2d(GemmConv2d):
         return super()._conv_forward(input, forward_weight(self, weight), bias)
 
 
+class CopyAmxConv2d(AmxConv2d):
+    """``AmxConv2d`` (AMX weight gradient) that runs on its weight's bf16 copy where one is current."""
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        return super()._conv_forward(input, forward_weight(self, weight), bias)
+
+
 class CopyLinear(nn.Linear):
     """``nn.Linear`` that runs on its weight's bf16 copy where one is current."""
 
@@ -128,7 +136,7 @@ class CopyLinear(nn.Linear):
         return F.linear(input, forward_weight(self, self.weight), self.bias)
 
 
-SWITCHES = {nn.Conv2d: CopyConv2d, GemmConv2d: CopyGemmConv2d, nn.Linear: CopyLinear}
+SWITCHES = {nn.Conv2d: CopyConv2d, GemmConv2d: CopyGemmConv2d, AmxConv2d: CopyAmxConv2d, nn.Linear: CopyLinear}
 
 
 class CopyingOptimizer(torch.optim.Optimizer):
@@ -275,7 +283,7 @@ class AdamWithCopies(CopyingOptimizer, torch.optim.Adam):
 
 
 def attach_weight_copies(model: nn.Module, optimizer: torch.optim.Optimizer, bf16_grads: bool = False) -> int:
-    """Give every plain ``nn.Conv2d``, ``GemmConv2d`` and ``nn.Linear`` of ``model`` whose float32
+    """Give every plain ``nn.Conv2d``, ``GemmConv2d``, ``AmxConv2d`` and ``nn.Linear`` of ``model`` whose float32
     CPU weight ``optimizer`` (an ``SGDWithCopies`` or ``AdamWithCopies``) updates a bf16 copy, written by each step and
     read by the next forward pass. With ``bf16_grads`` their gradients stay bf16 on the copies for
     the step (see ``WeightCopy``): for runs where nothing else reads ``weight.grad`` between backward

@@ -1,0 +1,174 @@
+"""The AMX weight gradient (amx_conv.cpp, AmxConv2d): torch's numbers to bf16 rounding, where it switches in, and where not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from cnnbench.models import create_model
+from cnnbench.train import amx_conv
+from cnnbench.train.amx_conv import AmxConv2d, eligible, use_amx_convs
+
+needs_amx = pytest.mark.skipif(not amx_conv.cpu_has_amx(), reason="this CPU has no AMX-BF16")
+CL = torch.channels_last
+
+
+def bf16_cl(*shape, generator) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator).to(torch.bfloat16).contiguous(memory_format=CL)
+
+
+def weight_grad(x, grad, k, dtype=None):
+    """torch's weight gradient of a stride-1 padding-k//2 convolution (in float64 for the reference)."""
+    x, grad = (x, grad) if dtype is None else (x.to(dtype), grad.to(dtype))
+    w = torch.zeros(grad.shape[1], x.shape[1], k, k, dtype=x.dtype).contiguous(memory_format=CL)
+    return torch.ops.aten.convolution_backward(grad, x, w, None, [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], 1,
+                                               [False, True, False])[1]
+
+
+def kernel():
+    assert amx_conv.load() is None, amx_conv.load_error()
+    return amx_conv.AMX_CONV.module
+
+
+@needs_amx
+@pytest.mark.parametrize("batch, h, w, cin, cout, k", [
+    (2, 5, 7, 32, 64, 3),     # odd, rectangular map; grid rows of 8 positions
+    (3, 16, 16, 64, 64, 3),   # ResNet-18's layer1 at 64 px
+    (4, 8, 8, 128, 128, 3),   # layer2
+    (2, 1, 1, 32, 32, 3),     # a 1x1 map: only the centre tap sees a pixel
+    (2, 9, 6, 32, 96, 5),     # 5x5 kernel, padding 2
+    (2, 6, 6, 64, 32, 1),     # 1x1 kernel: no padding, the grid is the map
+    (1, 40, 33, 32, 32, 3),   # more grid positions than one chunk per thread, uneven split
+])
+def test_weight_grad_matches_float64_as_closely_as_onednn(batch, h, w, cin, cout, k):
+    g = torch.Generator().manual_seed(batch * 1000 + h * 10 + k)
+    x, grad = bf16_cl(batch, cin, h, w, generator=g), bf16_cl(batch, cout, h, w, generator=g)
+    ours = kernel().weight_grad(x.permute(0, 2, 3, 1), grad.permute(0, 2, 3, 1), k)
+    assert ours.dtype == torch.bfloat16 and ours.shape == (cout, cin, k, k) and ours.is_contiguous(memory_format=CL)
+    exact = weight_grad(x, grad, k, torch.float64)
+    onednn = weight_grad(x, grad, k)
+    scale = exact.abs().max().item()
+    err_ours = (ours.double() - exact).abs()
+    # fp32 sums rounded once to bf16: within one bf16 step (2^-8 relative) of the exact value, plus
+    # the fp32 accumulation's error, small against the largest value
+    assert (err_ours <= exact.abs() * 2 ** -8 + 1e-4 * scale).all()
+    assert err_ours.max().item() <= 1.5 * (onednn.double() - exact).abs().max().item() + 1e-6 * scale
+    # the same bits on a second call (the threads' sums are added in a fixed order)
+    assert torch.equal(ours, kernel().weight_grad(x.permute(0, 2, 3, 1), grad.permute(0, 2, 3, 1), k))
+
+
+@needs_amx
+def test_weight_grad_rejects_what_it_cannot_take():
+    g = torch.Generator().manual_seed(0)
+    x, grad = bf16_cl(2, 32, 4, 4, generator=g).permute(0, 2, 3, 1), bf16_cl(2, 32, 4, 4, generator=g).permute(0, 2, 3, 1)
+    cases = [
+        ((x.float(), grad, 3), "x: expected a contiguous bf16"),
+        ((x, grad.transpose(1, 2), 3), "grad: expected a contiguous bf16"),
+        ((x, grad[:, :3].contiguous(), 3), "grad: expected the map of x"),
+        ((x[..., :16].contiguous(), grad, 3), "channels: expected multiples of 32, got 16 in and 32 out"),
+        ((x, grad, 2), "k: expected an odd kernel size, got 2"),
+    ]
+    for args, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            kernel().weight_grad(*args)
+
+
+@needs_amx
+@pytest.mark.parametrize("bias", [False, True])
+def test_amx_conv2d_trains_like_conv2d(bias):
+    g = torch.Generator().manual_seed(1)
+    conv = nn.Conv2d(64, 32, 3, padding=1, bias=bias).to(memory_format=CL)
+    ours = nn.Conv2d(64, 32, 3, padding=1, bias=bias).to(memory_format=CL)
+    ours.load_state_dict(conv.state_dict())
+    assert eligible(ours) and use_amx_convs(ours) == 1 and type(ours) is AmxConv2d
+    x = torch.randn(4, 64, 10, 10, generator=g).contiguous(memory_format=CL)
+    up = torch.randn(4, 32, 10, 10, generator=g)
+    outs, grads = [], []
+    for layer in (conv, ours):
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = layer(xi)
+        y.float().backward(up)
+        outs.append(y)
+        grads.append([xi.grad] + [p.grad for p in layer.parameters()])
+    assert torch.equal(outs[0], outs[1])  # the same oneDNN forward pass
+    assert torch.equal(grads[0][0], grads[1][0])  # and input gradient
+    # the weight gradient: bf16 sums in another order, widened to the float32 weight
+    torch.testing.assert_close(grads[1][1], grads[0][1], rtol=2 ** -7, atol=1e-3 * grads[0][1].abs().max().item())
+    if bias:  # bf16 like autocast's: the sum of the bf16 output gradient
+        torch.testing.assert_close(grads[1][2], grads[0][2], rtol=2 ** -7, atol=1e-2)
+
+
+@needs_amx
+def test_amx_conv2d_leaves_other_passes_to_torch(monkeypatch):
+    conv = nn.Conv2d(32, 32, 3, padding=1).to(memory_format=CL)
+    use_amx_convs(conv)
+    calls = []
+    real = amx_conv._AmxConv.apply
+    monkeypatch.setattr(amx_conv._AmxConv, "apply", lambda *a: calls.append(1) or real(*a))
+    x = torch.randn(2, 32, 6, 6)
+    expected = F.conv2d(x, conv.weight, conv.bias, 1, 1)
+    torch.testing.assert_close(conv(x), expected)  # fp32
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        conv(x.contiguous(memory_format=CL))  # inference
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        conv(x)  # NCHW input
+        assert not calls
+        conv(x.contiguous(memory_format=CL))
+    assert calls == [1]
+
+
+def test_eligible_convolutions():
+    assert eligible(nn.Conv2d(64, 64, 3, padding=1)) and eligible(nn.Conv2d(32, 96, 5, padding="same"))
+    assert eligible(nn.Conv2d(64, 128, 1))
+    for conv in (nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.Conv2d(64, 64, 3), nn.Conv2d(3, 64, 3, padding=1),
+                 nn.Conv2d(64, 48, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1, groups=2),
+                 nn.Conv2d(64, 64, 3, padding=2, dilation=2), nn.Conv2d(64, 64, (3, 1), padding=(1, 0)),
+                 nn.Conv2d(64, 64, 4, padding="same"), nn.Conv2d(64, 64, 3, padding=1, padding_mode="reflect")):
+        assert not eligible(conv), conv
+
+
+@needs_amx
+def test_resnet18_switches_its_stride_one_convolutions():
+    model = create_model("resnet18", num_classes=10, input_size=64)
+    # layer1's four, and the second and third of layer2, layer3 and layer4 (their first ones have stride 2)
+    assert use_amx_convs(model) == 13
+    assert sum(type(m) is AmxConv2d for m in model.modules()) == 13
+
+
+def test_no_amx_no_switch(monkeypatch):
+    monkeypatch.setattr(amx_conv, "cpu_has_amx", lambda: False)
+    monkeypatch.setattr(amx_conv, "_unavailable", None)
+    monkeypatch.setattr(amx_conv.AMX_CONV, "module", None)
+    model = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1))
+    assert use_amx_convs(model) == 0 and type(model[0]) is nn.Conv2d
+    assert amx_conv.load_error() == "this CPU has no AMX-BF16"
+
+
+@needs_amx
+@pytest.mark.parametrize("conv_impl, grad_impl, precision, switched", [
+    ("torch", "auto", "bf16", 13), ("torch", "torch", "bf16", 0), ("torch", "auto", "fp32", 0),
+    ("auto", "auto", "bf16", 0),  # at the fixture's 12 px every map is small enough for the matmul convolutions
+])
+def test_engine_switches_stride_one_convolutions_for_bf16_on_the_cpu(tiny_data, conv_impl, grad_impl, precision, switched):
+    from cnnbench.data import load_dataset
+    from cnnbench.train.config import load_recipe
+    from cnnbench.train.device import Precision
+    from cnnbench.train.distributed import Ranks
+    from cnnbench.train.run import build_engine, build_model, model_kwargs
+    from cnnbench.train.weight_copies import CopyAmxConv2d
+
+    from train_fixtures import tiny_recipe
+
+    ds = load_dataset("tiny-imagenet", data=str(tiny_data))
+    cpu = torch.device("cpu")
+    recipe = load_recipe(values=tiny_recipe(tiny_data, model={"name": "resnet18"},
+                                            train={"conv_impl": conv_impl, "conv_grad_impl": grad_impl}))
+    engine = build_engine(recipe, ds, build_model(recipe, model_kwargs(recipe, ds)), cpu, Precision(precision, cpu), Ranks())
+    assert engine.fast_paths.get("amx_weight_grads", 0) == switched
+    # bf16 SGD: the switched layers run on the optimiser's weight copies too
+    copies = CopyAmxConv2d if precision == "bf16" else AmxConv2d
+    assert sum(type(m) is copies for m in engine.model.modules()) == switched
+    assert "amx_weight_grads_unavailable" not in engine.fast_paths
