@@ -19,11 +19,11 @@ def bf16_cl(*shape, generator) -> torch.Tensor:
     return torch.randn(*shape, generator=generator).to(torch.bfloat16).contiguous(memory_format=CL)
 
 
-def weight_grad(x, grad, k, dtype=None):
-    """torch's weight gradient of a stride-1 padding-k//2 convolution (in float64 for the reference)."""
+def weight_grad(x, grad, k, stride=1, dtype=None):
+    """torch's weight gradient of a padding-k//2 convolution (in float64 for the reference)."""
     x, grad = (x, grad) if dtype is None else (x.to(dtype), grad.to(dtype))
     w = torch.zeros(grad.shape[1], x.shape[1], k, k, dtype=x.dtype).contiguous(memory_format=CL)
-    return torch.ops.aten.convolution_backward(grad, x, w, None, [1, 1], [k // 2, k // 2], [1, 1], False, [0, 0], 1,
+    return torch.ops.aten.convolution_backward(grad, x, w, None, [stride] * 2, [k // 2, k // 2], [1, 1], False, [0, 0], 1,
                                                [False, True, False])[1]
 
 
@@ -33,22 +33,29 @@ def kernel():
 
 
 @needs_amx
-@pytest.mark.parametrize("batch, h, w, cin, cout, k", [
-    (2, 5, 7, 32, 64, 3),     # odd, rectangular map; grid rows of 8 positions
-    (3, 16, 16, 64, 64, 3),   # ResNet-18's layer1 at 64 px
-    (4, 8, 8, 128, 128, 3),   # layer2
-    (2, 1, 1, 32, 32, 3),     # a 1x1 map: only the centre tap sees a pixel
-    (2, 9, 6, 32, 96, 5),     # 5x5 kernel, padding 2
-    (2, 6, 6, 64, 32, 1),     # 1x1 kernel: no padding, the grid is the map
-    (1, 40, 33, 32, 32, 3),   # more grid positions than one chunk per thread, uneven split
+@pytest.mark.parametrize("batch, h, w, cin, cout, k, stride", [
+    (2, 5, 7, 32, 64, 3, 1),     # odd, rectangular map; grid rows of 8 positions
+    (3, 16, 16, 64, 64, 3, 1),   # ResNet-18's layer1 at 64 px
+    (4, 8, 8, 128, 128, 3, 1),   # layer2
+    (2, 1, 1, 32, 32, 3, 1),     # a 1x1 map: only the centre tap sees a pixel
+    (2, 9, 6, 32, 96, 5, 1),     # 5x5 kernel, padding 2
+    (2, 6, 6, 64, 32, 1, 1),     # 1x1 kernel: no padding, the grid is the map
+    (1, 40, 33, 32, 32, 3, 1),   # more grid positions than one chunk per thread, uneven split
+    (3, 16, 16, 64, 128, 3, 2),  # layer2's first convolution: four phase maps, taps shifted by 0 or -1
+    (3, 16, 16, 64, 128, 1, 2),  # its 1x1 shortcut: one phase
+    (2, 9, 7, 32, 32, 3, 2),     # odd maps: the last phase rows and columns are short
+    (2, 11, 10, 32, 64, 7, 2),   # 7x7 stride 2, padding 3 (an ImageNet stem's shape): taps shifted by -2 to 1
+    (2, 10, 9, 32, 32, 5, 3),    # stride 3: nine phases
 ])
-def test_weight_grad_matches_float64_as_closely_as_onednn(batch, h, w, cin, cout, k):
+def test_weight_grad_matches_float64_as_closely_as_onednn(batch, h, w, cin, cout, k, stride):
     g = torch.Generator().manual_seed(batch * 1000 + h * 10 + k)
-    x, grad = bf16_cl(batch, cin, h, w, generator=g), bf16_cl(batch, cout, h, w, generator=g)
-    ours = kernel().weight_grad(x.permute(0, 2, 3, 1), grad.permute(0, 2, 3, 1), k)
+    x = bf16_cl(batch, cin, h, w, generator=g)
+    ho, wo = (h - 1) // stride + 1, (w - 1) // stride + 1  # padding k // 2
+    grad = bf16_cl(batch, cout, ho, wo, generator=g)
+    ours = kernel().weight_grad(x.permute(0, 2, 3, 1), grad.permute(0, 2, 3, 1), k, stride, k // 2)
     assert ours.dtype == torch.bfloat16 and ours.shape == (cout, cin, k, k) and ours.is_contiguous(memory_format=CL)
-    exact = weight_grad(x, grad, k, torch.float64)
-    onednn = weight_grad(x, grad, k)
+    exact = weight_grad(x, grad, k, stride, torch.float64)
+    onednn = weight_grad(x, grad, k, stride)
     scale = exact.abs().max().item()
     err_ours = (ours.double() - exact).abs()
     # fp32 sums rounded once to bf16: within one bf16 step (2^-8 relative) of the exact value, plus
@@ -56,7 +63,7 @@ def test_weight_grad_matches_float64_as_closely_as_onednn(batch, h, w, cin, cout
     assert (err_ours <= exact.abs() * 2 ** -8 + 1e-4 * scale).all()
     assert err_ours.max().item() <= 1.5 * (onednn.double() - exact).abs().max().item() + 1e-6 * scale
     # the same bits on a second call (the threads' sums are added in a fixed order)
-    assert torch.equal(ours, kernel().weight_grad(x.permute(0, 2, 3, 1), grad.permute(0, 2, 3, 1), k))
+    assert torch.equal(ours, kernel().weight_grad(x.permute(0, 2, 3, 1), grad.permute(0, 2, 3, 1), k, stride, k // 2))
 
 
 @needs_amx
@@ -64,11 +71,14 @@ def test_weight_grad_rejects_what_it_cannot_take():
     g = torch.Generator().manual_seed(0)
     x, grad = bf16_cl(2, 32, 4, 4, generator=g).permute(0, 2, 3, 1), bf16_cl(2, 32, 4, 4, generator=g).permute(0, 2, 3, 1)
     cases = [
-        ((x.float(), grad, 3), "x: expected a contiguous bf16"),
-        ((x, grad.transpose(1, 2), 3), "grad: expected a contiguous bf16"),
-        ((x, grad[:, :3].contiguous(), 3), "grad: expected the map of x"),
-        ((x[..., :16].contiguous(), grad, 3), "channels: expected multiples of 32, got 16 in and 32 out"),
-        ((x, grad, 2), "k: expected an odd kernel size, got 2"),
+        ((x.float(), grad, 3, 1, 1), "x: expected a contiguous bf16"),
+        ((x, grad.transpose(1, 2), 3, 1, 1), "grad: expected a contiguous bf16"),
+        ((x, grad[:, :3].contiguous(), 3, 1, 1), r"grad: expected the output map \(2, 4, 4\), got \(2, 3, 4\)"),
+        ((x, grad, 3, 2, 1), r"grad: expected the output map \(2, 2, 2\)"),
+        ((x[..., :16].contiguous(), grad, 3, 1, 1), "channels: expected multiples of 32, got 16 in and 32 out"),
+        ((x, grad, 3, 1, 3), "expected k >= 1, stride >= 1, 0 <= padding < k, got 3, 1, 3"),
+        # a "valid" 3x3 convolution: its last taps read x beyond the output map's grid
+        ((x, grad[:, :2, :2].contiguous(), 3, 1, 0), "3, 1, 0 on a 4 x 4 map read pixels beyond the output map's grid"),
     ]
     for args, message in cases:
         with pytest.raises(RuntimeError, match=message):
@@ -122,8 +132,9 @@ def test_amx_conv2d_leaves_other_passes_to_torch(monkeypatch):
 
 def test_eligible_convolutions():
     assert eligible(nn.Conv2d(64, 64, 3, padding=1)) and eligible(nn.Conv2d(32, 96, 5, padding="same"))
-    assert eligible(nn.Conv2d(64, 128, 1))
-    for conv in (nn.Conv2d(64, 64, 3, stride=2, padding=1), nn.Conv2d(64, 64, 3), nn.Conv2d(3, 64, 3, padding=1),
+    assert eligible(nn.Conv2d(64, 128, 1)) and eligible(nn.Conv2d(64, 128, 3, stride=2, padding=1))
+    assert eligible(nn.Conv2d(64, 128, 1, stride=2)) and eligible(nn.Conv2d(32, 64, 7, stride=2, padding=3))
+    for conv in (nn.Conv2d(64, 64, 3, stride=(1, 2), padding=1), nn.Conv2d(64, 64, 3), nn.Conv2d(3, 64, 3, padding=1),
                  nn.Conv2d(64, 48, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1, groups=2),
                  nn.Conv2d(64, 64, 3, padding=2, dilation=2), nn.Conv2d(64, 64, (3, 1), padding=(1, 0)),
                  nn.Conv2d(64, 64, 4, padding="same"), nn.Conv2d(64, 64, 3, padding=1, padding_mode="reflect")):
@@ -133,9 +144,9 @@ def test_eligible_convolutions():
 @needs_amx
 def test_resnet18_switches_its_stride_one_convolutions():
     model = create_model("resnet18", num_classes=10, input_size=64)
-    # layer1's four, and the second and third of layer2, layer3 and layer4 (their first ones have stride 2)
-    assert use_amx_convs(model) == 13
-    assert sum(type(m) is AmxConv2d for m in model.modules()) == 13
+    # all but the stem (3 input channels): 4 in layer1, 5 in each later stage (3 x 3 convolutions and the 1x1 shortcut)
+    assert use_amx_convs(model) == 19
+    assert sum(type(m) is AmxConv2d for m in model.modules()) == 19
 
 
 def test_no_amx_no_switch(monkeypatch):
@@ -149,7 +160,7 @@ def test_no_amx_no_switch(monkeypatch):
 
 @needs_amx
 @pytest.mark.parametrize("conv_impl, grad_impl, precision, switched", [
-    ("torch", "auto", "bf16", 13), ("torch", "torch", "bf16", 0), ("torch", "auto", "fp32", 0),
+    ("torch", "auto", "bf16", 19), ("torch", "torch", "bf16", 0), ("torch", "auto", "fp32", 0),
     ("auto", "auto", "bf16", 0),  # at the fixture's 12 px every map is small enough for the matmul convolutions
 ])
 def test_engine_switches_stride_one_convolutions_for_bf16_on_the_cpu(tiny_data, conv_impl, grad_impl, precision, switched):

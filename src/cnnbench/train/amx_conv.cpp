@@ -50,24 +50,44 @@ namespace {
 
 constexpr int64_t kChunk = 256;  // grid positions per chunk: one 32-channel pair of x and of grad fits L1
 
-// Where a batch of (B, H, W) maps lies on the grid, for a k x k kernel with padding p = k / 2.
+// A stride-s convolution's tap (ky, kx) reads x[s * y + ky - p, s * x + kx - p] for output pixel
+// (y, x): with ky - p = s * a + i (0 <= i < s), that is pixel (y + a, x + b) of the "phase" map
+// x[s * r + i, s * c + j], an output-sized map (stride 1: the phase is x itself, a = ky - p).
+struct Tap {
+  int64_t a, i, b, j;
+};
+
+inline Tap tap_of(int64_t ky, int64_t kx, int64_t s, int64_t p) {
+  auto split = [s](int64_t d, int64_t& whole, int64_t& rest) {
+    whole = (d >= 0 ? d : d - (s - 1)) / s;  // floor division
+    rest = d - whole * s;
+  };
+  Tap t;
+  split(ky - p, t.a, t.i);
+  split(kx - p, t.b, t.j);
+  return t;
+}
+
+// Where a batch of output-sized maps lies on the grid: every map row is followed by `pad` zero
+// columns and every map by `pad` zero rows (`pad` the largest |a| or |b| of any tap).
 struct Grid {
-  int64_t b, h, w, c, o, k, p;
-  int64_t wp;      // grid row length: w + p
-  int64_t size;    // grid positions: (b * (h + p) + p) * wp
-  int64_t margin;  // grad's margin each side of a chunk: at least p * wp + p, a multiple of 32
+  int64_t b, h, w;  // batch and output map
+  int64_t pad;
+  int64_t wp;       // grid row length: w + pad
+  int64_t size;     // grid positions: (b * (h + pad) + pad) * wp
+  int64_t margin;   // grad's margin each side of a chunk: at least pad * wp + pad, a multiple of 32
 
-  Grid(int64_t b_, int64_t h_, int64_t w_, int64_t c_, int64_t o_, int64_t k_)
-      : b(b_), h(h_), w(w_), c(c_), o(o_), k(k_), p(k_ / 2), wp(w_ + k_ / 2),
-        size((b_ * (h_ + k_ / 2) + k_ / 2) * (w_ + k_ / 2)),
-        margin(((k_ / 2) * (w_ + k_ / 2) + k_ / 2 + 31) / 32 * 32) {}
+  Grid(int64_t b_, int64_t h_, int64_t w_, int64_t pad_)
+      : b(b_), h(h_), w(w_), pad(pad_), wp(w_ + pad_), size((b_ * (h_ + pad_) + pad_) * (w_ + pad_)),
+        margin((pad_ * (w_ + pad_) + pad_ + 31) / 32 * 32) {}
 
-  // Offset of tap (ky, kx) on the grid.
-  int64_t shift(int64_t ky, int64_t kx) const { return (ky - p) * wp + (kx - p); }
+  int64_t shift(const Tap& t) const { return t.a * wp + t.b; }
 
-  // The pixel index (n * h + y) * w + x of grid positions [start, start + len), -1 for padding:
-  // one division per grid row, not per position.
-  void map_pixels(int64_t start, int64_t len, int64_t* pixel) const {
+  // The pixel index of a map at grid positions [start, start + len), -1 for padding: map pixel
+  // (n, r, c) is row_base(n, r) + c * col_step, valid where row_base >= 0 and c < cols. One
+  // division per grid row, not per position.
+  template <typename RowBase>
+  void map_pixels(int64_t start, int64_t len, int64_t* pixel, RowBase row_base, int64_t col_step, int64_t cols) const {
     int64_t i = 0;
     for (; i < len && start + i < 0; ++i) pixel[i] = -1;
     while (i < len) {
@@ -76,11 +96,10 @@ struct Grid {
         pixel[i++] = -1;
         continue;
       }
-      const int64_t row = q / wp, col = q - row * wp, n = row / (h + p), y = row - n * (h + p) - p;
-      const bool image_row = y >= 0 && y < h && n < b;
-      const int64_t base = (n * h + y) * w - p;
-      for (int64_t j = col, stop = std::min(len, i + (wp - col)); i < stop; ++i, ++j)
-        pixel[i] = image_row && j >= p ? base + j : -1;
+      const int64_t row = q / wp, col = q - row * wp, n = row / (h + pad), r = row - n * (h + pad) - pad;
+      const int64_t base = r >= 0 && n < b ? row_base(n, r) : -1;
+      for (int64_t c = col - pad, stop = std::min(len, i + (wp - col)); i < stop; ++i, ++c)
+        pixel[i] = base >= 0 && c >= 0 && c < cols ? base + c * col_step : -1;
     }
   }
 };
@@ -90,8 +109,7 @@ struct Grid {
 inline int slot_channel(int s) { return s < 16 ? (s / 4) * 8 + s % 4 : ((s - 16) / 4) * 8 + 4 + (s - 16) % 4; }
 
 // x at grid positions pixel[0 .. kChunk) -> out[kChunk / 2][c][2] (channels in slot order).
-void pack_pairs(const Grid& g, const uint16_t* x, const int64_t* pixel, uint16_t* out) {
-  const int64_t c = g.c;
+void pack_pairs(int64_t c, const uint16_t* x, const int64_t* pixel, uint16_t* out) {
   for (int64_t i = 0; i < kChunk / 2; ++i) {
     const int64_t p0 = pixel[2 * i], p1 = pixel[2 * i + 1];
     uint16_t* dst = out + i * c * 2;
@@ -144,8 +162,7 @@ inline void transpose32(__m512i* v) {
 }
 
 // grad at grid positions pixel[0 .. len) -> out[o][len], transposed (len a multiple of 32).
-void pack_transposed(const Grid& g, const uint16_t* grad, const int64_t* pixel, int64_t len, uint16_t* out) {
-  const int64_t o = g.o;
+void pack_transposed(int64_t o, const uint16_t* grad, const int64_t* pixel, int64_t len, uint16_t* out) {
   for (int64_t q = 0; q < len; q += 32) {
     bool any = false;
     for (int i = 0; i < 32; ++i) any |= pixel[q + i] >= 0;
@@ -186,24 +203,66 @@ bool tiles_permitted() {
   return permitted;
 }
 
+// The convolution: x (b, hin, win, c) -> grad's map (b, h, w, o), a k x k kernel, stride, padding.
+struct Problem {
+  Grid g;
+  int64_t c, o, k, stride, padding, hin, win;
+  std::vector<Tap> taps;           // per tap, ky * k + kx
+  std::vector<int64_t> phase;      // per tap: which of the phase maps it reads
+  std::vector<std::pair<int64_t, int64_t>> phases;  // (i, j) of each phase map read
+
+  Problem(const Grid& g_, int64_t c_, int64_t o_, int64_t k_, int64_t s_, int64_t p_, int64_t hin_, int64_t win_)
+      : g(g_), c(c_), o(o_), k(k_), stride(s_), padding(p_), hin(hin_), win(win_) {
+    for (int64_t t = 0; t < k * k; ++t) {
+      const Tap tap = tap_of(t / k, t % k, stride, padding);
+      const auto ij = std::make_pair(tap.i, tap.j);
+      auto at = std::find(phases.begin(), phases.end(), ij);
+      phase.push_back(at - phases.begin());
+      if (at == phases.end()) phases.push_back(ij);
+      taps.push_back(tap);
+    }
+  }
+
+  // grid positions [start, start + len) of phase map (i, j) of x
+  void map_x(int64_t start, int64_t len, int64_t* pixel, int64_t i, int64_t j) const {
+    const int64_t s = stride, hin_ = hin, win_ = win;
+    const int64_t cols = std::min(g.w, (win - j + s - 1) / s);
+    g.map_pixels(start, len, pixel, [=](int64_t n, int64_t r) { return s * r + i < hin_ ? (n * hin_ + s * r + i) * win_ + j : -1; },
+                 s, cols);
+  }
+
+  // grid positions [start, start + len) of grad
+  void map_grad(int64_t start, int64_t len, int64_t* pixel) const {
+    const int64_t h = g.h, w = g.w;
+    g.map_pixels(start, len, pixel, [=](int64_t n, int64_t r) { return (n * h + r) * w; }, 1, w);
+  }
+};
+
 // One thread's chunks [first, last): accumulates into acc[tap][o / 16][c / 16][16][16] (fp32).
-void accumulate(const Grid& g, const uint16_t* x, const uint16_t* grad, int64_t first, int64_t last, float* acc) {
-  const int64_t len = kChunk + 2 * g.margin, taps = g.k * g.k, ob = g.o / 16, cb = g.c / 16;
+void accumulate(const Problem& pr, const uint16_t* x, const uint16_t* grad, int64_t first, int64_t last, float* acc) {
+  const Grid& g = pr.g;
+  const int64_t len = kChunk + 2 * g.margin, taps = pr.k * pr.k, ob = pr.o / 16, cb = pr.c / 16;
+  const int64_t phases = static_cast<int64_t>(pr.phases.size());
   auto pixel = aligned_buffer<int64_t>(len);
-  auto pairs = aligned_buffer<uint16_t>(kChunk * g.c);
-  auto rows = aligned_buffer<uint16_t>(g.o * len);
+  auto pairs = aligned_buffer<uint16_t>(phases * kChunk * pr.c);
+  auto rows = aligned_buffer<uint16_t>(pr.o * len);
+  std::vector<int64_t> shift(taps);
+  for (int64_t t = 0; t < taps; ++t) shift[t] = g.shift(pr.taps[t]);
   TileConfig config;
   for (int i = 0; i < 8; ++i) {
     config.colsb[i] = 64;
     config.rows[i] = 16;
   }
   _tile_loadconfig(&config);
-  const int64_t stride_pairs = g.c * 4, stride_rows = len * 2;  // bytes between tile rows
+  const int64_t stride_pairs = pr.c * 4, stride_rows = len * 2;  // bytes between tile rows
   for (int64_t chunk = first; chunk < last; ++chunk) {
     const int64_t start = chunk * kChunk;
-    g.map_pixels(start - g.margin, len, pixel.get());
-    pack_pairs(g, x, pixel.get() + g.margin, pairs.get());
-    pack_transposed(g, grad, pixel.get(), len, rows.get());
+    for (int64_t f = 0; f < phases; ++f) {
+      pr.map_x(start, kChunk, pixel.get(), pr.phases[f].first, pr.phases[f].second);
+      pack_pairs(pr.c, x, pixel.get(), pairs.get() + f * kChunk * pr.c);
+    }
+    pr.map_grad(start - g.margin, len, pixel.get());
+    pack_transposed(pr.o, grad, pixel.get(), len, rows.get());
     for (int64_t j = 0; j < cb; j += 2) {
       for (int64_t i = 0; i < ob; i += 2) {
         for (int64_t t = 0; t < taps; ++t) {
@@ -216,15 +275,15 @@ void accumulate(const Grid& g, const uint16_t* x, const uint16_t* grad, int64_t 
           } else {
             _tile_loadd(0, c00, 64); _tile_loadd(1, c01, 64); _tile_loadd(2, c10, 64); _tile_loadd(3, c11, 64);
           }
-          const uint16_t* a0 = rows.get() + i * 16 * len + g.margin - g.shift(t / g.k, t % g.k);
+          const uint16_t* a0 = rows.get() + i * 16 * len + g.margin - shift[t];
           const uint16_t* a1 = a0 + 16 * len;
-          const uint16_t* b0 = pairs.get() + j * 32;
+          const uint16_t* b0 = pairs.get() + pr.phase[t] * kChunk * pr.c + j * 32;
           const uint16_t* b1 = b0 + 32;
           for (int64_t s = 0; s < kChunk / 32; ++s) {
             _tile_loadd(4, a0 + s * 32, stride_rows);
             _tile_loadd(5, a1 + s * 32, stride_rows);
-            _tile_loadd(6, b0 + s * 32 * g.c, stride_pairs);
-            _tile_loadd(7, b1 + s * 32 * g.c, stride_pairs);
+            _tile_loadd(6, b0 + s * 32 * pr.c, stride_pairs);
+            _tile_loadd(7, b1 + s * 32 * pr.c, stride_pairs);
             _tile_dpbf16ps(0, 4, 6);
             _tile_dpbf16ps(1, 4, 7);
             _tile_dpbf16ps(2, 5, 6);
@@ -252,37 +311,52 @@ bool available() {
 #endif
 }
 
-// x (N, H, W, C) and grad (N, H, W, O), contiguous bf16 (channels_last activations, permuted), C
-// and O multiples of 32 -> the weight gradient (O, C, k, k) in bf16 with channels_last strides.
-at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t k) {
+// x (N, H, W, C) and grad (N, Ho, Wo, O), contiguous bf16 (channels_last activations, permuted),
+// C and O multiples of 32, of a k x k convolution with this stride and padding -> the weight
+// gradient (O, C, k, k) in bf16 with channels_last strides. Every tap that leaves an output map
+// row or column must leave x too (true of "same" convolutions: stride 1 with padding k / 2, stride 2
+// with k = 2 * padding + 1 on even maps), which is what lets the grid's zeros stand in for the padding.
+at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t k, int64_t stride, int64_t padding) {
   TORCH_CHECK(available(), "the AMX weight gradient needs a CPU with AMX-BF16 under Linux");
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
               "x: expected a contiguous bf16 (N, H, W, C) tensor");
   TORCH_CHECK(grad.dim() == 4 && grad.is_contiguous() && grad.scalar_type() == at::kBFloat16,
               "grad: expected a contiguous bf16 (N, H, W, O) tensor");
-  TORCH_CHECK(grad.size(0) == x.size(0) && grad.size(1) == x.size(1) && grad.size(2) == x.size(2),
-              "grad: expected the map of x (", x.size(0), ", ", x.size(1), ", ", x.size(2), "), got (",
+  TORCH_CHECK(k >= 1 && stride >= 1 && padding >= 0 && padding < k, "k, stride, padding: expected k >= 1, stride >= 1, ",
+              "0 <= padding < k, got ", k, ", ", stride, ", ", padding);
+  const int64_t hin = x.size(1), win = x.size(2);
+  const int64_t ho = (hin + 2 * padding - k) / stride + 1, wo = (win + 2 * padding - k) / stride + 1;
+  TORCH_CHECK(grad.size(0) == x.size(0) && grad.size(1) == ho && grad.size(2) == wo,
+              "grad: expected the output map (", x.size(0), ", ", ho, ", ", wo, "), got (",
               grad.size(0), ", ", grad.size(1), ", ", grad.size(2), ")");
   TORCH_CHECK(x.size(3) % 32 == 0 && grad.size(3) % 32 == 0,
               "channels: expected multiples of 32, got ", x.size(3), " in and ", grad.size(3), " out");
-  TORCH_CHECK(k >= 1 && k % 2 == 1, "k: expected an odd kernel size, got ", k);
+  int64_t reach = 0;  // the grid's padding: the farthest a tap reads outside the output map
+  for (int64_t d = 0; d < k; ++d) {
+    const Tap t = tap_of(d, d, stride, padding);
+    reach = std::max({reach, -t.a, t.a});
+    // a tap reading past the map's last row (a > 0) must read past x's too, where x is zero
+    TORCH_CHECK(t.a <= 0 || (stride * ho + t.i >= hin && stride * wo + t.i >= win),
+                "k, stride, padding: ", k, ", ", stride, ", ", padding, " on a ", hin, " x ", win,
+                " map read pixels beyond the output map's grid");
+  }
 #ifdef CNNBENCH_AMX
-  const Grid g(x.size(0), x.size(1), x.size(2), x.size(3), grad.size(3), k);
-  const int64_t taps = k * k, ob = g.o / 16, cb = g.c / 16, acc_size = taps * ob * cb * 256;
-  const int64_t chunks = (g.size + kChunk - 1) / kChunk;
+  const Problem pr(Grid(x.size(0), ho, wo, reach), x.size(3), grad.size(3), k, stride, padding, hin, win);
+  const int64_t taps = k * k, ob = pr.o / 16, cb = pr.c / 16, acc_size = taps * ob * cb * 256;
+  const int64_t chunks = (pr.g.size + kChunk - 1) / kChunk;
   const int threads = at::get_num_threads();
   std::vector<float> accs(acc_size * threads, 0.f);  // threads that get no chunk add zeros
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
   const auto* gp = reinterpret_cast<const uint16_t*>(grad.data_ptr());
   at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
-    accumulate(g, xp, gp, first, last, accs.data() + acc_size * at::get_thread_num());
+    accumulate(pr, xp, gp, first, last, accs.data() + acc_size * at::get_thread_num());
   });
   // Sum the threads' tiles in a fixed order and write (O, k, k, C): a channels_last weight's memory.
-  auto out = at::empty({g.o, g.c, k, k}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto out = at::empty({pr.o, pr.c, k, k}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   auto* op = reinterpret_cast<uint16_t*>(out.data_ptr());
   int channel[32];
   for (int s = 0; s < 32; ++s) channel[s] = slot_channel(s);
-  at::parallel_for(0, g.o, 1, [&](int64_t first, int64_t last) {
+  at::parallel_for(0, pr.o, 1, [&](int64_t first, int64_t last) {
     for (int64_t o = first; o < last; ++o)
       for (int64_t t = 0; t < taps; ++t)
         for (int64_t j = 0; j < cb; ++j) {
@@ -290,7 +364,7 @@ at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t k) {
           for (int s = 0; s < 16; ++s) {
             float sum = accs[at_ + s];
             for (int th = 1; th < threads; ++th) sum += accs[th * acc_size + at_ + s];
-            op[(o * taps + t) * g.c + (j / 2) * 32 + channel[(j % 2) * 16 + s]] = float_to_bf16(sum);
+            op[(o * taps + t) * pr.c + (j / 2) * 32 + channel[(j % 2) * 16 + s]] = float_to_bf16(sum);
           }
         }
   });
@@ -303,5 +377,5 @@ at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t k) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("available", &available, "whether this CPU and process can run the AMX kernels");
   module.def("weight_grad", &weight_grad,
-             "(N, H, W, C) x, (N, H, W, O) grad, k -> (O, C, k, k) weight gradient of a stride-1 same convolution");
+             "(N, H, W, C) x, (N, Ho, Wo, O) grad, k, stride, padding -> (O, C, k, k) weight gradient");
 }

@@ -67,37 +67,38 @@ class _AmxConv(torch.autograd.Function):
     gradient, ``amx_conv.cpp``'s weight gradient."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        pad = weight.shape[-1] // 2
+        ctx.has_bias, ctx.stride = bias is not None, stride
         with torch.autocast("cpu", enabled=False):
-            return F.conv2d(x, weight, bias, 1, pad)
+            return F.conv2d(x, weight, bias, stride, weight.shape[-1] // 2)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
-        k = weight.shape[-1]
+        k, s = weight.shape[-1], ctx.stride
         grad = grad.contiguous(memory_format=torch.channels_last)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(grad, x, weight, None, [1, 1], [k // 2, k // 2], [1, 1],
+            grad_x = torch.ops.aten.convolution_backward(grad, x, weight, None, [s, s], [k // 2, k // 2], [1, 1],
                                                          False, [0, 0], 1, [True, False, False])[0]
         if ctx.needs_input_grad[1]:
-            grad_w = AMX_CONV.module.weight_grad(x.permute(0, 2, 3, 1), grad.permute(0, 2, 3, 1), k)
+            grad_w = AMX_CONV.module.weight_grad(x.permute(0, 2, 3, 1), grad.permute(0, 2, 3, 1), k, s, k // 2)
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3), dtype=torch.float32).to(grad.dtype)
-        return grad_x, grad_w, grad_b
+        return grad_x, grad_w, grad_b, None
 
 
 def eligible(conv: nn.Module) -> bool:
-    """A plain ``nn.Conv2d`` the kernel can take: stride 1, odd square kernel, padding k // 2 (or
-    "same"), zero padding, no dilation or groups, channels in multiples of 32."""
+    """A plain ``nn.Conv2d`` the kernel can take: an odd square kernel with padding k // 2 (or
+    "same"), the same stride both ways, zero padding, no dilation or groups, channels in multiples
+    of 32. (With that padding every tap that leaves the output map leaves the input too, on any
+    map, which the kernel's grid needs.)"""
     if type(conv) is not nn.Conv2d:
         return False
-    k = conv.kernel_size[0]
+    k, s = conv.kernel_size[0], conv.stride[0]
     padding_ok = conv.padding == "same" or tuple(conv.padding) == (k // 2, k // 2)
-    return (conv.kernel_size == (k, k) and k % 2 == 1 and conv.stride == (1, 1) and padding_ok
+    return (conv.kernel_size == (k, k) and k % 2 == 1 and conv.stride == (s, s) and padding_ok
             and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
             and conv.in_channels % _CHANNEL_BLOCK == 0 and conv.out_channels % _CHANNEL_BLOCK == 0)
 
@@ -110,7 +111,8 @@ class AmxConv2d(nn.Conv2d):
         if not self._runs_amx(input, weight):
             return super()._conv_forward(input, weight, bias)
         dtype = torch.bfloat16
-        return _AmxConv.apply(input.to(dtype), weight.to(dtype), bias.to(dtype) if bias is not None else None)
+        return _AmxConv.apply(input.to(dtype), weight.to(dtype), bias.to(dtype) if bias is not None else None,
+                              self.stride[0])
 
     @staticmethod
     def _runs_amx(input: torch.Tensor, weight: torch.Tensor) -> bool:
