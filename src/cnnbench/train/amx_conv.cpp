@@ -1,8 +1,9 @@
-// The weight gradient of a stride-1 "same" convolution (odd k x k kernel, padding k / 2) on
+// The weight gradient of a convolution with an odd k x k kernel, padding k / 2 and any stride, on
 // channels_last bf16 activations, with Intel AMX tile instructions (TDPBF16PS), on the CPU.
 //
-// dW[o, ky, kx, c] = sum over pixels p of grad[p, o] * x[p + (ky - k/2, kx - k/2), c]: a product
-// whose reduction runs over all B * H * W pixels, for each of the k * k taps. Both maps are laid
+// Stride 1: dW[o, ky, kx, c] = sum over pixels p of grad[p, o] * x[p + (ky - k/2, kx - k/2), c], a
+// product whose reduction runs over all B * H * W pixels, for each of the k * k taps (a stride-s
+// tap reads one of s * s output-sized "phase" maps of x the same way: see Tap). Both maps are laid
 // on one "grid" where every image row is followed by k/2 zero columns and every image by k/2 zero
 // rows (shared between neighbours: the right padding of one row is the left padding of the next),
 // so each tap's shifted input is the same grid read at a constant offset, and the zeros stand in
@@ -22,9 +23,10 @@
 //
 // Why hand-written: oneDNN's weight-gradient kernel for these shapes (brgconv_bwd_w, AMX) ran at
 // 3-5x the time of its own forward on this 2-core AMX Xeon: ResNet-18's 64-channel 16 x 16 layer
-// 2.4 ms alone and ~3.5 ms inside a training step, the 128-channel 8 x 8 one 3.2 and ~4.5 ms, a
-// fifth of the step for the 7 layers. Here: ~1.4-1.6 ms and ~1.4-1.5 ms (session 20, scratch,
-// medians of 21 alternating calls). torch has no other CPU weight-gradient kernel for these.
+// 2.5 ms alone and ~3.5 ms inside a training step, the 128-channel 8 x 8 one 3.2 and ~4.5 ms, the
+// strided 64 -> 128 one 2.7 ms, a fifth of the step for layer1 and layer2. Here: 1.45, 1.50 and
+// 0.93 ms (session 20, scratch, medians of 21 alternating calls). torch has no other CPU
+// weight-gradient kernel for these.
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
 

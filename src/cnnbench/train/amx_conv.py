@@ -3,18 +3,19 @@
 oneDNN computes a bf16 convolution's forward pass and input gradient near the machine's matmul
 speed, but its weight gradient for the 16 x 16 and 8 x 8 maps of a ResNet at 64 px took 3-5x as
 long as its own forward pass (2-core AMX Xeon, batch 128: ResNet-18's 64-channel 16 x 16 layers
-2.4 ms alone and ~3.5 ms inside a training step, the 128-channel 8 x 8 ones 3.2 and ~4.5 ms).
+2.5 ms alone and ~3.5 ms inside a training step, the 128-channel 8 x 8 ones 3.2 and ~4.5 ms).
 ``AmxConv2d`` keeps oneDNN for the forward pass and the input gradient and computes the weight
 gradient with ``amx_conv.cpp``: both maps laid on a zero-padded grid, packed chunk by chunk in
-cache, and multiplied with AMX's bf16 tile products (1.4-1.6 and 1.4-1.5 ms for those layers).
-ResNet-18's 64 px bf16 training step, model only, with its 7 stride-1 3 x 3 convolutions of
-layer1 and layer2 switched: +6.8% and +7.2% (paired medians of 31 alternating steps, session 20).
+cache, and multiplied with AMX's bf16 tile products (1.45 and 1.50 ms for those layers; layer2's
+strided 3 x 3 2.69 -> 0.93 ms, its 1x1 shortcut 1.20 -> 0.23). ResNet-18's 64 px bf16 training
+step, model only, with the nine convolutions of layer1 and layer2 switched: +8.7% (paired medians
+of 31 alternating steps, session 20; layer3 and layer4 run as matmuls, ``gemm_conv``).
 
-It applies to stride-1 "same" convolutions (odd square kernels, padding k // 2, no dilation or
-groups) with channel counts that are multiples of 32, in bf16 autocast on channels_last
-activations, on Linux CPUs with AMX-BF16 (Sapphire Rapids and later); everything else, and
-inference, runs torch's convolution unchanged. The gradient sums in fp32 in another order than
-oneDNN's and is rounded to bf16 as oneDNN's is (tested against float64).
+It applies to convolutions with an odd square kernel, padding k // 2 and one stride both ways (no
+dilation or groups) and channel counts that are multiples of 32, in bf16 autocast on
+channels_last activations, on Linux CPUs with AMX-BF16 (Sapphire Rapids and later); everything
+else, and inference, runs torch's convolution unchanged. The gradient sums in fp32 in another
+order than oneDNN's and is rounded to bf16 as oneDNN's is (tested against float64).
 """
 
 from __future__ import annotations
