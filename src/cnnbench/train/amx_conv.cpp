@@ -33,6 +33,7 @@
 #include "bf16.h"
 
 #include <algorithm>
+#include <climits>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -182,6 +183,32 @@ void pack_transposed(int64_t o, const uint16_t* grad, const int64_t* pixel, int6
   }
 }
 
+// Cache lines of up to two address ranges, prefetched into L2 a few at a time.
+struct Prefetch {
+  const char* at[2] = {nullptr, nullptr};
+  const char* end[2] = {nullptr, nullptr};
+  int ranges = 0;
+  int64_t per_step = 0;
+
+  void add(const uint16_t* from, const uint16_t* to) {
+    at[ranges] = reinterpret_cast<const char*>(from);
+    end[ranges++] = reinterpret_cast<const char*>(to);
+  }
+  int64_t lines() const {
+    int64_t n = 0;
+    for (int r = 0; r < ranges; ++r) n += (end[r] - at[r] + 63) / 64;
+    return n;
+  }
+  void step() {
+    for (int64_t n = 0; n < per_step; ++n) {
+      int r = at[0] < end[0] ? 0 : 1;
+      if (r >= ranges || at[r] >= end[r]) return;
+      _mm_prefetch(at[r], _MM_HINT_T1);
+      at[r] += 64;
+    }
+  }
+};
+
 struct alignas(64) TileConfig {
   uint8_t palette = 1, start_row = 0, reserved[14] = {};
   uint16_t colsb[16] = {};
@@ -257,6 +284,16 @@ void accumulate(const Problem& pr, const uint16_t* x, const uint16_t* grad, int6
   }
   _tile_loadconfig(&config);
   const int64_t stride_pairs = pr.c * 4, stride_rows = len * 2;  // bytes between tile rows
+  // The next chunk's rows of x and grad are prefetched into L2 while this chunk's tiles run (a few
+  // cache lines per tile step): the packing then reads them from cache, not memory.
+  auto span = [](const int64_t* pixel, int64_t n, int64_t& lo, int64_t& hi) {
+    for (int64_t i = 0; i < n; ++i)
+      if (pixel[i] >= 0) {
+        lo = std::min(lo, pixel[i]);
+        hi = std::max(hi, pixel[i] + 1);
+      }
+  };
+  const int64_t steps = (cb / 2) * (ob / 2) * taps * (kChunk / 32);
   for (int64_t chunk = first; chunk < last; ++chunk) {
     const int64_t start = chunk * kChunk;
     for (int64_t f = 0; f < phases; ++f) {
@@ -265,6 +302,20 @@ void accumulate(const Problem& pr, const uint16_t* x, const uint16_t* grad, int6
     }
     pr.map_grad(start - g.margin, len, pixel.get());
     pack_transposed(pr.o, grad, pixel.get(), len, rows.get());
+    Prefetch ahead;
+    if (chunk + 1 < last) {
+      const int64_t next = start + kChunk;
+      int64_t xlo = INT64_MAX, xhi = -1, glo = INT64_MAX, ghi = -1;
+      for (int64_t f = 0; f < phases; ++f) {
+        pr.map_x(next, kChunk, pixel.get(), pr.phases[f].first, pr.phases[f].second);
+        span(pixel.get(), kChunk, xlo, xhi);
+      }
+      pr.map_grad(next - g.margin, len, pixel.get());
+      span(pixel.get(), len, glo, ghi);
+      if (xhi > xlo) ahead.add(x + xlo * pr.c, x + xhi * pr.c);
+      if (ghi > glo) ahead.add(grad + glo * pr.o, grad + ghi * pr.o);
+      ahead.per_step = (ahead.lines() + steps - 1) / steps;
+    }
     for (int64_t j = 0; j < cb; j += 2) {
       for (int64_t i = 0; i < ob; i += 2) {
         for (int64_t t = 0; t < taps; ++t) {
@@ -290,6 +341,7 @@ void accumulate(const Problem& pr, const uint16_t* x, const uint16_t* grad, int6
             _tile_dpbf16ps(1, 4, 7);
             _tile_dpbf16ps(2, 5, 6);
             _tile_dpbf16ps(3, 5, 7);
+            ahead.step();
           }
           _tile_stored(0, c00, 64); _tile_stored(1, c01, 64); _tile_stored(2, c10, 64); _tile_stored(3, c11, 64);
         }
