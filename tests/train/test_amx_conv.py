@@ -159,11 +159,12 @@ def test_no_amx_no_switch(monkeypatch):
 
 
 @needs_amx
-@pytest.mark.parametrize("conv_impl, grad_impl, precision, switched", [
-    ("torch", "auto", "bf16", 19), ("torch", "torch", "bf16", 0), ("torch", "auto", "fp32", 0),
-    ("auto", "auto", "bf16", 0),  # at the fixture's 12 px every map is small enough for the matmul convolutions
+@pytest.mark.parametrize("conv_impl, grad_impl, precision, compile, switched", [
+    ("torch", "auto", "bf16", False, 19), ("torch", "torch", "bf16", False, 0), ("torch", "auto", "fp32", False, 0),
+    ("torch", "auto", "bf16", True, 0),
+    ("auto", "auto", "bf16", False, 0),  # at the fixture's 12 px every map is small enough for the matmul convolutions
 ])
-def test_engine_switches_stride_one_convolutions_for_bf16_on_the_cpu(tiny_data, conv_impl, grad_impl, precision, switched):
+def test_engine_switches_convolutions_for_bf16_on_the_cpu(tiny_data, conv_impl, grad_impl, precision, compile, switched):
     from cnnbench.data import load_dataset
     from cnnbench.train.config import load_recipe
     from cnnbench.train.device import Precision
@@ -176,10 +177,42 @@ def test_engine_switches_stride_one_convolutions_for_bf16_on_the_cpu(tiny_data, 
     ds = load_dataset("tiny-imagenet", data=str(tiny_data))
     cpu = torch.device("cpu")
     recipe = load_recipe(values=tiny_recipe(tiny_data, model={"name": "resnet18"},
-                                            train={"conv_impl": conv_impl, "conv_grad_impl": grad_impl}))
+                                            train={"conv_impl": conv_impl, "conv_grad_impl": grad_impl, "compile": compile}))
     engine = build_engine(recipe, ds, build_model(recipe, model_kwargs(recipe, ds)), cpu, Precision(precision, cpu), Ranks())
     assert engine.fast_paths.get("amx_weight_grads", 0) == switched
     # bf16 SGD: the switched layers run on the optimiser's weight copies too
-    copies = CopyAmxConv2d if precision == "bf16" else AmxConv2d
+    copies = CopyAmxConv2d if precision == "bf16" and not compile else AmxConv2d
     assert sum(type(m) is copies for m in engine.model.modules()) == switched
     assert "amx_weight_grads_unavailable" not in engine.fast_paths
+
+
+@needs_amx
+def test_a_resumed_bf16_run_with_amx_gradients_equals_an_uninterrupted_one(tiny_data, tmp_path):
+    # ResNet-18 with torch's convolutions, so that its 19 eligible layers take the AMX gradient
+    # (at 12 px the matmul convolutions would take them all): the kernel sums in a fixed order,
+    # so a run stopped mid-epoch and resumed ends with the uninterrupted run's bits.
+    import os
+    import signal
+
+    from cnnbench.train.checkpoint import load_checkpoint
+    from cnnbench.train.config import load_recipe
+    from cnnbench.train.run import train_run
+
+    from train_fixtures import tiny_recipe
+
+    recipe = load_recipe(values=tiny_recipe(tiny_data, model={"name": "resnet18"}, train={
+        "epochs": 2, "precision": "bf16", "conv_impl": "torch"}))
+
+    def stop_at_step_3(engine, progress):
+        if progress.step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    whole = train_run(recipe, tmp_path / "whole", quiet=True)
+    assert train_run(recipe, tmp_path / "cut", quiet=True, after_step=stop_at_step_3).status == "stopped"
+    resumed = train_run(None, tmp_path / "cut", resume=True, quiet=True)
+    assert whole.status == resumed.status == "finished"
+    env = (tmp_path / "whole" / "env.json").read_text()
+    assert '"amx_weight_grads": 19' in env
+    ckpts = [load_checkpoint(tmp_path / name / "checkpoints" / "last.pt") for name in ("whole", "cut")]
+    for key in ckpts[0]["model"]:
+        assert torch.equal(ckpts[0]["model"][key], ckpts[1]["model"][key]), key

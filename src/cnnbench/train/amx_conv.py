@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from cnnbench.train.native import Kernels
 
@@ -75,6 +76,7 @@ class _AmxConv(torch.autograd.Function):
             return F.conv2d(x, weight, bias, stride, weight.shape[-1] // 2)
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
         k, s = weight.shape[-1], ctx.stride

@@ -137,7 +137,9 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
         cfg = model.cnnbench_cfg
         example = torch.zeros(1, cfg["in_channels"], input_size, input_size, device=device)
         fast_paths["gemm_convs"] = use_gemm_convs(model, example, AUTO_MAX_AREA[precision.dtype])
-    if t.conv_grad_impl == "auto" and device.type == "cpu" and precision.dtype == torch.bfloat16 and t.channels_last:
+    # (not under torch.compile: its graphs would break at every switched layer's C++ backward)
+    if (t.conv_grad_impl == "auto" and device.type == "cpu" and precision.dtype == torch.bfloat16 and t.channels_last
+            and not t.compile):
         fast_paths["amx_weight_grads"] = use_amx_convs(model)
         if amx_load_error():
             fast_paths["amx_weight_grads_unavailable"] = amx_load_error()
