@@ -46,6 +46,11 @@ def kernel():
     (2, 9, 7, 32, 32, 3, 2),     # odd maps: the last phase rows and columns are short
     (2, 11, 10, 32, 64, 7, 2),   # 7x7 stride 2, padding 3 (an ImageNet stem's shape): taps shifted by -2 to 1
     (2, 10, 9, 32, 32, 5, 3),    # stride 3: nine phases
+    # few input channels: each position's kernel-row window of k x C values is one masked load
+    (3, 20, 18, 3, 64, 7, 2),    # an ImageNet stem on RGB: 21 values, the windows cut at both edges
+    (2, 9, 7, 3, 32, 3, 1),      # a 3x3 convolution on RGB
+    (2, 8, 8, 8, 32, 3, 2),      # 24 values, stride 2
+    (2, 5, 6, 16, 32, 1, 1),     # 1x1: the window is the pixel
 ])
 def test_weight_grad_matches_float64_as_closely_as_onednn(batch, h, w, cin, cout, k, stride):
     g = torch.Generator().manual_seed(batch * 1000 + h * 10 + k)
@@ -75,7 +80,8 @@ def test_weight_grad_rejects_what_it_cannot_take():
         ((x, grad.transpose(1, 2), 3, 1, 1), "grad: expected a contiguous bf16"),
         ((x, grad[:, :3].contiguous(), 3, 1, 1), r"grad: expected the output map \(2, 4, 4\), got \(2, 3, 4\)"),
         ((x, grad, 3, 2, 1), r"grad: expected the output map \(2, 2, 2\)"),
-        ((x[..., :16].contiguous(), grad, 3, 1, 1), "channels: expected multiples of 32, got 16 in and 32 out"),
+        ((x[..., :16].contiguous(), grad, 3, 1, 1), r"channels: expected a multiple of 32 out and in \(or at most 32 / k in\), got 16 in and 32 out"),
+        ((x, grad[..., :16].contiguous(), 3, 1, 1), "got 32 in and 16 out"),
         ((x, grad, 3, 1, 3), "expected k >= 1, stride >= 1, 0 <= padding < k, got 3, 1, 3"),
         # a "valid" 3x3 convolution: its last taps read x beyond the output map's grid
         ((x, grad[:, :2, :2].contiguous(), 3, 1, 0), "3, 1, 0 on a 4 x 4 map read pixels beyond the output map's grid"),
@@ -134,7 +140,8 @@ def test_eligible_convolutions():
     assert eligible(nn.Conv2d(64, 64, 3, padding=1)) and eligible(nn.Conv2d(32, 96, 5, padding="same"))
     assert eligible(nn.Conv2d(64, 128, 1)) and eligible(nn.Conv2d(64, 128, 3, stride=2, padding=1))
     assert eligible(nn.Conv2d(64, 128, 1, stride=2)) and eligible(nn.Conv2d(32, 64, 7, stride=2, padding=3))
-    for conv in (nn.Conv2d(64, 64, 3, stride=(1, 2), padding=1), nn.Conv2d(64, 64, 3), nn.Conv2d(3, 64, 3, padding=1),
+    assert eligible(nn.Conv2d(3, 64, 7, stride=2, padding=3)) and eligible(nn.Conv2d(3, 32, 3, padding=1))
+    for conv in (nn.Conv2d(64, 64, 3, stride=(1, 2), padding=1), nn.Conv2d(64, 64, 3), nn.Conv2d(12, 64, 3, padding=1),
                  nn.Conv2d(64, 48, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1, groups=2),
                  nn.Conv2d(64, 64, 3, padding=2, dilation=2), nn.Conv2d(64, 64, (3, 1), padding=(1, 0)),
                  nn.Conv2d(64, 64, 4, padding="same"), nn.Conv2d(64, 64, 3, padding=1, padding_mode="reflect")):
@@ -144,9 +151,10 @@ def test_eligible_convolutions():
 @needs_amx
 def test_resnet18_switches_its_stride_one_convolutions():
     model = create_model("resnet18", num_classes=10, input_size=64)
-    # all but the stem (3 input channels): 4 in layer1, 5 in each later stage (3 x 3 convolutions and the 1x1 shortcut)
-    assert use_amx_convs(model) == 19
-    assert sum(type(m) is AmxConv2d for m in model.modules()) == 19
+    # all 20: the stem (a 7x7 window of 3 channels is 21 values), 4 in layer1, 5 in each later
+    # stage (3 x 3 convolutions and the 1x1 shortcut)
+    assert use_amx_convs(model) == 20
+    assert sum(type(m) is AmxConv2d for m in model.modules()) == 20
 
 
 def test_no_amx_no_switch(monkeypatch):
@@ -160,9 +168,9 @@ def test_no_amx_no_switch(monkeypatch):
 
 @needs_amx
 @pytest.mark.parametrize("conv_impl, grad_impl, precision, compile, switched", [
-    ("torch", "auto", "bf16", False, 19), ("torch", "torch", "bf16", False, 0), ("torch", "auto", "fp32", False, 0),
+    ("torch", "auto", "bf16", False, 20), ("torch", "torch", "bf16", False, 0), ("torch", "auto", "fp32", False, 0),
     ("torch", "auto", "bf16", True, 0),
-    ("auto", "auto", "bf16", False, 0),  # at the fixture's 12 px every map is small enough for the matmul convolutions
+    ("auto", "auto", "bf16", False, 1),  # at the fixture's 12 px every map but the stem's is small enough for matmuls
 ])
 def test_engine_switches_convolutions_for_bf16_on_the_cpu(tiny_data, conv_impl, grad_impl, precision, compile, switched):
     from cnnbench.data import load_dataset
@@ -188,7 +196,7 @@ def test_engine_switches_convolutions_for_bf16_on_the_cpu(tiny_data, conv_impl, 
 
 @needs_amx
 def test_a_resumed_bf16_run_with_amx_gradients_equals_an_uninterrupted_one(tiny_data, tmp_path):
-    # ResNet-18 with torch's convolutions, so that its 19 eligible layers take the AMX gradient
+    # ResNet-18 with torch's convolutions, so that its 20 eligible layers take the AMX gradient
     # (at 12 px the matmul convolutions would take them all): the kernel sums in a fixed order,
     # so a run stopped mid-epoch and resumed ends with the uninterrupted run's bits.
     import os
@@ -212,7 +220,7 @@ def test_a_resumed_bf16_run_with_amx_gradients_equals_an_uninterrupted_one(tiny_
     resumed = train_run(None, tmp_path / "cut", resume=True, quiet=True)
     assert whole.status == resumed.status == "finished"
     env = (tmp_path / "whole" / "env.json").read_text()
-    assert '"amx_weight_grads": 19' in env
+    assert '"amx_weight_grads": 20' in env
     ckpts = [load_checkpoint(tmp_path / name / "checkpoints" / "last.pt") for name in ("whole", "cut")]
     for key in ckpts[0]["model"]:
         assert torch.equal(ckpts[0]["model"][key], ckpts[1]["model"][key]), key

@@ -71,38 +71,40 @@ inline Tap tap_of(int64_t ky, int64_t kx, int64_t s, int64_t p) {
   return t;
 }
 
-// Where a batch of output-sized maps lies on the grid: every map row is followed by `pad` zero
-// columns and every map by `pad` zero rows (`pad` the largest |a| or |b| of any tap).
+// Where a batch of output-sized maps lies on the grid: every map row is followed by `pad_c` zero
+// columns and every map by `pad_r` zero rows (the largest |b| and |a| of any tap).
 struct Grid {
-  int64_t b, h, w;  // batch and output map
-  int64_t pad;
-  int64_t wp;       // grid row length: w + pad
-  int64_t size;     // grid positions: (b * (h + pad) + pad) * wp
-  int64_t margin;   // grad's margin each side of a chunk: at least pad * wp + pad, a multiple of 32
+  int64_t b, h, w;      // batch and output map
+  int64_t pad_r, pad_c;
+  int64_t wp;           // grid row length: w + pad_c
+  int64_t size;         // grid positions: (b * (h + pad_r) + pad_r) * wp
+  int64_t margin;       // grad's margin each side of a chunk: at least pad_r * wp + pad_c, a multiple of 32
 
-  Grid(int64_t b_, int64_t h_, int64_t w_, int64_t pad_)
-      : b(b_), h(h_), w(w_), pad(pad_), wp(w_ + pad_), size((b_ * (h_ + pad_) + pad_) * (w_ + pad_)),
-        margin((pad_ * (w_ + pad_) + pad_ + 31) / 32 * 32) {}
+  Grid(int64_t b_, int64_t h_, int64_t w_, int64_t pad_r_, int64_t pad_c_)
+      : b(b_), h(h_), w(w_), pad_r(pad_r_), pad_c(pad_c_), wp(w_ + pad_c_),
+        size((b_ * (h_ + pad_r_) + pad_r_) * (w_ + pad_c_)),
+        margin((pad_r_ * (w_ + pad_c_) + pad_c_ + 31) / 32 * 32) {}
 
   int64_t shift(const Tap& t) const { return t.a * wp + t.b; }
 
-  // The pixel index of a map at grid positions [start, start + len), -1 for padding: map pixel
-  // (n, r, c) is row_base(n, r) + c * col_step, valid where row_base >= 0 and c < cols. One
-  // division per grid row, not per position.
-  template <typename RowBase>
-  void map_pixels(int64_t start, int64_t len, int64_t* pixel, RowBase row_base, int64_t col_step, int64_t cols) const {
+  // For grid positions [start, start + len): at(i, n, r, c) for those on map pixel (n, r, c),
+  // padding(i) for the others. One division per grid row, not per position.
+  template <typename At, typename Padding>
+  void walk(int64_t start, int64_t len, At at, Padding padding) const {
     int64_t i = 0;
-    for (; i < len && start + i < 0; ++i) pixel[i] = -1;
+    for (; i < len && start + i < 0; ++i) padding(i);
     while (i < len) {
       const int64_t q = start + i;
       if (q >= size) {
-        pixel[i++] = -1;
+        padding(i++);
         continue;
       }
-      const int64_t row = q / wp, col = q - row * wp, n = row / (h + pad), r = row - n * (h + pad) - pad;
-      const int64_t base = r >= 0 && n < b ? row_base(n, r) : -1;
-      for (int64_t c = col - pad, stop = std::min(len, i + (wp - col)); i < stop; ++i, ++c)
-        pixel[i] = base >= 0 && c >= 0 && c < cols ? base + c * col_step : -1;
+      const int64_t row = q / wp, col = q - row * wp, n = row / (h + pad_r), r = row - n * (h + pad_r) - pad_r;
+      const bool map_row = r >= 0 && n < b;
+      for (int64_t c = col - pad_c, stop = std::min(len, i + (wp - col)); i < stop; ++i, ++c) {
+        if (map_row && c >= 0) at(i, n, r, c);
+        else padding(i);
+      }
     }
   }
 };
@@ -111,18 +113,20 @@ struct Grid {
 // per 128-bit lane: slot s of a packed 32-channel block holds this channel of the block.
 inline int slot_channel(int s) { return s < 16 ? (s / 4) * 8 + s % 4 : ((s - 16) / 4) * 8 + 4 + (s - 16) % 4; }
 
-// x at grid positions pixel[0 .. kChunk) -> out[kChunk / 2][c][2] (channels in slot order).
-void pack_pairs(int64_t c, const uint16_t* x, const int64_t* pixel, uint16_t* out) {
+// x at kChunk grid positions -> out[kChunk / 2][cp][2] (channels in slot order, cp a multiple of
+// 32): position q's values are x[offset[q] + k] for k < cp where bit k % 32 of mask[q] is set, 0
+// elsewhere (mask 0: padding; masked-off lanes are never read).
+void pack_pairs(int64_t cp, const uint16_t* x, const int64_t* offset, const uint32_t* mask, uint16_t* out) {
   for (int64_t i = 0; i < kChunk / 2; ++i) {
-    const int64_t p0 = pixel[2 * i], p1 = pixel[2 * i + 1];
-    uint16_t* dst = out + i * c * 2;
-    if (p0 < 0 && p1 < 0) {
-      std::memset(dst, 0, sizeof(uint16_t) * c * 2);
+    const uint32_t m0 = mask[2 * i], m1 = mask[2 * i + 1];
+    uint16_t* dst = out + i * cp * 2;
+    if (!m0 && !m1) {
+      std::memset(dst, 0, sizeof(uint16_t) * cp * 2);
       continue;
     }
-    for (int64_t k = 0; k < c; k += 32) {
-      const __m512i a = p0 >= 0 ? _mm512_loadu_si512(x + p0 * c + k) : _mm512_setzero_si512();
-      const __m512i b = p1 >= 0 ? _mm512_loadu_si512(x + p1 * c + k) : _mm512_setzero_si512();
+    for (int64_t k = 0; k < cp; k += 32) {
+      const __m512i a = _mm512_maskz_loadu_epi16(m0, x + offset[2 * i] + k);
+      const __m512i b = _mm512_maskz_loadu_epi16(m1, x + offset[2 * i + 1] + k);
       _mm512_storeu_si512(dst + 2 * k, _mm512_unpacklo_epi16(a, b));
       _mm512_storeu_si512(dst + 2 * k + 32, _mm512_unpackhi_epi16(a, b));
     }
@@ -164,9 +168,10 @@ inline void transpose32(__m512i* v) {
   }
 }
 
-// grad at grid positions pixel[0 .. len) -> out[o][len], transposed (len a multiple of 32).
-void pack_transposed(int64_t o, const uint16_t* grad, const int64_t* pixel, int64_t len, uint16_t* out) {
-  for (int64_t q = 0; q < len; q += 32) {
+// grad at grid positions pixel[from .. len) -> out[o][from .. len) of rows of len, transposed
+// (from and len multiples of 32).
+void pack_transposed(int64_t o, const uint16_t* grad, const int64_t* pixel, int64_t from, int64_t len, uint16_t* out) {
+  for (int64_t q = from; q < len; q += 32) {
     bool any = false;
     for (int i = 0; i < 32; ++i) any |= pixel[q + i] >= 0;
     for (int64_t k = 0; k < o; k += 32) {
@@ -233,87 +238,141 @@ bool tiles_permitted() {
 }
 
 // The convolution: x (b, hin, win, c) -> grad's map (b, h, w, o), a k x k kernel, stride, padding.
+//
+// With c a multiple of 32, each tap (ky, kx) is a shifted read of a phase map of x, and x's
+// channels are the product's. With fewer channels (a stem's 3), where k * c <= 32, the k
+// neighbouring pixels a kernel row reads form one position's "channels" instead (its window,
+// x[row, s * col - p .. s * col - p + k) x c, read as one masked load of k * c values from the
+// channels_last rows): the taps are the k kernel rows only, and the product's k * c channels are
+// the weight's (kx, c) in its channels_last memory order.
 struct Problem {
-  Grid g;
   int64_t c, o, k, stride, padding, hin, win;
-  std::vector<Tap> taps;           // per tap, ky * k + kx
+  bool window;
+  int64_t cx, cp;                  // x's channels in the product (c, or k * c in a window) and rounded up to 32
+  int64_t taps;                    // k * k, or k in a window
+  Grid g;
+  std::vector<Tap> tap;            // per tap, ky * k + kx (ky in a window)
   std::vector<int64_t> phase;      // per tap: which of the phase maps it reads
   std::vector<std::pair<int64_t, int64_t>> phases;  // (i, j) of each phase map read
 
-  Problem(const Grid& g_, int64_t c_, int64_t o_, int64_t k_, int64_t s_, int64_t p_, int64_t hin_, int64_t win_)
-      : g(g_), c(c_), o(o_), k(k_), stride(s_), padding(p_), hin(hin_), win(win_) {
-    for (int64_t t = 0; t < k * k; ++t) {
-      const Tap tap = tap_of(t / k, t % k, stride, padding);
-      const auto ij = std::make_pair(tap.i, tap.j);
+  Problem(int64_t b, int64_t h, int64_t w, int64_t c_, int64_t o_, int64_t k_, int64_t s_, int64_t p_, int64_t hin_,
+          int64_t win_)
+      : c(c_), o(o_), k(k_), stride(s_), padding(p_), hin(hin_), win(win_), window(c_ % 32 != 0),
+        cx(c_ % 32 ? k_ * c_ : c_), cp((cx + 31) / 32 * 32), taps(c_ % 32 ? k_ : k_ * k_),
+        g(b, h, w, reach(k_, s_, p_), c_ % 32 ? 0 : reach(k_, s_, p_)) {
+    for (int64_t t = 0; t < taps; ++t) {
+      Tap one = window ? tap_of(t, p_, s_, p_) : tap_of(t / k, t % k, s_, p_);  // a window: kx = p, no column shift
+      const auto ij = std::make_pair(one.i, one.j);
       auto at = std::find(phases.begin(), phases.end(), ij);
       phase.push_back(at - phases.begin());
       if (at == phases.end()) phases.push_back(ij);
-      taps.push_back(tap);
+      tap.push_back(one);
     }
   }
 
-  // grid positions [start, start + len) of phase map (i, j) of x
-  void map_x(int64_t start, int64_t len, int64_t* pixel, int64_t i, int64_t j) const {
-    const int64_t s = stride, hin_ = hin, win_ = win;
-    const int64_t cols = std::min(g.w, (win - j + s - 1) / s);
-    g.map_pixels(start, len, pixel, [=](int64_t n, int64_t r) { return s * r + i < hin_ ? (n * hin_ + s * r + i) * win_ + j : -1; },
-                 s, cols);
+  // The farthest a tap reads outside the output map, in output pixels.
+  static int64_t reach(int64_t k, int64_t s, int64_t p) {
+    int64_t far = 0;
+    for (int64_t d = 0; d < k; ++d) {
+      const Tap t = tap_of(d, d, s, p);
+      far = std::max({far, -t.a, t.a});
+    }
+    return far;
   }
 
-  // grid positions [start, start + len) of grad
+  // grid positions [start, start + len) of phase map (i, j) of x: element offsets and load masks
+  void map_x(int64_t start, int64_t len, int64_t* offset, uint32_t* mask, int64_t i, int64_t j) const {
+    const int64_t s = stride;
+    auto pad = [=](int64_t q) { offset[q] = 0; mask[q] = 0; };
+    if (!window) {
+      g.walk(start, len, [=](int64_t q, int64_t n, int64_t r, int64_t col) {
+        const int64_t y = s * r + i, x = s * col + j;
+        if (y < hin && x < win) {
+          offset[q] = ((n * hin + y) * win + x) * c;
+          mask[q] = ~0u;
+        } else {
+          pad(q);
+        }
+      }, pad);
+      return;
+    }
+    g.walk(start, len, [=](int64_t q, int64_t n, int64_t r, int64_t col) {
+      const int64_t y = s * r + i, first = s * col - padding;  // the window's first pixel, maybe left of x
+      const int64_t lo = std::max<int64_t>(0, -first) * c, hi = std::min(k, win - first) * c;
+      if (y < hin && hi > lo) {
+        offset[q] = ((n * hin + y) * win + first) * c;
+        mask[q] = static_cast<uint32_t>(((hi >= 32 ? ~0ull : ((1ull << hi) - 1)) >> lo) << lo);
+      } else {
+        pad(q);
+      }
+    }, pad);
+  }
+
+  // grid positions [start, start + len) of grad: pixel indices, -1 for padding
   void map_grad(int64_t start, int64_t len, int64_t* pixel) const {
     const int64_t h = g.h, w = g.w;
-    g.map_pixels(start, len, pixel, [=](int64_t n, int64_t r) { return (n * h + r) * w; }, 1, w);
+    g.walk(start, len, [=](int64_t q, int64_t n, int64_t r, int64_t col) { pixel[q] = col < w ? (n * h + r) * w + col : -1; },
+           [=](int64_t q) { pixel[q] = -1; });
   }
 };
 
 // One thread's chunks [first, last): accumulates into acc[tap][o / 16][c / 16][16][16] (fp32).
 void accumulate(const Problem& pr, const uint16_t* x, const uint16_t* grad, int64_t first, int64_t last, float* acc) {
   const Grid& g = pr.g;
-  const int64_t len = kChunk + 2 * g.margin, taps = pr.k * pr.k, ob = pr.o / 16, cb = pr.c / 16;
+  const int64_t len = kChunk + 2 * g.margin, taps = pr.taps, ob = pr.o / 16, cb = pr.cp / 16;
   const int64_t phases = static_cast<int64_t>(pr.phases.size());
   auto pixel = aligned_buffer<int64_t>(len);
-  auto pairs = aligned_buffer<uint16_t>(phases * kChunk * pr.c);
+  auto mask = aligned_buffer<uint32_t>(kChunk);
+  auto pairs = aligned_buffer<uint16_t>(phases * kChunk * pr.cp);
   auto rows = aligned_buffer<uint16_t>(pr.o * len);
   std::vector<int64_t> shift(taps);
-  for (int64_t t = 0; t < taps; ++t) shift[t] = g.shift(pr.taps[t]);
+  for (int64_t t = 0; t < taps; ++t) shift[t] = g.shift(pr.tap[t]);
   TileConfig config;
   for (int i = 0; i < 8; ++i) {
     config.colsb[i] = 64;
     config.rows[i] = 16;
   }
   _tile_loadconfig(&config);
-  const int64_t stride_pairs = pr.c * 4, stride_rows = len * 2;  // bytes between tile rows
+  const int64_t stride_pairs = pr.cp * 4, stride_rows = len * 2;  // bytes between tile rows
   // The next chunk's rows of x and grad are prefetched into L2 while this chunk's tiles run (a few
   // cache lines per tile step): the packing then reads them from cache, not memory.
-  auto span = [](const int64_t* pixel, int64_t n, int64_t& lo, int64_t& hi) {
+  // (element offsets of the rows read; masks say which positions read anything)
+  auto span = [](const int64_t* at, const uint32_t* read, int64_t n, int64_t width, int64_t& lo, int64_t& hi) {
     for (int64_t i = 0; i < n; ++i)
-      if (pixel[i] >= 0) {
-        lo = std::min(lo, pixel[i]);
-        hi = std::max(hi, pixel[i] + 1);
+      if (read == nullptr ? at[i] >= 0 : read[i] != 0) {
+        const int64_t from = read == nullptr ? at[i] * width : at[i];
+        lo = std::min(lo, from);
+        hi = std::max(hi, from + width);
       }
   };
   const int64_t steps = (cb / 2) * (ob / 2) * taps * (kChunk / 32);
   for (int64_t chunk = first; chunk < last; ++chunk) {
     const int64_t start = chunk * kChunk;
     for (int64_t f = 0; f < phases; ++f) {
-      pr.map_x(start, kChunk, pixel.get(), pr.phases[f].first, pr.phases[f].second);
-      pack_pairs(pr.c, x, pixel.get(), pairs.get() + f * kChunk * pr.c);
+      pr.map_x(start, kChunk, pixel.get(), mask.get(), pr.phases[f].first, pr.phases[f].second);
+      pack_pairs(pr.cp, x, pixel.get(), mask.get(), pairs.get() + f * kChunk * pr.cp);
+    }
+    // Consecutive chunks' grad columns overlap by the two margins: slide them along instead of
+    // transposing them again (a stem's 32-wide map has margins of 64 on chunks of 256).
+    int64_t from = 0;
+    if (chunk > first) {
+      from = 2 * g.margin;
+      for (int64_t r = 0; r < pr.o; ++r) std::memmove(rows.get() + r * len, rows.get() + r * len + kChunk, sizeof(uint16_t) * from);
     }
     pr.map_grad(start - g.margin, len, pixel.get());
-    pack_transposed(pr.o, grad, pixel.get(), len, rows.get());
+    pack_transposed(pr.o, grad, pixel.get(), from, len, rows.get());
     Prefetch ahead;
     if (chunk + 1 < last) {
       const int64_t next = start + kChunk;
       int64_t xlo = INT64_MAX, xhi = -1, glo = INT64_MAX, ghi = -1;
       for (int64_t f = 0; f < phases; ++f) {
-        pr.map_x(next, kChunk, pixel.get(), pr.phases[f].first, pr.phases[f].second);
-        span(pixel.get(), kChunk, xlo, xhi);
+        pr.map_x(next, kChunk, pixel.get(), mask.get(), pr.phases[f].first, pr.phases[f].second);
+        span(pixel.get(), mask.get(), kChunk, pr.cx, xlo, xhi);
       }
       pr.map_grad(next - g.margin, len, pixel.get());
-      span(pixel.get(), len, glo, ghi);
-      if (xhi > xlo) ahead.add(x + xlo * pr.c, x + xhi * pr.c);
-      if (ghi > glo) ahead.add(grad + glo * pr.o, grad + ghi * pr.o);
+      span(pixel.get(), nullptr, len, pr.o, glo, ghi);
+      if (xhi > xlo) ahead.add(x + std::max<int64_t>(xlo, 0), x + xhi);
+      if (ghi > glo) ahead.add(grad + glo, grad + ghi);
       ahead.per_step = (ahead.lines() + steps - 1) / steps;
     }
     for (int64_t j = 0; j < cb; j += 2) {
@@ -330,13 +389,13 @@ void accumulate(const Problem& pr, const uint16_t* x, const uint16_t* grad, int6
           }
           const uint16_t* a0 = rows.get() + i * 16 * len + g.margin - shift[t];
           const uint16_t* a1 = a0 + 16 * len;
-          const uint16_t* b0 = pairs.get() + pr.phase[t] * kChunk * pr.c + j * 32;
+          const uint16_t* b0 = pairs.get() + pr.phase[t] * kChunk * pr.cp + j * 32;
           const uint16_t* b1 = b0 + 32;
           for (int64_t s = 0; s < kChunk / 32; ++s) {
             _tile_loadd(4, a0 + s * 32, stride_rows);
             _tile_loadd(5, a1 + s * 32, stride_rows);
-            _tile_loadd(6, b0 + s * 32 * pr.c, stride_pairs);
-            _tile_loadd(7, b1 + s * 32 * pr.c, stride_pairs);
+            _tile_loadd(6, b0 + s * 32 * pr.cp, stride_pairs);
+            _tile_loadd(7, b1 + s * 32 * pr.cp, stride_pairs);
             _tile_dpbf16ps(0, 4, 6);
             _tile_dpbf16ps(1, 4, 7);
             _tile_dpbf16ps(2, 5, 6);
@@ -366,8 +425,8 @@ bool available() {
 }
 
 // x (N, H, W, C) and grad (N, Ho, Wo, O), contiguous bf16 (channels_last activations, permuted),
-// C and O multiples of 32, of a k x k convolution with this stride and padding -> the weight
-// gradient (O, C, k, k) in bf16 with channels_last strides. Every tap that leaves an output map
+// O a multiple of 32 and C too or k * C <= 32, of a k x k convolution with this stride and padding
+// -> the weight gradient (O, C, k, k) in bf16 with channels_last strides. Every tap that leaves an output map
 // row or column must leave x too (true of "same" convolutions: stride 1 with padding k / 2, stride 2
 // with k = 2 * padding + 1 on even maps), which is what lets the grid's zeros stand in for the padding.
 at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t k, int64_t stride, int64_t padding) {
@@ -383,20 +442,19 @@ at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t k, i
   TORCH_CHECK(grad.size(0) == x.size(0) && grad.size(1) == ho && grad.size(2) == wo,
               "grad: expected the output map (", x.size(0), ", ", ho, ", ", wo, "), got (",
               grad.size(0), ", ", grad.size(1), ", ", grad.size(2), ")");
-  TORCH_CHECK(x.size(3) % 32 == 0 && grad.size(3) % 32 == 0,
-              "channels: expected multiples of 32, got ", x.size(3), " in and ", grad.size(3), " out");
-  int64_t reach = 0;  // the grid's padding: the farthest a tap reads outside the output map
+  TORCH_CHECK((x.size(3) % 32 == 0 || k * x.size(3) <= 32) && grad.size(3) % 32 == 0,
+              "channels: expected a multiple of 32 out and in (or at most 32 / k in), got ", x.size(3), " in and ",
+              grad.size(3), " out");
   for (int64_t d = 0; d < k; ++d) {
     const Tap t = tap_of(d, d, stride, padding);
-    reach = std::max({reach, -t.a, t.a});
     // a tap reading past the map's last row (a > 0) must read past x's too, where x is zero
     TORCH_CHECK(t.a <= 0 || (stride * ho + t.i >= hin && stride * wo + t.i >= win),
                 "k, stride, padding: ", k, ", ", stride, ", ", padding, " on a ", hin, " x ", win,
                 " map read pixels beyond the output map's grid");
   }
 #ifdef CNNBENCH_AMX
-  const Problem pr(Grid(x.size(0), ho, wo, reach), x.size(3), grad.size(3), k, stride, padding, hin, win);
-  const int64_t taps = k * k, ob = pr.o / 16, cb = pr.c / 16, acc_size = taps * ob * cb * 256;
+  const Problem pr(x.size(0), ho, wo, x.size(3), grad.size(3), k, stride, padding, hin, win);
+  const int64_t taps = pr.taps, ob = pr.o / 16, cb = pr.cp / 16, acc_size = taps * ob * cb * 256;
   const int64_t chunks = (pr.g.size + kChunk - 1) / kChunk;
   const int threads = at::get_num_threads();
   std::vector<float> accs(acc_size * threads, 0.f);  // threads that get no chunk add zeros
@@ -405,7 +463,8 @@ at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t k, i
   at::parallel_for(0, chunks, 1, [&](int64_t first, int64_t last) {
     accumulate(pr, xp, gp, first, last, accs.data() + acc_size * at::get_thread_num());
   });
-  // Sum the threads' tiles in a fixed order and write (O, k, k, C): a channels_last weight's memory.
+  // Sum the threads' tiles in a fixed order and write (O, k, k, C), a channels_last weight's memory:
+  // (O, taps, cx) either way (a window's taps are the kernel rows, its channels (kx, c)).
   auto out = at::empty({pr.o, pr.c, k, k}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
   auto* op = reinterpret_cast<uint16_t*>(out.data_ptr());
   int channel[32];
@@ -416,9 +475,11 @@ at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t k, i
         for (int64_t j = 0; j < cb; ++j) {
           const int64_t at_ = ((t * ob + o / 16) * cb + j) * 256 + (o % 16) * 16;
           for (int s = 0; s < 16; ++s) {
+            const int64_t ch = (j / 2) * 32 + channel[(j % 2) * 16 + s];
+            if (ch >= pr.cx) continue;  // a window's padding channels
             float sum = accs[at_ + s];
             for (int th = 1; th < threads; ++th) sum += accs[th * acc_size + at_ + s];
-            op[(o * taps + t) * pr.c + (j / 2) * 32 + channel[(j % 2) * 16 + s]] = float_to_bf16(sum);
+            op[(o * taps + t) * pr.cx + ch] = float_to_bf16(sum);
           }
         }
   });

@@ -31,7 +31,7 @@ from cnnbench.train.native import Kernels
 
 AMX_CONV = Kernels(Path(__file__).with_name("amx_conv.cpp"), "AMX convolution weight-gradient kernel")
 
-_CHANNEL_BLOCK = 32  # the kernel packs channels in blocks of 32
+_CHANNEL_BLOCK = 32  # the kernel packs channels (or a kernel row's pixels x channels) in blocks of 32
 
 
 def cpu_has_amx() -> bool:
@@ -94,16 +94,19 @@ class _AmxConv(torch.autograd.Function):
 
 def eligible(conv: nn.Module) -> bool:
     """A plain ``nn.Conv2d`` the kernel can take: an odd square kernel with padding k // 2 (or
-    "same"), the same stride both ways, zero padding, no dilation or groups, channels in multiples
-    of 32. (With that padding every tap that leaves the output map leaves the input too, on any
-    map, which the kernel's grid needs.)"""
+    "same"), the same stride both ways, zero padding, no dilation or groups, output channels in
+    multiples of 32 and input channels too, or few enough that a kernel row's k x C values fit
+    one 32-value block (an image's 3 channels under a 7x7 or 3x3 kernel). (With that padding
+    every tap that leaves the output map leaves the input too, on any map, which the kernel's
+    grid needs.)"""
     if type(conv) is not nn.Conv2d:
         return False
     k, s = conv.kernel_size[0], conv.stride[0]
     padding_ok = conv.padding == "same" or tuple(conv.padding) == (k // 2, k // 2)
     return (conv.kernel_size == (k, k) and k % 2 == 1 and conv.stride == (s, s) and padding_ok
             and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
-            and conv.in_channels % _CHANNEL_BLOCK == 0 and conv.out_channels % _CHANNEL_BLOCK == 0)
+            and (conv.in_channels % _CHANNEL_BLOCK == 0 or conv.in_channels * k <= _CHANNEL_BLOCK)
+            and conv.out_channels % _CHANNEL_BLOCK == 0)
 
 
 class AmxConv2d(nn.Conv2d):
