@@ -13,9 +13,11 @@ Model-only (random inputs, no data loading), side by side in one process, median
    convolution in torch (``train.conv_impl: torch``), with ``use_gemm_convs`` (``auto``), with
    those and the fused batch norms of ``cnnbench.train.fused_bn`` (``train.bn_impl: auto``) but
    the Python im2col and torch's max pool (session 9's default), with the C++ im2col and
-   max pool of ``nhwc_ops.cpp`` too (``train.pool_impl: auto``), and with the stem's batch norm,
-   ReLU and max pool in one C++ call each way (``fused_bn.cpp``'s ``bn_relu_pool_*``; the default:
-   what ``cnnbench train`` runs);
+   max pool of ``nhwc_ops.cpp`` too (``train.pool_impl: auto``), with the stem's batch norm,
+   ReLU and max pool in one C++ call each way (``fused_bn.cpp``'s ``bn_relu_pool_*``), and, on
+   CPUs with AMX-BF16, with the other convolutions' weight gradients from ``amx_conv.cpp``
+   (``train.conv_grad_impl: auto``; the default: what ``cnnbench train`` runs, but for the optimiser's
+   bf16 weight copies, ``probe_weight_copies.py``);
 3. where the default step's time goes: torch.profiler's self time per kind of operation
    beside torch's FLOP counter, against this machine's measured bf16 matmul peak, and the FLOP
    utilisation the step would reach if everything but its convolutions and matmuls took no
@@ -37,6 +39,9 @@ import torch.nn.functional as F
 
 from cnnbench.bench.peaks import measure_matmul_peak, training_flops_per_image
 from cnnbench.models import create_model
+from cnnbench.train.amx_conv import load as load_amx
+from cnnbench.train.amx_conv import load_error as amx_load_error
+from cnnbench.train.amx_conv import AmxConv2d, use_amx_convs
 from cnnbench.train.fused_bn import load_error, use_fused_batchnorm
 from cnnbench.train.gemm_conv import AUTO_MAX_AREA, GemmConv2d, covering_pairs, gemm_conv2d, use_gemm_convs
 from cnnbench.train.max_pool import use_nhwc_max_pool
@@ -66,12 +71,13 @@ def conv_step(conv: nn.Conv2d, x: torch.Tensor, bf16: bool, gemm: bool, native: 
 
 
 def model_step(batch: int, gemm: bool, fused_bn: bool = False, nhwc_ops: bool = False, optimizer=None,
-               stem_pool: bool = True):
+               stem_pool: bool = True, amx: bool = False):
     """(model, step): ResNet-18 at 64 px with the chosen fast paths, and one bf16 + channels_last
     training step of it on a fixed random batch; ``optimizer(model)`` makes the optimiser (default:
     SGD, lr 0.01, momentum 0.9). With ``fused_bn`` and ``nhwc_ops`` the stem's batch norm takes its
-    max pool over, as in the engine, unless ``stem_pool`` is False. ``probe_weight_copies.py`` builds
-    its steps here too."""
+    max pool over, as in the engine, unless ``stem_pool`` is False; ``amx`` switches the other
+    convolutions to the AMX weight gradients (``train.conv_grad_impl: auto``). ``probe_weight_copies.py``
+    builds its steps here too."""
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=200, input_size=64).to(memory_format=torch.channels_last)
     if gemm:
@@ -79,6 +85,8 @@ def model_step(batch: int, gemm: bool, fused_bn: bool = False, nhwc_ops: bool = 
         for conv in model.modules():
             if isinstance(conv, GemmConv2d):
                 conv.native_im2col = nhwc_ops
+    if amx and not use_amx_convs(model):
+        raise SystemExit(f"the AMX weight gradients cannot run here: {amx_load_error()}")
     # the engine switches the pools first, so that the stem's batch norm can take its pool over
     switches = [(nhwc_ops, use_nhwc_max_pool, lambda: f"the NHWC kernels could not be built: {NHWC_OPS.error}"),
                 (fused_bn, use_fused_batchnorm, lambda: f"the fused batch norm could not be built: {load_error()}")]
@@ -99,31 +107,43 @@ def model_step(batch: int, gemm: bool, fused_bn: bool = False, nhwc_ops: bool = 
 
 
 # torch.profiler op name -> kind of work (checked in order; the first match wins)
-KINDS = [("convolution (oneDNN)", ("convolution",)), ("matmul (incl. im2col convolutions)", ("aten::mm", "aten::addmm", "aten::bmm")),
+KINDS = [("convolution weight gradients (AMX)", ("AmxConv",)), ("convolution (oneDNN)", ("convolution",)), ("matmul (incl. im2col convolutions)", ("aten::mm", "aten::addmm", "aten::bmm")),
          ("batch norm (+ ReLU, add, stem pool)", ("batch_norm", "BatchNormAct", "BatchNormReluPool")), ("pooling", ("pool", "MaxPool")), ("optimizer", ("_foreach", "Optimizer")),
          ("copies, elementwise, im2col", ("add", "relu", "clamp", "threshold", "copy", "cat", "fill", "mul", "zero", "Im2col",
                                           "slice", "to_copy", "empty", "view", "as_strided", "permute", "reshape"))]
 FLOP_KINDS = {"convolution": "convolution (oneDNN)", "convolution_backward": "convolution (oneDNN)",
               "mm": "matmul (incl. im2col convolutions)", "addmm": "matmul (incl. im2col convolutions)",
               "bmm": "matmul (incl. im2col convolutions)"}
-COMPUTE_KINDS = ("convolution (oneDNN)", "matmul (incl. im2col convolutions)")
+COMPUTE_KINDS = ("convolution weight gradients (AMX)", "convolution (oneDNN)", "matmul (incl. im2col convolutions)")
 
 
 def kind_of(op: str) -> str:
     return next((kind for kind, keys in KINDS if any(k in op for k in keys)), "other")
 
 
-def breakdown(step, batch: int, repeats: int, peak_gflops: float, model_gflop: float) -> None:
+def breakdown(model: nn.Module, step, batch: int, repeats: int, peak_gflops: float, model_gflop: float) -> None:
     """Print self time and FLOPs per kind of work for ``step`` (already warmed up).
 
-    Rows count the FLOPs the kernels execute (``CoveringConv`` skips the products with padding);
-    the whole-step line and the ceiling count the model's FLOPs, as every utilisation figure does."""
+    Rows count the FLOPs the kernels execute (``CoveringConv`` skips the products with padding;
+    torch's counter does not see the AMX kernel, so its row counts the weight gradients of the
+    switched layers as torch's counter would, 2 x N x Ho x Wo x O x C x k x k each); the whole-step
+    line and the ceiling count the model's FLOPs, as every utilisation figure does."""
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
-    with FlopCounterMode(display=False) as counter:
-        step()
     flops = collections.Counter()
+
+    def amx_weight_grad(conv, _inputs, out) -> None:
+        n, o, ho, wo = out.shape
+        flops["convolution weight gradients (AMX)"] += 2 * n * ho * wo * o * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+
+    hooks = [m.register_forward_hook(amx_weight_grad) for m in model.modules() if isinstance(m, AmxConv2d)]
+    try:
+        with FlopCounterMode(display=False) as counter:
+            step()
+    finally:
+        for hook in hooks:
+            hook.remove()
     for op, n in counter.get_flop_counts()["Global"].items():
         flops[FLOP_KINDS.get(str(op).split(".")[-1], "other")] += n
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -166,13 +186,19 @@ def main() -> None:
         if covering_pairs(size, size, (k, k), (s, s), (p, p)) is not None:  # the Python path's CoveringConv
             python = [median_ms(conv_step(conv, x, bf16, True, native=False), args.repeats) for bf16 in (True, False)]
             print(f"{'  (CoveringConv, without nhwc_ops.cpp)':40} {'':12} {python[0]:12.1f} {'':12} {python[1]:12.1f}")
-    steps = {"torch convs + torch BN": model_step(args.batch, False)[1],
-             "matmul convs + torch BN": model_step(args.batch, True)[1],
-             "matmul convs (Python im2col) + fused BN": model_step(args.batch, True, fused_bn=True)[1],
+    steps = {"torch convs + torch BN": model_step(args.batch, False),
+             "matmul convs + torch BN": model_step(args.batch, True),
+             "matmul convs (Python im2col) + fused BN": model_step(args.batch, True, fused_bn=True),
              "matmul convs + fused BN + C++ im2col and max pool": model_step(args.batch, True, fused_bn=True,
-                                                                           nhwc_ops=True, stem_pool=False)[1],
-             "... + the stem's max pool inside its batch norm (default)": model_step(args.batch, True, fused_bn=True,
-                                                                                   nhwc_ops=True)[1]}
+                                                                           nhwc_ops=True, stem_pool=False),
+             "... + the stem's max pool inside its batch norm": model_step(args.batch, True, fused_bn=True,
+                                                                         nhwc_ops=True)}
+    if load_amx() is None:  # a CPU with AMX-BF16
+        steps["... + AMX weight gradients"] = model_step(args.batch, True, fused_bn=True, nhwc_ops=True, amx=True)
+    default = list(steps)[-1]  # what the engine runs here
+    steps = {f"{name} (default)" if name == default else name: model_and_step for name, model_and_step in steps.items()}
+    models = {name: model for name, (model, _step) in steps.items()}
+    steps = {name: step for name, (_model, step) in steps.items()}
     for step in steps.values():
         step(), step()  # warm-up
     rates = {name: [] for name in steps}
@@ -186,7 +212,8 @@ def main() -> None:
               f"[{min(r):.0f}-{max(r):.0f}]")
     peak = measure_matmul_peak("bf16", sizes=tuple(args.peak_sizes), repeats=args.repeats).gflops.median
     model_gflop = training_flops_per_image(create_model("resnet18", num_classes=200, input_size=64), 64) * args.batch / 1e9
-    breakdown(steps["... + the stem's max pool inside its batch norm (default)"], args.batch, max(args.repeats, 2), peak, model_gflop)
+    default = list(steps)[-1]
+    breakdown(models[default], steps[default], args.batch, max(args.repeats, 2), peak, model_gflop)
 
 
 if __name__ == "__main__":

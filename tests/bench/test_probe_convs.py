@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from cnnbench.train import amx_conv
+
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "probe_convs.py"
 
@@ -23,9 +25,12 @@ def test_probe_convs_prints_every_shape_and_every_model_step():
     assert len(forced) == 1 and lines.index(forced[0]) == lines.index(rows[6]) + 1  # under the 2x2 row
     assert all(len(row.split()[-4:]) == 4 and all(float(v) > 0 for v in row.split()[-4:]) for row in rows)
     steps = [line for line in lines if line.startswith("ResNet-18 64 px training step")]
-    assert [s.split(", ")[2].rsplit(": ", 1)[0] for s in steps] == [
-        "torch convs + torch BN", "matmul convs + torch BN", "matmul convs (Python im2col) + fused BN",
-        "matmul convs + fused BN + C++ im2col and max pool", "... + the stem's max pool inside its batch norm (default)"]
+    names = ["torch convs + torch BN", "matmul convs + torch BN", "matmul convs (Python im2col) + fused BN",
+             "matmul convs + fused BN + C++ im2col and max pool", "... + the stem's max pool inside its batch norm"]
+    if amx_conv.cpu_has_amx():  # the engine's default there: the AMX weight gradients too
+        names.append("... + AMX weight gradients")
+    names[-1] += " (default)"
+    assert [s.split(", ")[2].rsplit(": ", 1)[0] for s in steps] == names
     assert all(float(s.split(": ")[1].split(" img/s")[0]) > 0 for s in steps)
 
     # breakdown: one row per kind of work, the shares add up to the whole step, and the two
@@ -45,8 +50,11 @@ def test_probe_convs_prints_every_shape_and_every_model_step():
     assert float(whole[0]) == pytest.approx(sum(v[0] for v in kinds.values()), rel=0.01)  # ms/step
     # GFLOP: every executed FLOP is a convolution's or a matmul's; the default step's im2col
     # matmuls execute what torch's FLOP counter counts for the convolutions they replace (padding
-    # taps included), so the executed total is the model's, which the whole-step line uses
+    # taps included), and the AMX row counts its weight gradients as torch's counter would, so
+    # the executed total is the model's, which the whole-step line uses
     executed = kinds["convolution (oneDNN)"][2] + kinds["matmul (incl. im2col convolutions)"][2]
+    if amx_conv.cpu_has_amx():
+        executed += kinds["convolution weight gradients (AMX)"][2]
     assert executed == pytest.approx(float(whole[2]), rel=0.02)
     ceiling = next(line for line in table if line.startswith("utilisation ceiling"))
     assert float(ceiling.split(": ")[1].split("%")[0]) > 0
