@@ -227,7 +227,9 @@ struct FreeDeleter {
 template <typename T>
 std::unique_ptr<T[], FreeDeleter> aligned_buffer(int64_t count) {
   const size_t bytes = (sizeof(T) * count + 63) / 64 * 64;
-  return std::unique_ptr<T[], FreeDeleter>(static_cast<T*>(std::aligned_alloc(64, bytes)));
+  T* p = static_cast<T*>(std::aligned_alloc(64, bytes));
+  TORCH_CHECK(p != nullptr, "the AMX weight gradient could not allocate ", bytes, " bytes");
+  return std::unique_ptr<T[], FreeDeleter>(p);
 }
 
 // Linux hands out AMX's tile state only to processes that ask (once; oneDNN asks too).
