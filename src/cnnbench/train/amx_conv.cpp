@@ -4,18 +4,21 @@
 // Stride 1: dW[o, ky, kx, c] = sum over pixels p of grad[p, o] * x[p + (ky - k/2, kx - k/2), c], a
 // product whose reduction runs over all B * H * W pixels, for each of the k * k taps (a stride-s
 // tap reads one of s * s output-sized "phase" maps of x the same way: see Tap). Both maps are laid
-// on one "grid" where every image row is followed by k/2 zero columns and every image by k/2 zero
-// rows (shared between neighbours: the right padding of one row is the left padding of the next),
-// so each tap's shifted input is the same grid read at a constant offset, and the zeros stand in
-// for the convolution's padding and stop a shift from wrapping into the next row or image. Per
-// chunk of KC grid positions, each thread packs
+// on one "grid" where every map row is followed by zero columns and every map by zero rows, as
+// many as a tap reaches beyond the map (shared between neighbours: the right padding of one row
+// is the left padding of the next), so each tap's shifted input is the same grid read at a
+// constant offset, and the zeros stand in for the convolution's padding and stop a shift from
+// wrapping into the next row or image. Per chunk of KC grid positions, each thread packs
 //   - x into AMX's "VNNI" layout: pairs of neighbouring positions interleaved channel by channel
 //     (the B operand, (KC / 2) rows of 2 x 32 values per 32 channels), and
 //   - grad transposed, (O, KC + 2 M): one row per output channel (the A operand), M positions of
-//     margin each side, so that a tap's shift is just another start column,
+//     margin each side, so that a tap's shift is just another start column (consecutive chunks
+//     slide the overlap along instead of transposing it again),
 // then runs, for each pair of 16-channel blocks of x and of grad and each tap, KC / 32 steps of
-// four tile products into four fp32 accumulator tiles, kept per thread and summed at the end.
-// The packed chunk stays in the core's L1/L2 cache, so the two maps are read once from memory.
+// four tile products into four fp32 accumulator tiles, kept per thread and summed at the end,
+// while prefetching the next chunk's rows into L2. The packed chunk stays in the core's L1/L2
+// cache, so the two maps are read once from memory. With few input channels (an RGB stem: k * C
+// <= 32), a position's "channels" are the k x C values one kernel row reads (see Problem).
 //
 // The grid's zeros cost compute (16 x 16 maps: 17 x 17 positions per image, 1.13x; 8 x 8: 9 x 9,
 // 1.27x) but no branch or mask in the tile loop; the compute runs near the machine's bf16 matmul

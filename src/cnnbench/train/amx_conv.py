@@ -66,7 +66,7 @@ def load_error() -> str | None:
 
 
 class _AmxConv(torch.autograd.Function):
-    """bf16 channels_last convolution (stride 1, padding k // 2): torch's forward pass and input
+    """bf16 channels_last convolution (odd k, padding k // 2, any stride): torch's forward pass and input
     gradient, ``amx_conv.cpp``'s weight gradient."""
 
     @staticmethod
