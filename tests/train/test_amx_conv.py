@@ -119,12 +119,12 @@ def test_amx_conv2d_trains_like_conv2d(bias):
 
 @needs_amx
 def test_amx_conv2d_leaves_other_passes_to_torch(monkeypatch):
-    conv = nn.Conv2d(32, 32, 3, padding=1).to(memory_format=CL)
-    use_amx_convs(conv)
+    conv = nn.Conv2d(64, 32, 3, padding=1).to(memory_format=CL)
+    assert use_amx_convs(conv) == 1
     calls = []
     real = amx_conv._AmxConv.apply
     monkeypatch.setattr(amx_conv._AmxConv, "apply", lambda *a: calls.append(1) or real(*a))
-    x = torch.randn(2, 32, 6, 6)
+    x = torch.randn(2, 64, 6, 6)
     expected = F.conv2d(x, conv.weight, conv.bias, 1, 1)
     torch.testing.assert_close(conv(x), expected)  # fp32
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
@@ -137,10 +137,14 @@ def test_amx_conv2d_leaves_other_passes_to_torch(monkeypatch):
 
 
 def test_eligible_convolutions():
-    assert eligible(nn.Conv2d(64, 64, 3, padding=1)) and eligible(nn.Conv2d(32, 96, 5, padding="same"))
+    assert eligible(nn.Conv2d(64, 64, 3, padding=1)) and eligible(nn.Conv2d(64, 96, 5, padding="same"))
     assert eligible(nn.Conv2d(64, 128, 1)) and eligible(nn.Conv2d(64, 128, 3, stride=2, padding=1))
-    assert eligible(nn.Conv2d(64, 128, 1, stride=2)) and eligible(nn.Conv2d(32, 64, 7, stride=2, padding=3))
-    assert eligible(nn.Conv2d(3, 64, 7, stride=2, padding=3)) and eligible(nn.Conv2d(3, 32, 3, padding=1))
+    assert eligible(nn.Conv2d(128, 32, 3, padding=1)) and eligible(nn.Conv2d(64, 64, 7, stride=2, padding=3))
+    assert eligible(nn.Conv2d(3, 64, 7, stride=2, padding=3)) and eligible(nn.Conv2d(4, 32, 7, padding=3))
+    # where the kernel measured no faster than oneDNN: 32 input channels, few-channel windows under small kernels
+    for conv in (nn.Conv2d(32, 64, 3, padding=1), nn.Conv2d(32, 128, 1), nn.Conv2d(3, 32, 3, padding=1),
+                 nn.Conv2d(3, 64, 5, padding=2), nn.Conv2d(16, 64, 1), nn.Conv2d(5, 64, 7, padding=3)):
+        assert not eligible(conv), conv
     for conv in (nn.Conv2d(64, 64, 3, stride=(1, 2), padding=1), nn.Conv2d(64, 64, 3), nn.Conv2d(12, 64, 3, padding=1),
                  nn.Conv2d(64, 48, 3, padding=1), nn.Conv2d(64, 64, 3, padding=1, groups=2),
                  nn.Conv2d(64, 64, 3, padding=2, dilation=2), nn.Conv2d(64, 64, (3, 1), padding=(1, 0)),
@@ -161,8 +165,8 @@ def test_no_amx_no_switch(monkeypatch):
     monkeypatch.setattr(amx_conv, "cpu_has_amx", lambda: False)
     monkeypatch.setattr(amx_conv, "_unavailable", None)
     monkeypatch.setattr(amx_conv.AMX_CONV, "module", None)
-    model = nn.Sequential(nn.Conv2d(32, 32, 3, padding=1))
-    assert use_amx_convs(model) == 0 and type(model[0]) is nn.Conv2d
+    model = nn.Sequential(nn.Conv2d(64, 64, 3, padding=1))
+    assert eligible(model[0]) and use_amx_convs(model) == 0 and type(model[0]) is nn.Conv2d
     assert amx_conv.load_error() == "this CPU has no AMX-BF16"
 
 

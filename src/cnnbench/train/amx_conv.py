@@ -12,9 +12,9 @@ step, model only, with the nine convolutions of layer1 and layer2 switched: +8.7
 of 31 alternating steps, session 20; layer3 and layer4 run as matmuls, ``gemm_conv``).
 
 It applies to convolutions with an odd square kernel, padding k // 2 and one stride both ways (no
-dilation or groups), output channels in multiples of 32 and input channels too or at most 32 per
-kernel row (the stem's 7 x 3: 4.6-5.1 -> 3.4-4.0 ms, the step +1.5%), in bf16 autocast on
-channels_last activations, on Linux CPUs with AMX-BF16 (Sapphire Rapids and later); everything
+dilation or groups), output channels in multiples of 32 and input channels in multiples of 32
+from 64 up, or an RGB stem's 7 x 3 (4.6-5.1 -> 3.4-4.0 ms, the step +1.5%): where it measured
+faster than oneDNN (``eligible``), in bf16 autocast on channels_last activations, on Linux CPUs with AMX-BF16 (Sapphire Rapids and later); everything
 else, and inference, runs torch's convolution unchanged. The gradient sums in fp32 in another
 order than oneDNN's and is rounded to bf16 as oneDNN's is (tested against float64).
 """
@@ -33,6 +33,7 @@ from cnnbench.train.native import Kernels
 AMX_CONV = Kernels(Path(__file__).with_name("amx_conv.cpp"), "AMX convolution weight-gradient kernel")
 
 _CHANNEL_BLOCK = 32  # the kernel packs channels (or a kernel row's pixels x channels) in blocks of 32
+_WINDOW_TAPS = 7  # fewest kernel rows for which the few-channel window pays (see eligible)
 
 
 def cpu_has_amx() -> bool:
@@ -94,20 +95,27 @@ class _AmxConv(torch.autograd.Function):
 
 
 def eligible(conv: nn.Module) -> bool:
-    """A plain ``nn.Conv2d`` the kernel can take: an odd square kernel with padding k // 2 (or
-    "same"), the same stride both ways, zero padding, no dilation or groups, output channels in
-    multiples of 32 and input channels too, or few enough that a kernel row's k x C values fit
-    one 32-value block (an image's 3 channels under a 7x7 or 3x3 kernel). (With that padding
-    every tap that leaves the output map leaves the input too, on any map, which the kernel's
-    grid needs.)"""
+    """A plain ``nn.Conv2d`` the kernel takes, and faster than oneDNN: an odd square kernel with
+    padding k // 2 (or "same"), the same stride both ways, zero padding, no dilation or groups,
+    output channels in multiples of 32 and either input channels in multiples of 32 from 64 up,
+    or an image's few channels under a kernel of 7 or more whose rows' k x C values fit one block
+    of 32 (an ImageNet stem). (With that padding every tap that leaves the output map leaves the
+    input too, on any map, which the kernel's grid needs.)
+
+    The channel rule is measured (session 20, scratch, batch 128, weight gradient alone, oneDNN's
+    time over the kernel's): 3x3 with 64-256 input channels on 8-64 px maps 1.0-2.6x; with 32
+    input channels 0.78-1.0 on maps of 16 px and more (its packing is as much work per position,
+    for half the products), 1.5 on 8 px; an RGB 7x7 stem 1.3-1.5, 5x5 1.0-1.1, 3x3 0.55-0.7 (fewer
+    taps per packed window); a 1x1 on 16 channels 0.75."""
     if type(conv) is not nn.Conv2d:
         return False
     k, s = conv.kernel_size[0], conv.stride[0]
     padding_ok = conv.padding == "same" or tuple(conv.padding) == (k // 2, k // 2)
+    channels_ok = ((conv.in_channels % _CHANNEL_BLOCK == 0 and conv.in_channels >= 2 * _CHANNEL_BLOCK)
+                   or (conv.in_channels * k <= _CHANNEL_BLOCK and k >= _WINDOW_TAPS))
     return (conv.kernel_size == (k, k) and k % 2 == 1 and conv.stride == (s, s) and padding_ok
             and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
-            and (conv.in_channels % _CHANNEL_BLOCK == 0 or conv.in_channels * k <= _CHANNEL_BLOCK)
-            and conv.out_channels % _CHANNEL_BLOCK == 0)
+            and channels_ok and conv.out_channels % _CHANNEL_BLOCK == 0)
 
 
 class AmxConv2d(nn.Conv2d):

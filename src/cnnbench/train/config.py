@@ -291,7 +291,7 @@ class TrainConfig:
     conv_impl: str = "auto"
     """torch (always torch's convolution) or auto: on the CPU, convolutions whose output map has at most 16 pixels (bf16) or 4 (fp32) run as im2col + one matmul, 2-5x faster there than oneDNN's kernels (cnnbench.train.gemm_conv)."""
     conv_grad_impl: str = "auto"
-    """torch (oneDNN's weight gradients) or auto: on Linux CPUs with AMX-BF16, under bf16 autocast with channels_last and without torch.compile, convolutions with an odd square kernel, padding k // 2 and channel counts in multiples of 32 (or, in, at most 32 per kernel row: an RGB stem) take their weight gradient from cnnbench's AMX kernel, 1.7-5x faster than oneDNN's there (cnnbench.train.amx_conv; compiled on first use, oneDNN's where it cannot be built)."""
+    """torch (oneDNN's weight gradients) or auto: on Linux CPUs with AMX-BF16, under bf16 autocast with channels_last and without torch.compile, convolutions with an odd square kernel, padding k // 2, output channels in multiples of 32 and input channels in multiples of 32 from 64 up (or an RGB 7x7 stem) take their weight gradient from cnnbench's AMX kernel, up to 2.6x faster than oneDNN's there (cnnbench.train.amx_conv; compiled on first use, oneDNN's where it cannot be built)."""
     bn_impl: str = "auto"
     """torch (torch's batch norm) or auto: on the CPU with bf16 autocast and channels_last, batch norms run as one fused pass each way, with the ReLU and residual add after them in ResNets (cnnbench.train.fused_bn, compiled on first use; torch's where it cannot be built)."""
     pool_impl: str = "auto"
