@@ -153,7 +153,7 @@ def test_eligible_convolutions():
 
 
 @needs_amx
-def test_resnet18_switches_its_stride_one_convolutions():
+def test_resnet18_switches_all_its_convolutions():
     model = create_model("resnet18", num_classes=10, input_size=64)
     # all 20: the stem (a 7x7 window of 3 channels is 21 values), 4 in layer1, 5 in each later
     # stage (3 x 3 convolutions and the 1x1 shortcut)
