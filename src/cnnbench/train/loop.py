@@ -79,10 +79,13 @@ class Progress:
 def topk_hits(logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> list[torch.Tensor]:
     """Number of samples whose label is among the top-k logits, for each k (k capped at C); ties
     rank the lower class index first, as ``cnnbench evaluate`` does (``evaluate.metrics.top_k_indices``)."""
-    kmax = min(max(ks), logits.shape[1])
-    top = logits.sort(dim=1, descending=True, stable=True).indices[:, :kmax]  # (B, kmax)
-    hit = top == labels[:, None]
-    return [hit[:, :min(k, kmax)].any(1).sum() for k in ks]
+    # The label's rank among its row's logits: those above it, and those equal to it at a lower
+    # index. Counting is one pass over the (B, C) logits; a stable sort of every row took ~1 ms of
+    # ResNet-18's ~140 ms training step at 200 classes here (torch.profiler, session 20).
+    own = logits.gather(1, labels[:, None])
+    lower = torch.arange(logits.shape[1], device=logits.device)[None, :] < labels[:, None]
+    rank = (logits > own).sum(1) + ((logits == own) & lower).sum(1)
+    return [(rank < k).sum() for k in ks]
 
 
 def classification_loss(outputs, labels_a: torch.Tensor, labels_b: torch.Tensor | None, lam: float,
