@@ -263,8 +263,8 @@ struct Problem {
   Problem(int64_t b, int64_t h, int64_t w, int64_t c_, int64_t o_, int64_t k_, int64_t s_, int64_t p_, int64_t hin_,
           int64_t win_)
       : c(c_), o(o_), k(k_), stride(s_), padding(p_), hin(hin_), win(win_), window(c_ % 32 != 0),
-        cx(c_ % 32 ? k_ * c_ : c_), cp((cx + 31) / 32 * 32), taps(c_ % 32 ? k_ : k_ * k_),
-        g(b, h, w, reach(k_, s_, p_), c_ % 32 ? 0 : reach(k_, s_, p_)) {
+        cx(window ? k_ * c_ : c_), cp((cx + 31) / 32 * 32), taps(window ? k_ : k_ * k_),
+        g(b, h, w, reach(k_, s_, p_), window ? 0 : reach(k_, s_, p_)) {
     for (int64_t t = 0; t < taps; ++t) {
       Tap one = window ? tap_of(t, p_, s_, p_) : tap_of(t / k, t % k, s_, p_);  // a window: kx = p, no column shift
       const auto ij = std::make_pair(one.i, one.j);
@@ -326,8 +326,21 @@ void accumulate(const Problem& pr, const uint16_t* x, const uint16_t* grad, int6
   const Grid& g = pr.g;
   const int64_t len = kChunk + 2 * g.margin, taps = pr.taps, ob = pr.o / 16, cb = pr.cp / 16;
   const int64_t phases = static_cast<int64_t>(pr.phases.size());
-  auto pixel = aligned_buffer<int64_t>(len);
-  auto mask = aligned_buffer<uint32_t>(kChunk);
+  // Grid maps of this chunk and the next (x: element offsets and load masks per phase; grad: pixel
+  // indices): the next chunk's, made for its prefetch, are this one's at the next step.
+  std::unique_ptr<int64_t[], FreeDeleter> offsets[2], pixels[2];
+  std::unique_ptr<uint32_t[], FreeDeleter> masks[2];
+  for (int b = 0; b < 2; ++b) {
+    offsets[b] = aligned_buffer<int64_t>(phases * kChunk);
+    masks[b] = aligned_buffer<uint32_t>(phases * kChunk);
+    pixels[b] = aligned_buffer<int64_t>(len);
+  }
+  auto map_chunk = [&](int64_t start, int b) {
+    for (int64_t f = 0; f < phases; ++f)
+      pr.map_x(start, kChunk, offsets[b].get() + f * kChunk, masks[b].get() + f * kChunk, pr.phases[f].first,
+               pr.phases[f].second);
+    pr.map_grad(start - g.margin, len, pixels[b].get());
+  };
   auto pairs = aligned_buffer<uint16_t>(phases * kChunk * pr.cp);
   auto rows = aligned_buffer<uint16_t>(pr.o * len);
   std::vector<int64_t> shift(taps);
@@ -351,12 +364,12 @@ void accumulate(const Problem& pr, const uint16_t* x, const uint16_t* grad, int6
       }
   };
   const int64_t steps = (cb / 2) * (ob / 2) * taps * (kChunk / 32);
-  for (int64_t chunk = first; chunk < last; ++chunk) {
-    const int64_t start = chunk * kChunk;
-    for (int64_t f = 0; f < phases; ++f) {
-      pr.map_x(start, kChunk, pixel.get(), mask.get(), pr.phases[f].first, pr.phases[f].second);
-      pack_pairs(pr.cp, x, pixel.get(), mask.get(), pairs.get() + f * kChunk * pr.cp);
-    }
+  int cur = 0;
+  if (first < last) map_chunk(first * kChunk, cur);
+  for (int64_t chunk = first; chunk < last; ++chunk, cur = 1 - cur) {
+    for (int64_t f = 0; f < phases; ++f)
+      pack_pairs(pr.cp, x, offsets[cur].get() + f * kChunk, masks[cur].get() + f * kChunk,
+                 pairs.get() + f * kChunk * pr.cp);
     // Consecutive chunks' grad columns overlap by the two margins: slide them along instead of
     // transposing them again (a stem's 32-wide map has margins of 64 on chunks of 256).
     int64_t from = 0;
@@ -364,18 +377,14 @@ void accumulate(const Problem& pr, const uint16_t* x, const uint16_t* grad, int6
       from = 2 * g.margin;
       for (int64_t r = 0; r < pr.o; ++r) std::memmove(rows.get() + r * len, rows.get() + r * len + kChunk, sizeof(uint16_t) * from);
     }
-    pr.map_grad(start - g.margin, len, pixel.get());
-    pack_transposed(pr.o, grad, pixel.get(), from, len, rows.get());
+    pack_transposed(pr.o, grad, pixels[cur].get(), from, len, rows.get());
     Prefetch ahead;
     if (chunk + 1 < last) {
-      const int64_t next = start + kChunk;
+      const int next = 1 - cur;
+      map_chunk((chunk + 1) * kChunk, next);
       int64_t xlo = INT64_MAX, xhi = -1, glo = INT64_MAX, ghi = -1;
-      for (int64_t f = 0; f < phases; ++f) {
-        pr.map_x(next, kChunk, pixel.get(), mask.get(), pr.phases[f].first, pr.phases[f].second);
-        span(pixel.get(), mask.get(), kChunk, pr.cx, xlo, xhi);
-      }
-      pr.map_grad(next - g.margin, len, pixel.get());
-      span(pixel.get(), nullptr, len, pr.o, glo, ghi);
+      span(offsets[next].get(), masks[next].get(), phases * kChunk, pr.cx, xlo, xhi);
+      span(pixels[next].get(), nullptr, len, pr.o, glo, ghi);
       if (xhi > xlo) ahead.add(x + std::max<int64_t>(xlo, 0), x + xhi);
       if (ghi > glo) ahead.add(grad + glo, grad + ghi);
       ahead.per_step = (ahead.lines() + steps - 1) / steps;
@@ -432,8 +441,8 @@ bool available() {
 // x (N, H, W, C) and grad (N, Ho, Wo, O), contiguous bf16 (channels_last activations, permuted),
 // O a multiple of 32 and C too or k * C <= 32, of a k x k convolution with this stride and padding
 // -> the weight gradient (O, C, k, k) in bf16 with channels_last strides. Every tap that leaves an output map
-// row or column must leave x too (true of "same" convolutions: stride 1 with padding k / 2, stride 2
-// with k = 2 * padding + 1 on even maps), which is what lets the grid's zeros stand in for the padding.
+// row or column must leave x too (true of any odd k with padding k / 2, at any stride, on any map),
+// which is what lets the grid's zeros stand in for the padding.
 at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t k, int64_t stride, int64_t padding) {
   TORCH_CHECK(available(), "the AMX weight gradient needs a CPU with AMX-BF16 under Linux");
   TORCH_CHECK(x.dim() == 4 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
