@@ -186,19 +186,17 @@ def main() -> None:
         if covering_pairs(size, size, (k, k), (s, s), (p, p)) is not None:  # the Python path's CoveringConv
             python = [median_ms(conv_step(conv, x, bf16, True, native=False), args.repeats) for bf16 in (True, False)]
             print(f"{'  (CoveringConv, without nhwc_ops.cpp)':40} {'':12} {python[0]:12.1f} {'':12} {python[1]:12.1f}")
-    steps = {"torch convs + torch BN": model_step(args.batch, False),
-             "matmul convs + torch BN": model_step(args.batch, True),
-             "matmul convs (Python im2col) + fused BN": model_step(args.batch, True, fused_bn=True),
-             "matmul convs + fused BN + C++ im2col and max pool": model_step(args.batch, True, fused_bn=True,
-                                                                           nhwc_ops=True, stem_pool=False),
-             "... + the stem's max pool inside its batch norm": model_step(args.batch, True, fused_bn=True,
-                                                                         nhwc_ops=True)}
+    runs = {"torch convs + torch BN": model_step(args.batch, False),
+            "matmul convs + torch BN": model_step(args.batch, True),
+            "matmul convs (Python im2col) + fused BN": model_step(args.batch, True, fused_bn=True),
+            "matmul convs + fused BN + C++ im2col and max pool": model_step(args.batch, True, fused_bn=True,
+                                                                          nhwc_ops=True, stem_pool=False),
+            "... + the stem's max pool inside its batch norm": model_step(args.batch, True, fused_bn=True,
+                                                                        nhwc_ops=True)}
     if load_amx() is None:  # a CPU with AMX-BF16
-        steps["... + AMX weight gradients"] = model_step(args.batch, True, fused_bn=True, nhwc_ops=True, amx=True)
-    default = list(steps)[-1]  # what the engine runs here
-    steps = {f"{name} (default)" if name == default else name: model_and_step for name, model_and_step in steps.items()}
-    models = {name: model for name, (model, _step) in steps.items()}
-    steps = {name: step for name, (_model, step) in steps.items()}
+        runs["... + AMX weight gradients"] = model_step(args.batch, True, fused_bn=True, nhwc_ops=True, amx=True)
+    default = list(runs)[-1]  # what the engine runs here
+    steps = {f"{name} (default)" if name == default else name: step for name, (_model, step) in runs.items()}
     for step in steps.values():
         step(), step()  # warm-up
     rates = {name: [] for name in steps}
@@ -212,8 +210,7 @@ def main() -> None:
               f"[{min(r):.0f}-{max(r):.0f}]")
     peak = measure_matmul_peak("bf16", sizes=tuple(args.peak_sizes), repeats=args.repeats).gflops.median
     model_gflop = training_flops_per_image(create_model("resnet18", num_classes=200, input_size=64), 64) * args.batch / 1e9
-    default = list(steps)[-1]
-    breakdown(models[default], steps[default], args.batch, max(args.repeats, 2), peak, model_gflop)
+    breakdown(*runs[default], args.batch, max(args.repeats, 2), peak, model_gflop)
 
 
 if __name__ == "__main__":
