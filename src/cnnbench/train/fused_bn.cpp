@@ -290,13 +290,20 @@ std::vector<at::Tensor> bn_relu_pool_forward(const at::Tensor& x, const at::Tens
       const int64_t yy = oy * g.sh - g.ph + tap / g.kw, xx = ox * g.sw - g.pw + tap % g.kw;
       kk[k] = bf16_to_float(xp[((b * h + yy) * w + xx) * c + k]);
     }
-    const int64_t at = (r * wo + ox) * c;
+    // Locals for the bound and the pointers: read through the [&] closure inside the loop (the stores
+    // below might alias it, for all gcc knows), they kept the loop scalar ("number of iterations cannot
+    // be computed", "no vectype for stmt ... sg"): 4.5 of the stem's 7 ms forward.
+    const int64_t n = c;
+    const float* __restrict sgn = sg;
+    const float* __restrict an = a;
+    const float* __restrict on = o;
+    const int64_t at = (r * wo + ox) * n;
     uint16_t* __restrict dy = yp + at;
     uint16_t* __restrict dw = wp + at;
     uint8_t* __restrict dt = tp + at;
-    for (int64_t k = 0; k < c; ++k) {
-      const float v = sg[k] != 0.f ? kk[k] * sg[k] : kk[k];
-      dy[k] = float_to_bf16(std::max(normalised(v, a[k], o[k]), 0.f));
+    for (int64_t k = 0; k < n; ++k) {
+      const float v = sgn[k] != 0.f ? kk[k] * sgn[k] : kk[k];
+      dy[k] = float_to_bf16(std::max(normalised(v, an[k], on[k]), 0.f));
       dw[k] = float_to_bf16(v);
       dt[k] = static_cast<uint8_t>(arg[k]);
     }

@@ -125,9 +125,10 @@ std::vector<at::Tensor> max_pool_forward(const at::Tensor& x, std::vector<int64_
     uint8_t* tp = taps.data_ptr<uint8_t>();
     window_winners(g, data_of<T>(x), [](int64_t, T v) { return load_value(v); },
                    [&](int64_t r, int64_t ox, const float* __restrict m, const float* __restrict arg) {
-      T* __restrict dst = yp + (r * wo + ox) * c;
-      uint8_t* __restrict dst_tap = tp + (r * wo + ox) * c;
-      for (int64_t k = 0; k < c; ++k) {
+      const int64_t n = c;  // a local bound: with c read through the closure the loop ran scalar
+      T* __restrict dst = yp + (r * wo + ox) * n;
+      uint8_t* __restrict dst_tap = tp + (r * wo + ox) * n;
+      for (int64_t k = 0; k < n; ++k) {
         dst[k] = store_value<T>(m[k]);
         dst_tap[k] = static_cast<uint8_t>(arg[k]);
       }
