@@ -16,7 +16,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "probe_convs.py"
 
 
 def test_probe_convs_prints_every_shape_and_every_model_step():
-    done = subprocess.run([sys.executable, str(SCRIPT), "--repeats", "1", "--batch", "2", "--peak-sizes", "128"],
+    batch = 8
+    done = subprocess.run([sys.executable, str(SCRIPT), "--repeats", "1", "--batch", str(batch), "--peak-sizes", "128"],
                           capture_output=True, text=True, check=True)
     lines = done.stdout.splitlines()
     rows = [line for line in lines if " -> " in line and not line.startswith("conv (")]
@@ -51,10 +52,14 @@ def test_probe_convs_prints_every_shape_and_every_model_step():
     # GFLOP: every executed FLOP is a convolution's or a matmul's; the default step's im2col
     # matmuls execute what torch's FLOP counter counts for the convolutions they replace (padding
     # taps included), and the AMX row counts its weight gradients as torch's counter would, so
-    # the executed total is the model's, which the whole-step line uses
+    # the executed total is the model's, which the whole-step line uses, but for the covering
+    # layers (AMX only: layer4's three 512 -> 512 3x3s on 2x2 maps), whose three passes execute
+    # only the 16 of 36 taps x pixels that touch a pixel
     executed = kinds["convolution (oneDNN)"][2] + kinds["matmul (incl. im2col convolutions)"][2]
+    skipped = 0.0
     if amx_conv.cpu_has_amx():
         executed += kinds["convolution weight gradients (AMX)"][2]
-    assert executed == pytest.approx(float(whole[2]), rel=0.02)
+        skipped = 3 * 3 * 2 * batch * (36 - 16) * 512 * 512 / 1e9
+    assert executed == pytest.approx(float(whole[2]) - skipped, abs=0.16)  # three figures printed to 0.1
     ceiling = next(line for line in table if line.startswith("utilisation ceiling"))
     assert float(ceiling.split(": ")[1].split("%")[0]) > 0

@@ -92,6 +92,56 @@ def test_weight_grad_rejects_what_it_cannot_take():
 
 
 @needs_amx
+@pytest.mark.parametrize("batch, h, w, cin, cout, k", [
+    (40, 2, 2, 64, 32, 3),   # ResNet-18's layer4 at 64 px (narrower); a batch that is no multiple of 32
+    (3, 1, 1, 32, 64, 3),    # a 1x1 map: only the centre tap joins a pixel pair, the others are zeros
+    (33, 3, 3, 32, 32, 5),   # a 5x5 kernel, padding 2, covering a 3x3 map
+    (64, 2, 1, 32, 96, 3),   # a rectangular map
+])
+def test_covering_weight_grad_matches_float64(batch, h, w, cin, cout, k):
+    g = torch.Generator().manual_seed(batch + 10 * h + k)
+    x = bf16_cl(batch, cin, h, w, generator=g)
+    grad = bf16_cl(batch, cout, h, w, generator=g)
+
+    def ours():
+        return kernel().covering_weight_grad(x.permute(0, 2, 3, 1).reshape(batch, h * w, cin),
+                                             grad.permute(0, 2, 3, 1).reshape(batch, h * w, cout), h, w, k, k // 2)
+
+    got = ours()
+    assert got.dtype == torch.bfloat16 and got.shape == (cout, cin, k, k) and got.is_contiguous(memory_format=CL)
+    exact = weight_grad(x, grad, k, dtype=torch.float64)
+    scale = exact.abs().max().item()
+    # each tap's fp32 sum over its pixel pairs and the batch, rounded once to bf16
+    assert ((got.double() - exact).abs() <= exact.abs() * 2 ** -8 + 1e-4 * scale).all()
+    assert (got.double() == exact.to(torch.bfloat16).double()).float().mean() > 0.99
+    if h * w == 1:  # taps that join no pair: exact zeros
+        assert torch.count_nonzero(got[:, :, [0, 0, 2, 2], [0, 2, 0, 2]]) == 0
+    assert torch.equal(got, ours())  # each output tile is one thread's: same bits every call
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(got, ours())
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_amx
+def test_covering_weight_grad_rejects_what_it_cannot_take():
+    x, grad = torch.zeros(4, 4, 32, dtype=torch.bfloat16), torch.zeros(4, 4, 64, dtype=torch.bfloat16)
+    cases = [
+        ((x.float(), grad, 2, 2, 3, 1), r"x: expected a contiguous bf16 \(B, H\*W, C\) tensor"),
+        ((x, grad.transpose(0, 1), 2, 2, 3, 1), "grad: expected a contiguous bf16"),
+        ((x, grad[:, :2].contiguous(), 2, 2, 3, 1), r"expected \(B, 4, C\) and \(B, 4, O\) for a 2 x 2 map"),
+        ((x, grad, 4, 1, 3, 1), "k, padding: 3, 1 on a 4 x 1 map: not every window covers the map"),
+        ((x, grad, 2, 2, 3, 0), "k, padding: 3, 0 on a 2 x 2 map"),
+        ((x[..., :16].contiguous(), grad, 2, 2, 3, 1), "channels: expected multiples of 32, got 16 in and 64 out"),
+    ]
+    for args, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            kernel().covering_weight_grad(*args)
+
+
+@needs_amx
 @pytest.mark.parametrize("bias", [False, True])
 def test_amx_conv2d_trains_like_conv2d(bias):
     g = torch.Generator().manual_seed(1)
@@ -171,12 +221,15 @@ def test_no_amx_no_switch(monkeypatch):
 
 
 @needs_amx
-@pytest.mark.parametrize("conv_impl, grad_impl, precision, compile, switched", [
-    ("torch", "auto", "bf16", False, 20), ("torch", "torch", "bf16", False, 0), ("torch", "auto", "fp32", False, 0),
-    ("torch", "auto", "bf16", True, 0),
-    ("auto", "auto", "bf16", False, 1),  # at the fixture's 12 px every map but the stem's is small enough for matmuls
+@pytest.mark.parametrize("conv_impl, grad_impl, precision, compile, switched, covering", [
+    ("torch", "auto", "bf16", False, 20, 0), ("torch", "torch", "bf16", False, 0, 0), ("torch", "auto", "fp32", False, 0, 0),
+    ("torch", "auto", "bf16", True, 0, 0),
+    # at the fixture's 12 px every map but the stem's is small enough for matmuls; the stride-1 3x3s
+    # of layer2 (2x2 maps), layer3 and layer4 (1x1) cover their maps
+    ("auto", "auto", "bf16", False, 1, 9), ("auto", "torch", "bf16", False, 0, 0),
 ])
-def test_engine_switches_convolutions_for_bf16_on_the_cpu(tiny_data, conv_impl, grad_impl, precision, compile, switched):
+def test_engine_switches_convolutions_for_bf16_on_the_cpu(tiny_data, conv_impl, grad_impl, precision, compile, switched,
+                                                          covering):
     from cnnbench.data import load_dataset
     from cnnbench.train.config import load_recipe
     from cnnbench.train.device import Precision
@@ -192,6 +245,8 @@ def test_engine_switches_convolutions_for_bf16_on_the_cpu(tiny_data, conv_impl, 
                                             train={"conv_impl": conv_impl, "conv_grad_impl": grad_impl, "compile": compile}))
     engine = build_engine(recipe, ds, build_model(recipe, model_kwargs(recipe, ds)), cpu, Precision(precision, cpu), Ranks())
     assert engine.fast_paths.get("amx_weight_grads", 0) == switched
+    assert engine.fast_paths.get("amx_covering_grads", 0) == covering
+    assert sum(getattr(m, "amx_covering", False) for m in engine.model.modules()) == covering
     # bf16 SGD: the switched layers run on the optimiser's weight copies too
     copies = CopyAmxConv2d if precision == "bf16" and not compile else AmxConv2d
     assert sum(type(m) is copies for m in engine.model.modules()) == switched
@@ -199,10 +254,12 @@ def test_engine_switches_convolutions_for_bf16_on_the_cpu(tiny_data, conv_impl, 
 
 
 @needs_amx
-def test_a_resumed_bf16_run_with_amx_gradients_equals_an_uninterrupted_one(tiny_data, tmp_path):
-    # ResNet-18 with torch's convolutions, so that its 20 eligible layers take the AMX gradient
-    # (at 12 px the matmul convolutions would take them all): the kernel sums in a fixed order,
-    # so a run stopped mid-epoch and resumed ends with the uninterrupted run's bits.
+@pytest.mark.parametrize("conv_impl, expected", [("torch", '"amx_weight_grads": 20'), ("auto", '"amx_covering_grads": 9')])
+def test_a_resumed_bf16_run_with_amx_gradients_equals_an_uninterrupted_one(tiny_data, tmp_path, conv_impl, expected):
+    # ResNet-18 with torch's convolutions, so that its 20 eligible layers take the AMX gradient, or
+    # with the matmul convolutions, whose nine covering layers at 12 px take the covering one: the
+    # kernels sum in a fixed order, so a run stopped mid-epoch and resumed ends with the
+    # uninterrupted run's bits.
     import os
     import signal
 
@@ -213,7 +270,7 @@ def test_a_resumed_bf16_run_with_amx_gradients_equals_an_uninterrupted_one(tiny_
     from train_fixtures import tiny_recipe
 
     recipe = load_recipe(values=tiny_recipe(tiny_data, model={"name": "resnet18"}, train={
-        "epochs": 2, "precision": "bf16", "conv_impl": "torch"}))
+        "epochs": 2, "precision": "bf16", "conv_impl": conv_impl}))
 
     def stop_at_step_3(engine, progress):
         if progress.step == 3:
@@ -224,7 +281,7 @@ def test_a_resumed_bf16_run_with_amx_gradients_equals_an_uninterrupted_one(tiny_
     resumed = train_run(None, tmp_path / "cut", resume=True, quiet=True)
     assert whole.status == resumed.status == "finished"
     env = (tmp_path / "whole" / "env.json").read_text()
-    assert '"amx_weight_grads": 20' in env
+    assert expected in env
     ckpts = [load_checkpoint(tmp_path / name / "checkpoints" / "last.pt") for name in ("whole", "cut")]
     for key in ckpts[0]["model"]:
         assert torch.equal(ckpts[0]["model"][key], ckpts[1]["model"][key]), key

@@ -424,6 +424,54 @@ void accumulate(const Problem& pr, const uint16_t* x, const uint16_t* grad, int6
   _tile_release();
 }
 
+
+// --- The covering convolution's weight gradient (gemm_conv.CoveringConv) ---------------------------
+//
+// On a map so small that every k x k window covers all of it (2 x 2 under a 3 x 3 kernel with
+// padding 1, ResNet-18's layer4 at 64 px), the convolution is one matmul over the batch, and tap t's
+// gradient is the sum, over the (input pixel q, output pixel p) pairs that t joins, of
+// grad[:, p]^T x[:, q]: (O, B) @ (B, C) products whose reduction runs over the batch only. torch
+// has them as one small matmul per tap over gathered pixel pairs (2.3-2.9 ms for 512 -> 512 at
+// batch 128, scratch, session 21) or as one dense product whose 16 blocks are then summed into 9
+// taps (rounding every block to bf16 first). Here each output tile sums all of its tap's pairs in
+// fp32 tiles and is rounded once.
+
+// grad (B, hw, O) -> out[p][O][bp]: each pixel's gradient transposed, the batch padded with zero
+// columns to bp (a multiple of 32): the A operand, 16 channels x 32 batch values per tile row block.
+void pack_batch_transposed(const uint16_t* g, int64_t bsz, int64_t hw, int64_t o, int64_t bp, uint16_t* out) {
+  for (int64_t p = 0; p < hw; ++p)
+    for (int64_t k = 0; k < o; k += 32)
+      for (int64_t b0 = 0; b0 < bp; b0 += 32) {
+        __m512i v[32];
+        for (int i = 0; i < 32; ++i)
+          v[i] = b0 + i < bsz ? _mm512_loadu_si512(g + ((b0 + i) * hw + p) * o + k) : _mm512_setzero_si512();
+        transpose32(v);
+        for (int i = 0; i < 32; ++i) _mm512_storeu_si512(out + (p * o + k + i) * bp + b0, v[i]);
+      }
+}
+
+// x (B, hw, C) -> out[q][bp / 2][C][2]: for each pixel, pairs of batch rows interleaved channel by
+// channel in channel order (the B operand's pair layout), zero rows past B.
+void pack_batch_pairs(const uint16_t* x, int64_t bsz, int64_t hw, int64_t c, int64_t bp, uint16_t* out) {
+  alignas(64) uint16_t lo_idx[32], hi_idx[32];
+  for (int i = 0; i < 16; ++i) {
+    lo_idx[2 * i] = i, lo_idx[2 * i + 1] = 32 + i;
+    hi_idx[2 * i] = 16 + i, hi_idx[2 * i + 1] = 48 + i;
+  }
+  const __m512i lo = _mm512_load_si512(lo_idx), hi = _mm512_load_si512(hi_idx);
+  for (int64_t q = 0; q < hw; ++q)
+    for (int64_t i = 0; i < bp / 2; ++i) {
+      const int64_t b0 = 2 * i, b1 = 2 * i + 1;
+      uint16_t* dst = out + (q * (bp / 2) + i) * c * 2;
+      for (int64_t k = 0; k < c; k += 32) {
+        const __m512i a = b0 < bsz ? _mm512_loadu_si512(x + (b0 * hw + q) * c + k) : _mm512_setzero_si512();
+        const __m512i b = b1 < bsz ? _mm512_loadu_si512(x + (b1 * hw + q) * c + k) : _mm512_setzero_si512();
+        _mm512_storeu_si512(dst + 2 * k, _mm512_permutex2var_epi16(a, lo, b));
+        _mm512_storeu_si512(dst + 2 * k + 32, _mm512_permutex2var_epi16(a, hi, b));
+      }
+    }
+}
+
 #endif  // CNNBENCH_AMX
 
 }  // namespace
@@ -503,8 +551,95 @@ at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t k, i
 #endif
 }
 
+// x (B, hw, C) and grad (B, hw, O), contiguous bf16, of a stride-1 convolution on an h x w map
+// whose every k x k window covers the whole map (gemm_conv.covering_pairs) -> the weight gradient
+// (O, C, k, k) in bf16 with channels_last strides; taps that join no pixel pair get zeros. O and C
+// multiples of 32, any batch. Each output tile is one thread's: the same bits on any thread count.
+at::Tensor covering_weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t h, int64_t w, int64_t k,
+                                int64_t padding) {
+  TORCH_CHECK(available(), "the AMX weight gradient needs a CPU with AMX-BF16 under Linux");
+  TORCH_CHECK(x.dim() == 3 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
+              "x: expected a contiguous bf16 (B, H*W, C) tensor");
+  TORCH_CHECK(grad.dim() == 3 && grad.is_contiguous() && grad.scalar_type() == at::kBFloat16,
+              "grad: expected a contiguous bf16 (B, H*W, O) tensor");
+  TORCH_CHECK(h >= 1 && w >= 1 && x.size(1) == h * w && grad.size(1) == h * w && grad.size(0) == x.size(0),
+              "x, grad: expected (B, ", h * w, ", C) and (B, ", h * w, ", O) for a ", h, " x ", w, " map");
+  TORCH_CHECK(k >= 1 && padding >= 0 && h + 2 * padding - k + 1 == h && w + 2 * padding - k + 1 == w &&
+              h - 1 <= std::min(padding, k - 1 - padding) && w - 1 <= std::min(padding, k - 1 - padding),
+              "k, padding: ", k, ", ", padding, " on a ", h, " x ", w, " map: not every window covers the map");
+  TORCH_CHECK(x.size(2) % 32 == 0 && grad.size(2) % 32 == 0, "channels: expected multiples of 32, got ", x.size(2),
+              " in and ", grad.size(2), " out");
+#ifdef CNNBENCH_AMX
+  const int64_t bsz = x.size(0), hw = h * w, c = x.size(2), o = grad.size(2), taps = k * k;
+  const int64_t bp = std::max<int64_t>(32, (bsz + 31) / 32 * 32);
+  // the (q, p) pairs of each tap, in q then p order (gemm_conv.covering_pairs)
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> pairs(taps);
+  for (int64_t q = 0; q < hw; ++q)
+    for (int64_t p = 0; p < hw; ++p)
+      pairs[(q / w - p / w + padding) * k + (q % w - p % w + padding)].emplace_back(q, p);
+  auto gt = aligned_buffer<uint16_t>(hw * o * bp);
+  auto xv = aligned_buffer<uint16_t>(hw * bp * c);
+  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
+  const auto* gp = reinterpret_cast<const uint16_t*>(grad.data_ptr());
+  at::parallel_for(0, 2, 1, [&](int64_t first, int64_t last) {  // the two packings side by side
+    for (int64_t which = first; which < last; ++which) {
+      if (which == 0) pack_batch_transposed(gp, bsz, hw, o, bp, gt.get());
+      else pack_batch_pairs(xp, bsz, hw, c, bp, xv.get());
+    }
+  });
+  auto out = at::empty({o, c, k, k}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr());  // (O, k, k, C) in memory
+  const int64_t ob = o / 32, a_stride = bp * 2, b_stride = c * 4;  // bytes between tile rows
+  at::parallel_for(0, taps * ob, 1, [&](int64_t first, int64_t last) {
+    TileConfig config;
+    for (int i = 0; i < 8; ++i) {
+      config.colsb[i] = 64;
+      config.rows[i] = 16;
+    }
+    _tile_loadconfig(&config);
+    alignas(64) float tile[4][256];
+    for (int64_t unit = first; unit < last; ++unit) {
+      const int64_t t = unit / ob, o0 = (unit % ob) * 32;
+      for (int64_t c0 = 0; c0 < c; c0 += 32) {
+        _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+        for (const auto& [q, p] : pairs[t]) {
+          const uint16_t* a0 = gt.get() + (p * o + o0) * bp;
+          const uint16_t* a1 = a0 + 16 * bp;
+          const uint16_t* b0 = xv.get() + q * (bp / 2) * c * 2 + c0 * 2;
+          const uint16_t* b1 = b0 + 32;
+          for (int64_t s = 0; s < bp / 32; ++s) {
+            _tile_loadd(4, a0 + s * 32, a_stride);
+            _tile_loadd(5, a1 + s * 32, a_stride);
+            _tile_loadd(6, b0 + s * 16 * c * 2, b_stride);
+            _tile_loadd(7, b1 + s * 16 * c * 2, b_stride);
+            _tile_dpbf16ps(0, 4, 6);
+            _tile_dpbf16ps(1, 4, 7);
+            _tile_dpbf16ps(2, 5, 6);
+            _tile_dpbf16ps(3, 5, 7);
+          }
+        }
+        _tile_stored(0, tile[0], 64); _tile_stored(1, tile[1], 64); _tile_stored(2, tile[2], 64); _tile_stored(3, tile[3], 64);
+        for (int half = 0; half < 4; ++half) {  // tile (oi, ci): rows o0 + 16 oi.., columns c0 + 16 ci..
+          const int64_t oi = half / 2, ci = half % 2;
+          for (int r = 0; r < 16; ++r) {
+            uint16_t* dst = op + ((o0 + 16 * oi + r) * taps + t) * c + c0 + 16 * ci;
+            for (int n = 0; n < 16; ++n) dst[n] = float_to_bf16(tile[half][r * 16 + n]);
+          }
+        }
+      }
+    }
+    _tile_release();
+  });
+  return out;
+#else
+  return at::Tensor();
+#endif
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("available", &available, "whether this CPU and process can run the AMX kernels");
   module.def("weight_grad", &weight_grad,
              "(N, H, W, C) x, (N, Ho, Wo, O) grad, k, stride, padding -> (O, C, k, k) weight gradient");
+  module.def("covering_weight_grad", &covering_weight_grad,
+             "(B, H*W, C) x, (B, H*W, O) grad, h, w, k, padding of a covering convolution -> (O, C, k, k) weight gradient");
 }

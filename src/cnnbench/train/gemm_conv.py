@@ -50,6 +50,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from cnnbench.train.amx_conv import AMX_CONV
+from cnnbench.train.amx_conv import load as load_amx
 from cnnbench.train.native import NHWC_OPS
 
 # Largest output map (H_out * W_out) that runs as a matmul, per autocast dtype (None = fp32).
@@ -170,19 +172,34 @@ class CoveringConv(torch.autograd.Function):
     weight transposed first (session 18, scratch, 512 -> 512 at 2x2, bf16, batch 128, medians of
     21-31 alternating calls: assembly 2.18 -> 0.97 ms; forward + both gradients 7.12 ms against
     7.56 for im2col + matmul, a tie within this machine's noise, so ``gemm_conv2d`` keeps im2col
-    where the C++ kernels run and this for the Python path)."""
+    where the C++ kernels run and this for the Python path).
+
+    With ``amx`` = (h, w, k, padding) (``use_amx_covering``: bf16 on CPUs with AMX-BF16), the matrix
+    is assembled by one C++ pass (``nhwc_ops.cpp``'s ``covering_matrix``: 1.08 ms of slice copies
+    -> ~0.6 for 512 -> 512 at 2x2) and the weight gradient comes from ``amx_conv.cpp``'s tiles (each
+    tap's pairs and the batch summed in fp32 tiles, rounded once: 0.96 ms where torch's per-tap
+    matmuls below took 2.3-2.9), which makes this path the faster one: forward + backward 6.05 ms
+    for im2col + matmul against 3.93 (session 21, scratch, medians of 21 alternating calls, caches
+    flushed); ResNet-18's model-only step +2.8% and +4.2% (paired medians of 41 alternating steps,
+    844 -> 864 and 796 -> 830 img/s)."""
 
     @staticmethod
-    def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, pairs: list, hw: int) -> torch.Tensor:
+    def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, pairs: list, hw: int, amx: tuple | None = None) -> torch.Tensor:
         o, c = weight.shape[:2]
         rows = weight.permute(0, 2, 3, 1)  # (O, kh, kw, C): a view of a channels_last weight
-        matrix_t = weight.new_empty((hw, o, hw, c))
-        for q, p, i, j in pairs:
-            matrix_t[p, :, q] = rows[:, i, j]
-        matrix_t = matrix_t.view(hw * o, hw * c)
+        ops = _native_ops(rows) if amx is not None else None
+        if ops is not None:  # one C++ pass (the Python path's slices are left for comparisons)
+            h, w, _, padding = amx
+            matrix_t = ops.covering_matrix(rows, h, w, padding, padding)
+        else:
+            matrix_t = weight.new_empty((hw, o, hw, c))
+            for q, p, i, j in pairs:
+                matrix_t[p, :, q] = rows[:, i, j]
+            matrix_t = matrix_t.view(hw * o, hw * c)
         ctx.save_for_backward(x2d, matrix_t)
         ctx.geometry = (pairs, hw, (weight.shape[2], weight.shape[3], c, o),
                         weight.is_contiguous(memory_format=torch.channels_last))
+        ctx.amx = amx
         return x2d @ matrix_t.t()  # (B, H*W*O): channels-last pixels
 
     @staticmethod
@@ -191,7 +208,13 @@ class CoveringConv(torch.autograd.Function):
         pairs, hw, tap_shape, weight_cl = ctx.geometry
         grad_x = grad @ matrix_t if ctx.needs_input_grad[0] else None
         grad_taps = None
-        if ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1] and ctx.amx is not None:  # (h, w, k, padding): amx_conv.cpp's tiles
+            kh, kw, c, o = tap_shape
+            b = x2d.shape[0]
+            grad_taps = AMX_CONV.module.covering_weight_grad(x2d.reshape(b, hw, c), grad.contiguous().view(b, hw, o), *ctx.amx)
+            if not weight_cl:
+                grad_taps = grad_taps.contiguous()
+        elif ctx.needs_input_grad[1]:
             kh, kw, c, o = tap_shape
             b = x2d.shape[0]
             x3, g3 = x2d.view(b, hw, c), grad.view(b, hw, o)
@@ -209,12 +232,12 @@ class CoveringConv(torch.autograd.Function):
             # model's weights are channels_last), so accumulating it into .grad is a plain add
             fmt = torch.channels_last if weight_cl else torch.contiguous_format
             grad_taps = grad_taps.permute(2, 3, 0, 1).contiguous(memory_format=fmt)
-        return grad_x, grad_taps, None, None
+        return grad_x, grad_taps, None, None, None
 
 
 def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 stride: tuple[int, int], padding: tuple[int, int], covering: bool | None = None,
-                native: bool = True) -> torch.Tensor:
+                native: bool = True, amx_covering: bool = False) -> torch.Tensor:
     """``F.conv2d`` (groups=1, dilation=1, zero padding) as im2col + one matmul.
 
     x (B, C, H, W) -> (B, O, H_out, W_out) with channels_last strides. Under CPU autocast the
@@ -222,6 +245,8 @@ def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     Where the patch matrix is built in Python (``native=False``, for comparisons, or where
     ``nhwc_ops.cpp`` does not apply), a stride-1 convolution whose every window covers the whole
     map runs as ``CoveringConv`` instead (``covering=True`` or ``False`` forces either, for comparisons).
+    With ``amx_covering`` (``use_amx_covering``: bf16 on CPUs with AMX-BF16), such a convolution
+    runs as ``CoveringConv`` on every path, its weight gradient from ``amx_conv.cpp``'s tiles.
     """
     if torch.is_autocast_enabled("cpu") and x.device.type == "cpu":
         dtype = torch.get_autocast_dtype("cpu")
@@ -230,15 +255,18 @@ def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     b, c, h, w = x.shape
     o, _, kh, kw = weight.shape
     # With the C++ im2col, a 2x2 map's im2col + matmul (2.25x the multiply-adds, no matrix assembly,
-    # no per-tap gradients) runs as fast as CoveringConv: ResNet-18's step, 25 alternating steps,
-    # 747 vs 732 img/s (session 10; the probe's per-conv times went either way between runs). The
-    # simpler path wins the tie, and CoveringConv stays for the Python path, where it is faster.
+    # no per-tap gradients) runs as fast as CoveringConv with torch's per-tap weight gradient:
+    # ResNet-18's step, 25 alternating steps, 747 vs 732 img/s (session 10; the probe's per-conv
+    # times went either way between runs). The simpler path wins that tie; CoveringConv runs on the
+    # Python path, where it is faster, and with the AMX weight gradient, where it is faster still.
+    amx = _amx_covering_args(x, weight, stride, padding) if amx_covering and covering is not False else None
     if covering is None:
-        covering = not (native and _native_ops(x.permute(0, 2, 3, 1)) is not None)
+        covering = amx is not None or not (native and _native_ops(x.permute(0, 2, 3, 1)) is not None)
     pairs = covering_pairs(h, w, (kh, kw), stride, padding) if covering else None
     if pairs is not None:  # (B, H*W*C) @ (H*W*C, H*W*O): the output pixels come out channels-last
         ho, wo = h, w
-        out = CoveringConv.apply(x.permute(0, 2, 3, 1).reshape(b, h * w * c), weight, pairs, h * w).view(b * h * w, o)
+        out = CoveringConv.apply(x.permute(0, 2, 3, 1).reshape(b, h * w * c), weight, pairs, h * w,
+                                 amx).view(b * h * w, o)
     else:
         patches = Im2col.apply(x.permute(0, 2, 3, 1), (kh, kw), stride, padding, native)  # (B, Ho, Wo, kh*kw*C)
         ho, wo = patches.shape[1:3]
@@ -251,14 +279,32 @@ def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return out.view(b, ho, wo, o).permute(0, 3, 1, 2)  # (B, Ho, Wo, O) -> (B, O, Ho, Wo), channels_last
 
 
+def _amx_covering_args(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> tuple | None:
+    """(h, w, k, padding) for ``amx_conv.cpp``'s covering weight gradient where it applies to this
+    convolution (bf16 CPU tensors, a square kernel and padding, channels in multiples of 32, every
+    window covering the map, the kernel loaded), else None."""
+    b, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    if (x.device.type != "cpu" or x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or kh != kw
+            or padding[0] != padding[1] or c % 32 or o % 32 or AMX_CONV.module is None
+            or covering_pairs(h, w, (kh, kw), stride, padding) is None):
+        return None
+    return (h, w, kh, padding[0])
+
+
 class GemmConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` computed by ``gemm_conv2d``: same parameters, same state_dict."""
 
     native_im2col = True
     """Build patch matrices with ``nhwc_ops.cpp`` where it applies (False: the Python path, for comparisons)."""
 
+    amx_covering = False
+    """Run convolutions whose every window covers the map as ``CoveringConv`` with ``amx_conv.cpp``'s
+    weight gradient (``use_amx_covering`` sets it where the kernel runs)."""
+
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        return gemm_conv2d(input, weight, bias, self.stride, self.padding, native=self.native_im2col)
+        return gemm_conv2d(input, weight, bias, self.stride, self.padding, native=self.native_im2col,
+                           amx_covering=self.amx_covering)
 
 
 def _eligible(conv: nn.Module) -> bool:
@@ -266,11 +312,12 @@ def _eligible(conv: nn.Module) -> bool:
             and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
 
 
-def output_areas(model: nn.Module, example: torch.Tensor) -> dict[nn.Conv2d, int]:
-    """H_out * W_out of every plain ``nn.Conv2d`` that runs on ``example`` (one eval forward)."""
-    areas: dict[nn.Conv2d, int] = {}
-    hooks = [m.register_forward_hook(lambda mod, _inp, out: areas.__setitem__(mod, out.shape[-2] * out.shape[-1]))
-             for m in model.modules() if _eligible(m)]
+def map_sizes(model: nn.Module, example: torch.Tensor, modules: list[nn.Module]) -> dict[nn.Module, tuple]:
+    """((H_in, W_in), (H_out, W_out)) of each of ``modules`` that runs on ``example`` (one eval forward)."""
+    sizes: dict[nn.Module, tuple] = {}
+    hooks = [m.register_forward_hook(lambda mod, inp, out: sizes.__setitem__(mod, (tuple(inp[0].shape[-2:]),
+                                                                                     tuple(out.shape[-2:]))))
+             for m in modules]
     training = model.training
     try:
         model.eval()
@@ -280,7 +327,13 @@ def output_areas(model: nn.Module, example: torch.Tensor) -> dict[nn.Conv2d, int
         model.train(training)
         for hook in hooks:
             hook.remove()
-    return areas
+    return sizes
+
+
+def output_areas(model: nn.Module, example: torch.Tensor) -> dict[nn.Conv2d, int]:
+    """H_out * W_out of every plain ``nn.Conv2d`` that runs on ``example`` (one eval forward)."""
+    sizes = map_sizes(model, example, [m for m in model.modules() if _eligible(m)])
+    return {conv: out[0] * out[1] for conv, (_, out) in sizes.items()}
 
 
 def use_gemm_convs(model: nn.Module, example: torch.Tensor, max_area: int) -> int:
@@ -294,4 +347,28 @@ def use_gemm_convs(model: nn.Module, example: torch.Tensor, max_area: int) -> in
             switched += 1
     if switched:
         NHWC_OPS.load()  # compile the im2col kernels now, not inside the first training step
+    return switched
+
+
+def use_amx_covering(model: nn.Module, example: torch.Tensor) -> int:
+    """Let the ``GemmConv2d`` layers of ``model`` whose every window covers their input map at the
+    size of ``example`` (one input of the training size; ResNet-18's layer4 3x3s at 64 px) run as
+    ``CoveringConv`` with ``amx_conv.cpp``'s weight gradient, where that kernel runs here (bf16
+    training on CPUs with AMX-BF16; ``gemm_conv2d`` checks dtype and channels per call). Returns how
+    many were switched.
+
+    ResNet-18's 512 -> 512 layer at 2x2, batch 128, bf16, forward + backward (session 21, scratch,
+    medians of 21 alternating calls, caches flushed): im2col + matmul 6.05 ms, ``CoveringConv`` with
+    torch's per-tap weight gradient 7.06, with the AMX one 4.29 (its weight gradient 0.96 ms) and 3.93
+    once the matrix was assembled in C++."""
+    convs = [m for m in model.modules() if isinstance(m, GemmConv2d)]
+    if not convs or load_amx() is not None:
+        return 0
+    switched = 0
+    for conv, ((h, w), _) in map_sizes(model, example, convs).items():
+        if (conv.in_channels % 32 == 0 and conv.out_channels % 32 == 0 and conv.kernel_size[0] == conv.kernel_size[1]
+                and conv.padding[0] == conv.padding[1]
+                and covering_pairs(h, w, conv.kernel_size, conv.stride, conv.padding) is not None):
+            conv.amx_covering = True
+            switched += 1
     return switched
