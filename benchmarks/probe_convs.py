@@ -43,8 +43,8 @@ from cnnbench.train.amx_conv import load as load_amx
 from cnnbench.train.amx_conv import load_error as amx_load_error
 from cnnbench.train.amx_conv import AmxConv2d, use_amx_convs
 from cnnbench.train.fused_bn import load_error, use_fused_batchnorm
-from cnnbench.train.gemm_conv import (AUTO_MAX_AREA, GemmConv2d, covering_pairs, gemm_conv2d, use_amx_covering,
-                                      use_gemm_convs)
+from cnnbench.train.gemm_conv import (AUTO_MAX_AREA, GemmConv2d, covering_pairs, gemm_conv2d, pixel_pair_count,
+                                      use_amx_weight_grads, use_gemm_convs)
 from cnnbench.train.max_pool import use_nhwc_max_pool
 from cnnbench.train.native import NHWC_OPS
 
@@ -88,8 +88,8 @@ def model_step(batch: int, gemm: bool, fused_bn: bool = False, nhwc_ops: bool = 
                 conv.native_im2col = nhwc_ops
     if amx and not use_amx_convs(model):
         raise SystemExit(f"the AMX weight gradients cannot run here: {amx_load_error()}")
-    if amx and gemm:  # layer4's 3x3s on 2x2 maps: CoveringConv with the AMX weight gradient
-        use_amx_covering(model, torch.zeros(1, 3, 64, 64))
+    if amx and gemm:  # the matmul convolutions' weight gradients too (layer4's 3x3s: CoveringConv)
+        use_amx_weight_grads(model, torch.zeros(1, 3, 64, 64))
     # the engine switches the pools first, so that the stem's batch norm can take its pool over
     switches = [(nhwc_ops, use_nhwc_max_pool, lambda: f"the NHWC kernels could not be built: {NHWC_OPS.error}"),
                 (fused_bn, use_fused_batchnorm, lambda: f"the fused batch norm could not be built: {load_error()}")]
@@ -130,7 +130,7 @@ def breakdown(model: nn.Module, step, batch: int, repeats: int, peak_gflops: flo
     Rows count the FLOPs the kernels execute (``CoveringConv`` skips the products with padding;
     torch's counter does not see the AMX kernel, so its row counts the weight gradients of the
     switched layers as torch's counter would, 2 x N x Ho x Wo x O x C x k x k each, and those of
-    the covering layers as executed, 2 x N x pixel pairs x O x C); the whole-step
+    the matmul convolutions as executed, 2 x N x pixel pairs x O x C); the whole-step
     line and the ceiling count the model's FLOPs, as every utilisation figure does."""
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
@@ -141,13 +141,13 @@ def breakdown(model: nn.Module, step, batch: int, repeats: int, peak_gflops: flo
         n, o, ho, wo = out.shape
         flops["convolution weight gradients (AMX)"] += 2 * n * ho * wo * o * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
 
-    def amx_covering_grad(conv, inputs, out) -> None:  # the products it executes: one per pixel pair
+    def amx_pairs_grad(conv, inputs, out) -> None:  # the products it executes: one per pixel pair
         n, c, h, w = inputs[0].shape
-        pairs = covering_pairs(h, w, conv.kernel_size, conv.stride, conv.padding)
-        flops["convolution weight gradients (AMX)"] += 2 * n * len(pairs) * out.shape[1] * c
+        pairs = pixel_pair_count(h, w, conv.kernel_size[0], conv.stride[0], conv.padding[0])
+        flops["convolution weight gradients (AMX)"] += 2 * n * pairs * out.shape[1] * c
 
     hooks = [m.register_forward_hook(amx_weight_grad) for m in model.modules() if isinstance(m, AmxConv2d)]
-    hooks += [m.register_forward_hook(amx_covering_grad) for m in model.modules() if getattr(m, "amx_covering", False)]
+    hooks += [m.register_forward_hook(amx_pairs_grad) for m in model.modules() if getattr(m, "amx_grads", False)]
     try:
         with FlopCounterMode(display=False) as counter:
             step()

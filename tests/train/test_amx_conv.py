@@ -224,9 +224,10 @@ def test_no_amx_no_switch(monkeypatch):
 @pytest.mark.parametrize("conv_impl, grad_impl, precision, compile, switched, covering", [
     ("torch", "auto", "bf16", False, 20, 0), ("torch", "torch", "bf16", False, 0, 0), ("torch", "auto", "fp32", False, 0, 0),
     ("torch", "auto", "bf16", True, 0, 0),
-    # at the fixture's 12 px every map but the stem's is small enough for matmuls; the stride-1 3x3s
-    # of layer2 (2x2 maps), layer3 and layer4 (1x1) cover their maps
-    ("auto", "auto", "bf16", False, 1, 9), ("auto", "torch", "bf16", False, 0, 0),
+    # at the fixture's 12 px every map but the stem's is small enough for matmuls (19 convolutions, all
+    # taking the AMX weight gradient); the stride-1 3x3s of layer2 (2x2 maps), layer3 and layer4 (1x1)
+    # cover their maps
+    ("auto", "auto", "bf16", False, 1, (19, 9)), ("auto", "torch", "bf16", False, 0, 0),
 ])
 def test_engine_switches_convolutions_for_bf16_on_the_cpu(tiny_data, conv_impl, grad_impl, precision, compile, switched,
                                                           covering):
@@ -245,8 +246,10 @@ def test_engine_switches_convolutions_for_bf16_on_the_cpu(tiny_data, conv_impl, 
                                             train={"conv_impl": conv_impl, "conv_grad_impl": grad_impl, "compile": compile}))
     engine = build_engine(recipe, ds, build_model(recipe, model_kwargs(recipe, ds)), cpu, Precision(precision, cpu), Ranks())
     assert engine.fast_paths.get("amx_weight_grads", 0) == switched
-    assert engine.fast_paths.get("amx_covering_grads", 0) == covering
-    assert sum(getattr(m, "amx_covering", False) for m in engine.model.modules()) == covering
+    matmuls, covering = covering if covering else (0, 0)
+    assert engine.fast_paths.get("amx_matmul_conv_grads", 0) == matmuls
+    assert engine.fast_paths.get("amx_covering_convs", 0) == covering
+    assert sum(getattr(m, "amx_grads", False) for m in engine.model.modules()) == matmuls
     # bf16 SGD: the switched layers run on the optimiser's weight copies too
     copies = CopyAmxConv2d if precision == "bf16" and not compile else AmxConv2d
     assert sum(type(m) is copies for m in engine.model.modules()) == switched
@@ -254,12 +257,12 @@ def test_engine_switches_convolutions_for_bf16_on_the_cpu(tiny_data, conv_impl, 
 
 
 @needs_amx
-@pytest.mark.parametrize("conv_impl, expected", [("torch", '"amx_weight_grads": 20'), ("auto", '"amx_covering_grads": 9')])
+@pytest.mark.parametrize("conv_impl, expected", [("torch", '"amx_weight_grads": 20'), ("auto", '"amx_matmul_conv_grads": 19')])
 def test_a_resumed_bf16_run_with_amx_gradients_equals_an_uninterrupted_one(tiny_data, tmp_path, conv_impl, expected):
     # ResNet-18 with torch's convolutions, so that its 20 eligible layers take the AMX gradient, or
-    # with the matmul convolutions, whose nine covering layers at 12 px take the covering one: the
-    # kernels sum in a fixed order, so a run stopped mid-epoch and resumed ends with the
-    # uninterrupted run's bits.
+    # with the matmul convolutions, whose 19 layers at 12 px take the pixel-pair one (nine of them
+    # covering their maps): the kernels sum in a fixed order, so a run stopped mid-epoch and resumed
+    # ends with the uninterrupted run's bits.
     import os
     import signal
 

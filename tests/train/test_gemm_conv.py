@@ -9,8 +9,8 @@ import torch.nn.functional as F
 
 from cnnbench.models import create_model
 from cnnbench.train import amx_conv, gemm_conv
-from cnnbench.train.gemm_conv import (AUTO_MAX_AREA, GemmConv2d, PatchMatmul, gemm_conv2d, output_areas, use_amx_covering,
-                                      use_gemm_convs)
+from cnnbench.train.gemm_conv import (AUTO_MAX_AREA, GemmConv2d, PatchMatmul, gemm_conv2d, output_areas,
+                                      pixel_pair_count, use_amx_weight_grads, use_gemm_convs)
 
 needs_amx = pytest.mark.skipif(not amx_conv.cpu_has_amx(), reason="this CPU has no AMX-BF16")
 
@@ -70,27 +70,32 @@ def test_covering_conv_weight_gradient_has_the_weights_layout(fmt):
     assert weight.grad.is_contiguous(memory_format=fmt) and weight.grad.stride() == weight.stride()
 
 
+def count_amx_calls(monkeypatch, kernel: str) -> list:
+    """Swap in a proxy of the AMX kernels that records the arguments after (x, grad) of each call of
+    ``kernel`` and runs the real one; returns the record."""
+    assert amx_conv.load() is None, amx_conv.load_error()
+    calls, module = [], amx_conv.AMX_CONV.module
+
+    class Counting:
+        def __getattr__(self, name):
+            fn = getattr(module, name)
+            if name != kernel:
+                return fn
+            return lambda *args: calls.append(args[2:]) or fn(*args)
+
+    monkeypatch.setattr(amx_conv.AMX_CONV, "module", Counting())
+    return calls
+
+
 @needs_amx
 @pytest.mark.parametrize("cin, cout, size, kernel, padding, weight_format", [
     (64, 32, (2, 2), 3, 1, torch.channels_last),      # ResNet-18's layer4 at 64 px, narrower
     (32, 64, (1, 1), 3, 1, torch.channels_last),      # its layer4 at 32 px: the centre tap only
     (32, 32, (3, 2), 5, 2, torch.contiguous_format),  # a 5x5 kernel covering a 3x2 map
 ])
-def test_amx_covering_is_the_covering_conv_with_the_amx_weight_gradient(cin, cout, size, kernel, padding, weight_format,
+def test_amx_grads_on_a_covered_map_are_the_covering_conv_with_the_amx_weight_gradient(cin, cout, size, kernel, padding, weight_format,
                                                                        monkeypatch):
-    assert amx_conv.load() is None, amx_conv.load_error()
-    calls = []
-    module = amx_conv.AMX_CONV.module
-
-    class Counting:  # the real kernels, counting the covering gradient's calls
-        def __getattr__(self, name):
-            return getattr(module, name)
-
-        def covering_weight_grad(self, *args):
-            calls.append(args[2:])
-            return module.covering_weight_grad(*args)
-
-    monkeypatch.setattr(amx_conv.AMX_CONV, "module", Counting())
+    calls = count_amx_calls(monkeypatch, "covering_weight_grad")
     g = torch.Generator().manual_seed(cin + kernel)
     x = torch.randn(37, cin, *size, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     weight = (torch.randn(cout, cin, kernel, kernel, generator=g) * 0.1).to(torch.bfloat16).contiguous(
@@ -99,7 +104,7 @@ def test_amx_covering_is_the_covering_conv_with_the_amx_weight_gradient(cin, cou
     results = {}
     for amx in (False, True):
         xi, wi = x.clone().requires_grad_(), weight.clone().requires_grad_()
-        out = gemm_conv2d(xi, wi, None, (1, 1), (padding, padding), covering=None if amx else True, amx_covering=amx)
+        out = gemm_conv2d(xi, wi, None, (1, 1), (padding, padding), covering=None if amx else True, amx_grads=amx)
         out.backward(upstream)
         results[amx] = (out, xi.grad, wi.grad)
     assert calls == [(*size, kernel, padding)]
@@ -115,36 +120,79 @@ def test_amx_covering_is_the_covering_conv_with_the_amx_weight_gradient(cin, cou
 
 
 @needs_amx
-def test_amx_covering_leaves_other_convolutions_to_im2col():
-    assert amx_conv.load() is None, amx_conv.load_error()
-    x = torch.randn(4, 32, 4, 4).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)  # 4x4: not covered
-    weight = torch.randn(32, 32, 3, 3).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    assert torch.equal(gemm_conv2d(x, weight, None, (1, 1), (1, 1), amx_covering=True),
-                       gemm_conv2d(x, weight, None, (1, 1), (1, 1)))
-    assert gemm_conv._amx_covering_args(x[:, :, :2, :2], weight, (1, 1), (1, 1)) == (2, 2, 3, 1)
-    assert gemm_conv._amx_covering_args(x[:, :, :2, :2].float(), weight.float(), (1, 1), (1, 1)) is None  # fp32
-    assert gemm_conv._amx_covering_args(x[:, :16, :2, :2], weight[:, :16], (1, 1), (1, 1)) is None  # 16 channels
+@pytest.mark.parametrize("cin, cout, size, kernel, stride, padding", [
+    (64, 32, (4, 4), 3, 1, 1),   # ResNet-18's layer3 at 64 px, narrower: 100 of 144 taps x pixels inside the map
+    (32, 64, (8, 7), 3, 2, 1),   # strided, odd width
+    (32, 32, (4, 4), 1, 2, 0),   # a 1x1 shortcut
+    (32, 32, (5, 5), 3, 1, 0),   # no padding
+])
+def test_amx_grads_elsewhere_are_im2col_with_the_pixel_pair_weight_gradient(cin, cout, size, kernel, stride, padding,
+                                                                            monkeypatch):
+    calls = count_amx_calls(monkeypatch, "small_map_weight_grad")
+    g = torch.Generator().manual_seed(cin + kernel + stride)
+    x = torch.randn(37, cin, *size, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    weight = (torch.randn(cout, cin, kernel, kernel, generator=g) * 0.1).to(torch.bfloat16).contiguous(
+        memory_format=torch.channels_last)
+    results = {}
+    for amx in (False, True):
+        xi, wi = x.clone().requires_grad_(), weight.clone().requires_grad_()
+        out = gemm_conv2d(xi, wi, None, (stride, stride), (padding, padding), amx_grads=amx)
+        upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+        out.backward(upstream)
+        results[amx] = (out, xi.grad, wi.grad)
+    assert calls == [(*size, kernel, stride, padding)]
+    (out0, dx0, dw0), (out1, dx1, dw1) = results[False], results[True]
+    assert out1.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out1, out0) and torch.equal(dx1, dx0)  # the same im2col, products and col2im
+    assert dw1.dtype == torch.bfloat16 and dw1.is_contiguous(memory_format=torch.channels_last)  # the weight's layout
+    w64 = weight.double().requires_grad_()
+    (exact,) = torch.autograd.grad(F.conv2d(x.double(), w64, None, stride, padding), [w64], upstream.double())
+    scale = exact.abs().max().item()
+    assert ((dw1.double() - exact).abs() <= exact.abs() * 2 ** -8 + 1e-4 * scale).all()  # one rounding of an fp32 sum
+    torch.testing.assert_close(dw1.float(), dw0.float(), rtol=2e-2, atol=1e-2 * scale)  # im2col's product
 
 
 @needs_amx
-def test_resnet18_at_64px_takes_the_covering_gradient_in_layer4():
+def test_amx_grads_apply_to_bf16_with_channels_in_multiples_of_32():
+    assert amx_conv.load() is None, amx_conv.load_error()
+    x = torch.randn(4, 32, 4, 4).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(32, 32, 3, 3).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    assert gemm_conv._amx_applies(x, weight, (1, 1), (1, 1))
+    assert not gemm_conv._amx_applies(x.float(), weight.float(), (1, 1), (1, 1))  # fp32
+    assert not gemm_conv._amx_applies(x[:, :16], weight[:, :16], (1, 1), (1, 1))  # 16 channels
+    assert not gemm_conv._amx_applies(x, weight, (1, 2), (1, 1))  # unequal strides
+    # fp32 with the flag set takes the plain path
+    assert torch.equal(gemm_conv2d(x.float(), weight.float(), None, (1, 1), (1, 1), amx_grads=True),
+                       gemm_conv2d(x.float(), weight.float(), None, (1, 1), (1, 1)))
+
+
+def test_pixel_pair_count_counts_the_taps_inside_the_map():
+    for h, w, k, s, p in [(4, 4, 3, 1, 1), (2, 2, 3, 1, 1), (8, 7, 3, 2, 1), (4, 4, 1, 2, 0), (5, 5, 3, 1, 0)]:
+        ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+        expected = sum(0 <= oy * s - p + i < h and 0 <= ox * s - p + j < w
+                       for oy in range(ho) for ox in range(wo) for i in range(k) for j in range(k))
+        assert pixel_pair_count(h, w, k, s, p) == expected
+    assert pixel_pair_count(4, 4, 3, 1, 1) == 100 and pixel_pair_count(2, 2, 3, 1, 1) == 16
+
+
+@needs_amx
+def test_resnet18_at_64px_takes_the_amx_weight_gradient_in_layer3_and_layer4():
     model = create_model("resnet18", num_classes=10, input_size=64).to(memory_format=torch.channels_last)
     example = torch.zeros(1, 3, 64, 64)
     use_gemm_convs(model, example, AUTO_MAX_AREA[torch.bfloat16])
-    assert use_amx_covering(model, example) == 3  # layer4's stride-1 3x3s on 2x2 maps
-    covering = [name for name, m in model.named_modules() if getattr(m, "amx_covering", False)]
-    assert covering == ["layer4.0.conv2", "layer4.1.conv1", "layer4.1.conv2"]
+    assert use_amx_weight_grads(model, example) == (10, 3)  # every matmul convolution; layer4's stride-1 3x3s covered
+    assert all(m.amx_grads for m in model.modules() if isinstance(m, GemmConv2d))
 
 
-def test_no_amx_no_covering_gradient(monkeypatch):
+def test_no_amx_no_amx_weight_gradient(monkeypatch):
     monkeypatch.setattr(amx_conv, "cpu_has_amx", lambda: False)
     monkeypatch.setattr(amx_conv, "_unavailable", None)
     monkeypatch.setattr(amx_conv.AMX_CONV, "module", None)
     model = create_model("resnet18", num_classes=10, input_size=64)
     example = torch.zeros(1, 3, 64, 64)
     use_gemm_convs(model, example, AUTO_MAX_AREA[torch.bfloat16])
-    assert use_amx_covering(model, example) == 0
-    assert not any(getattr(m, "amx_covering", False) for m in model.modules())
+    assert use_amx_weight_grads(model, example) == (0, 0)
+    assert not any(getattr(m, "amx_grads", False) for m in model.modules())
 
 
 @pytest.mark.parametrize("native", [True, False])

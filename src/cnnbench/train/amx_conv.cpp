@@ -551,40 +551,26 @@ at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t k, i
 #endif
 }
 
-// x (B, hw, C) and grad (B, hw, O), contiguous bf16, of a stride-1 convolution on an h x w map
-// whose every k x k window covers the whole map (gemm_conv.covering_pairs) -> the weight gradient
-// (O, C, k, k) in bf16 with channels_last strides; taps that join no pixel pair get zeros. O and C
-// multiples of 32, any batch. Each output tile is one thread's: the same bits on any thread count.
-at::Tensor covering_weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t h, int64_t w, int64_t k,
-                                int64_t padding) {
-  TORCH_CHECK(available(), "the AMX weight gradient needs a CPU with AMX-BF16 under Linux");
-  TORCH_CHECK(x.dim() == 3 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
-              "x: expected a contiguous bf16 (B, H*W, C) tensor");
-  TORCH_CHECK(grad.dim() == 3 && grad.is_contiguous() && grad.scalar_type() == at::kBFloat16,
-              "grad: expected a contiguous bf16 (B, H*W, O) tensor");
-  TORCH_CHECK(h >= 1 && w >= 1 && x.size(1) == h * w && grad.size(1) == h * w && grad.size(0) == x.size(0),
-              "x, grad: expected (B, ", h * w, ", C) and (B, ", h * w, ", O) for a ", h, " x ", w, " map");
-  TORCH_CHECK(k >= 1 && padding >= 0 && h + 2 * padding - k + 1 == h && w + 2 * padding - k + 1 == w &&
-              h - 1 <= std::min(padding, k - 1 - padding) && w - 1 <= std::min(padding, k - 1 - padding),
-              "k, padding: ", k, ", ", padding, " on a ", h, " x ", w, " map: not every window covers the map");
-  TORCH_CHECK(x.size(2) % 32 == 0 && grad.size(2) % 32 == 0, "channels: expected multiples of 32, got ", x.size(2),
-              " in and ", grad.size(2), " out");
+namespace {
+
+// The weight gradient (O, C, k, k) of a convolution on small maps, x (B, hin * win, C) and grad (B, ho * wo, O)
+// contiguous bf16, from each tap's (input pixel q, output pixel p) pairs: tap t's gradient is the sum over
+// its pairs of grad[:, p]^T x[:, q], (O, B) @ (B, C) products over the batch, summed in fp32 AMX tiles and
+// rounded once; taps without pairs get zeros. O and C multiples of 32, any batch. Each output tile is
+// one thread's: the same bits on any thread count. Only the pairs are multiplied: no padding taps.
+at::Tensor pixel_pairs_grad(const at::Tensor& x, const at::Tensor& grad, int64_t hw_in, int64_t hw_out, int64_t k,
+                            const std::vector<std::vector<std::pair<int64_t, int64_t>>>& pairs) {
 #ifdef CNNBENCH_AMX
-  const int64_t bsz = x.size(0), hw = h * w, c = x.size(2), o = grad.size(2), taps = k * k;
+  const int64_t bsz = x.size(0), c = x.size(2), o = grad.size(2), taps = k * k;
   const int64_t bp = std::max<int64_t>(32, (bsz + 31) / 32 * 32);
-  // the (q, p) pairs of each tap, in q then p order (gemm_conv.covering_pairs)
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> pairs(taps);
-  for (int64_t q = 0; q < hw; ++q)
-    for (int64_t p = 0; p < hw; ++p)
-      pairs[(q / w - p / w + padding) * k + (q % w - p % w + padding)].emplace_back(q, p);
-  auto gt = aligned_buffer<uint16_t>(hw * o * bp);
-  auto xv = aligned_buffer<uint16_t>(hw * bp * c);
+  auto gt = aligned_buffer<uint16_t>(hw_out * o * bp);
+  auto xv = aligned_buffer<uint16_t>(hw_in * bp * c);
   const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
   const auto* gp = reinterpret_cast<const uint16_t*>(grad.data_ptr());
   at::parallel_for(0, 2, 1, [&](int64_t first, int64_t last) {  // the two packings side by side
     for (int64_t which = first; which < last; ++which) {
-      if (which == 0) pack_batch_transposed(gp, bsz, hw, o, bp, gt.get());
-      else pack_batch_pairs(xp, bsz, hw, c, bp, xv.get());
+      if (which == 0) pack_batch_transposed(gp, bsz, hw_out, o, bp, gt.get());
+      else pack_batch_pairs(xp, bsz, hw_in, c, bp, xv.get());
     }
   });
   auto out = at::empty({o, c, k, k}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
@@ -636,10 +622,64 @@ at::Tensor covering_weight_grad(const at::Tensor& x, const at::Tensor& grad, int
 #endif
 }
 
+void check_pair_inputs(const at::Tensor& x, const at::Tensor& grad) {
+  TORCH_CHECK(available(), "the AMX weight gradient needs a CPU with AMX-BF16 under Linux");
+  TORCH_CHECK(x.dim() == 3 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
+              "x: expected a contiguous bf16 (B, H*W, C) tensor");
+  TORCH_CHECK(grad.dim() == 3 && grad.is_contiguous() && grad.scalar_type() == at::kBFloat16,
+              "grad: expected a contiguous bf16 (B, H*W, O) tensor");
+  TORCH_CHECK(x.size(2) % 32 == 0 && grad.size(2) % 32 == 0, "channels: expected multiples of 32, got ", x.size(2),
+              " in and ", grad.size(2), " out");
+}
+
+}  // namespace
+
+// x (B, hw, C) and grad (B, hw, O), contiguous bf16, of a stride-1 convolution on an h x w map
+// whose every k x k window covers the whole map (gemm_conv.covering_pairs) -> the weight gradient
+// (O, C, k, k) in bf16 with channels_last strides (pixel_pairs_grad).
+at::Tensor covering_weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t h, int64_t w, int64_t k,
+                                int64_t padding) {
+  check_pair_inputs(x, grad);
+  TORCH_CHECK(h >= 1 && w >= 1 && x.size(1) == h * w && grad.size(1) == h * w && grad.size(0) == x.size(0),
+              "x, grad: expected (B, ", h * w, ", C) and (B, ", h * w, ", O) for a ", h, " x ", w, " map");
+  TORCH_CHECK(k >= 1 && padding >= 0 && h + 2 * padding - k + 1 == h && w + 2 * padding - k + 1 == w &&
+              h - 1 <= std::min(padding, k - 1 - padding) && w - 1 <= std::min(padding, k - 1 - padding),
+              "k, padding: ", k, ", ", padding, " on a ", h, " x ", w, " map: not every window covers the map");
+  const int64_t hw = h * w;
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> pairs(k * k);  // in q then p order (gemm_conv.covering_pairs)
+  for (int64_t q = 0; q < hw; ++q)
+    for (int64_t p = 0; p < hw; ++p)
+      pairs[(q / w - p / w + padding) * k + (q % w - p % w + padding)].emplace_back(q, p);
+  return pixel_pairs_grad(x, grad, hw, hw, k, pairs);
+}
+
+// x (B, hin * win, C) and grad (B, ho * wo, O), contiguous bf16, of a k x k convolution with this stride
+// and zero padding -> its weight gradient (O, C, k, k) from the pixel pairs each tap joins inside the map
+// (pixel_pairs_grad).
+at::Tensor small_map_weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t hin, int64_t win, int64_t k,
+                                 int64_t stride, int64_t padding) {
+  check_pair_inputs(x, grad);
+  TORCH_CHECK(k >= 1 && stride >= 1 && padding >= 0 && hin + 2 * padding >= k && win + 2 * padding >= k,
+              "k, stride, padding: ", k, ", ", stride, ", ", padding, " do not fit a ", hin, " x ", win, " map");
+  const int64_t ho = (hin + 2 * padding - k) / stride + 1, wo = (win + 2 * padding - k) / stride + 1;
+  TORCH_CHECK(x.size(1) == hin * win && grad.size(1) == ho * wo && grad.size(0) == x.size(0),
+              "x, grad: expected (B, ", hin * win, ", C) and (B, ", ho * wo, ", O) for a ", hin, " x ", win, " map");
+  std::vector<std::vector<std::pair<int64_t, int64_t>>> pairs(k * k);  // in p then q order
+  for (int64_t p = 0; p < ho * wo; ++p)
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t y = (p / wo) * stride - padding + i, xx = (p % wo) * stride - padding + j;
+        if (y >= 0 && y < hin && xx >= 0 && xx < win) pairs[i * k + j].emplace_back(y * win + xx, p);
+      }
+  return pixel_pairs_grad(x, grad, hin * win, ho * wo, k, pairs);
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("available", &available, "whether this CPU and process can run the AMX kernels");
   module.def("weight_grad", &weight_grad,
              "(N, H, W, C) x, (N, Ho, Wo, O) grad, k, stride, padding -> (O, C, k, k) weight gradient");
+  module.def("small_map_weight_grad", &small_map_weight_grad,
+             "(B, Hin*Win, C) x, (B, Ho*Wo, O) grad, hin, win, k, stride, padding -> (O, C, k, k) weight gradient");
   module.def("covering_weight_grad", &covering_weight_grad,
              "(B, H*W, C) x, (B, H*W, O) grad, h, w, k, padding of a covering convolution -> (O, C, k, k) weight gradient");
 }

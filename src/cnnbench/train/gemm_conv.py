@@ -49,6 +49,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
 
 from cnnbench.train.amx_conv import AMX_CONV
 from cnnbench.train.amx_conv import load as load_amx
@@ -115,9 +116,8 @@ class PatchMatmul(torch.autograd.Function):
     OUT_SLICE = 256
 
     @staticmethod
-    def forward(ctx, patches: torch.Tensor, matrix: torch.Tensor, native: bool = True) -> torch.Tensor:
-        ctx.save_for_backward(patches, matrix)
-        ctx.native = native
+    def product(patches: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+        """patches @ matrix.t(), in slices of ``OUT_SLICE`` output channels in bf16 on the CPU."""
         o, step = matrix.shape[0], PatchMatmul.OUT_SLICE
         if o <= step or patches.device.type != "cpu" or patches.dtype != torch.bfloat16:
             return patches @ matrix.t()
@@ -125,6 +125,12 @@ class PatchMatmul(torch.autograd.Function):
         for i in range(0, o, step):
             torch.mm(patches, matrix[i:i + step].t(), out=out[:, i:i + step])
         return out
+
+    @staticmethod
+    def forward(ctx, patches: torch.Tensor, matrix: torch.Tensor, native: bool = True) -> torch.Tensor:
+        ctx.save_for_backward(patches, matrix)
+        ctx.native = native
+        return PatchMatmul.product(patches, matrix)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
@@ -160,6 +166,16 @@ def covering_pairs(h: int, w: int, kernel: tuple[int, int], stride: tuple[int, i
     return [(q, p, qy - py + ph, qx - px + pw) for q, (qy, qx) in enumerate(pixels) for p, (py, px) in enumerate(pixels)]
 
 
+def pixel_pair_count(h: int, w: int, k: int, stride: int, padding: int) -> int:
+    """How many (tap, input pixel, output pixel) triples of a k x k convolution on an h x w map read
+    a pixel inside the map: the products ``amx_conv.cpp``'s pixel-pair weight gradient executes per
+    (batch row, input channel, output channel), where im2col's executes k * k * Ho * Wo."""
+    def inside(size: int) -> int:  # per axis: (output position, tap) pairs that land in the map
+        out = (size + 2 * padding - k) // stride + 1
+        return sum(0 <= y * stride - padding + i < size for y in range(out) for i in range(k))
+    return inside(h) * inside(w)
+
+
 class CoveringConv(torch.autograd.Function):
     """A stride-1 convolution on a map so small that every window covers all of it (2x2 maps
     under a 3x3 kernel with padding 1, 1x1 maps): one (B, H*W*C) @ (H*W*C, H*W*O) matmul, the
@@ -174,7 +190,7 @@ class CoveringConv(torch.autograd.Function):
     7.56 for im2col + matmul, a tie within this machine's noise, so ``gemm_conv2d`` keeps im2col
     where the C++ kernels run and this for the Python path).
 
-    With ``amx`` = (h, w, k, padding) (``use_amx_covering``: bf16 on CPUs with AMX-BF16), the matrix
+    With ``amx`` = (h, w, k, padding) (``use_amx_weight_grads``: bf16 on CPUs with AMX-BF16), the matrix
     is assembled by one C++ pass (``nhwc_ops.cpp``'s ``covering_matrix``: 1.08 ms of slice copies
     -> ~0.6 for 512 -> 512 at 2x2) and the weight gradient comes from ``amx_conv.cpp``'s tiles (each
     tap's pairs and the batch summed in fp32 tiles, rounded once: 0.96 ms where torch's per-tap
@@ -237,7 +253,7 @@ class CoveringConv(torch.autograd.Function):
 
 def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 stride: tuple[int, int], padding: tuple[int, int], covering: bool | None = None,
-                native: bool = True, amx_covering: bool = False) -> torch.Tensor:
+                native: bool = True, amx_grads: bool = False) -> torch.Tensor:
     """``F.conv2d`` (groups=1, dilation=1, zero padding) as im2col + one matmul.
 
     x (B, C, H, W) -> (B, O, H_out, W_out) with channels_last strides. Under CPU autocast the
@@ -245,8 +261,10 @@ def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     Where the patch matrix is built in Python (``native=False``, for comparisons, or where
     ``nhwc_ops.cpp`` does not apply), a stride-1 convolution whose every window covers the whole
     map runs as ``CoveringConv`` instead (``covering=True`` or ``False`` forces either, for comparisons).
-    With ``amx_covering`` (``use_amx_covering``: bf16 on CPUs with AMX-BF16), such a convolution
-    runs as ``CoveringConv`` on every path, its weight gradient from ``amx_conv.cpp``'s tiles.
+    With ``amx_grads`` (``use_amx_weight_grads``: bf16 on CPUs with AMX-BF16, channels in multiples
+    of 32), the weight gradient comes from ``amx_conv.cpp``'s tiles, which multiply only the pixel
+    pairs a tap joins: such a covering convolution runs as ``CoveringConv`` on every path, and the
+    others as ``AmxPatchConv`` (im2col + matmul forward, the tiles' weight gradient).
     """
     if torch.is_autocast_enabled("cpu") and x.device.type == "cpu":
         dtype = torch.get_autocast_dtype("cpu")
@@ -259,37 +277,78 @@ def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     # ResNet-18's step, 25 alternating steps, 747 vs 732 img/s (session 10; the probe's per-conv
     # times went either way between runs). The simpler path wins that tie; CoveringConv runs on the
     # Python path, where it is faster, and with the AMX weight gradient, where it is faster still.
-    amx = _amx_covering_args(x, weight, stride, padding) if amx_covering and covering is not False else None
+    nhwc = x.permute(0, 2, 3, 1)
+    amx = amx_grads and native and _native_ops(nhwc) is not None and _amx_applies(x, weight, stride, padding)
+    covered = covering_pairs(h, w, (kh, kw), stride, padding) is not None
     if covering is None:
-        covering = amx is not None or not (native and _native_ops(x.permute(0, 2, 3, 1)) is not None)
+        covering = (amx and covered) or not (native and _native_ops(nhwc) is not None)
     pairs = covering_pairs(h, w, (kh, kw), stride, padding) if covering else None
+    matrix = weight.permute(0, 2, 3, 1).reshape(o, kh * kw * c)  # see below
     if pairs is not None:  # (B, H*W*C) @ (H*W*C, H*W*O): the output pixels come out channels-last
         ho, wo = h, w
-        out = CoveringConv.apply(x.permute(0, 2, 3, 1).reshape(b, h * w * c), weight, pairs, h * w,
-                                 amx).view(b * h * w, o)
+        out = CoveringConv.apply(nhwc.reshape(b, h * w * c), weight, pairs, h * w,
+                                 (h, w, kh, padding[0]) if amx else None).view(b * h * w, o)
+    elif amx:
+        ho, wo = (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
+        out = AmxPatchConv.apply(nhwc.contiguous(), matrix, kh, stride[0], padding[0])  # (B*Ho*Wo, O)
     else:
         patches = Im2col.apply(x.permute(0, 2, 3, 1), (kh, kw), stride, padding, native)  # (B, Ho, Wo, kh*kw*C)
         ho, wo = patches.shape[1:3]
-        # (O, kh, kw, C) -> (O, kh*kw*C): a view of a channels_last weight (which a channels_last
-        # model has), so no copy forward and a gradient in the weight's own layout back
-        matrix = weight.permute(0, 2, 3, 1).reshape(o, kh * kw * c)
+        # matrix: (O, kh, kw, C) -> (O, kh*kw*C), a view of a channels_last weight (which a
+        # channels_last model has), so no copy forward and a gradient in the weight's own layout back
         out = PatchMatmul.apply(patches.reshape(b * ho * wo, kh * kw * c), matrix, native)  # (B*Ho*Wo, O)
     if bias is not None:
         out = out + bias
     return out.view(b, ho, wo, o).permute(0, 3, 1, 2)  # (B, Ho, Wo, O) -> (B, O, Ho, Wo), channels_last
 
 
-def _amx_covering_args(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> tuple | None:
-    """(h, w, k, padding) for ``amx_conv.cpp``'s covering weight gradient where it applies to this
-    convolution (bf16 CPU tensors, a square kernel and padding, channels in multiples of 32, every
-    window covering the map, the kernel loaded), else None."""
-    b, c, h, w = x.shape
-    o, _, kh, kw = weight.shape
-    if (x.device.type != "cpu" or x.dtype != torch.bfloat16 or weight.dtype != torch.bfloat16 or kh != kw
-            or padding[0] != padding[1] or c % 32 or o % 32 or AMX_CONV.module is None
-            or covering_pairs(h, w, (kh, kw), stride, padding) is None):
-        return None
-    return (h, w, kh, padding[0])
+def _amx_applies(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> bool:
+    """Whether ``amx_conv.cpp``'s pixel-pair weight gradient takes this convolution: bf16 CPU
+    tensors, a square kernel, stride and padding, channels in multiples of 32, the kernel loaded."""
+    o, c, kh, kw = weight.shape
+    return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and kh == kw
+            and stride[0] == stride[1] and padding[0] == padding[1] and c % 32 == 0 and o % 32 == 0
+            and AMX_CONV.module is not None)
+
+
+class AmxPatchConv(torch.autograd.Function):
+    """A convolution on a small map, nhwc (B, H, W, C) bf16 and its (O, k*k*C) matrix -> (B*Ho*Wo, O):
+    the forward pass and the input gradient as ``Im2col`` + ``PatchMatmul`` compute them, the weight
+    gradient from ``amx_conv.cpp``'s ``small_map_weight_grad``: each tap's (input, output) pixel pairs
+    inside the map, summed over the batch in fp32 AMX tiles and rounded once, where im2col's product
+    also multiplies the padding taps' zeros (ResNet-18 at 64 px: 100 of layer3's 144 taps x pixels)
+    and oneDNN first repacks the whole patch matrix. Only x is kept for the backward pass, not the
+    k*k times larger patch matrix.
+
+    Weight gradient alone, batch 128, caches flushed, medians of 21 alternating calls (session 21,
+    scratch; im2col's: transpose2d + matmul): layer3's 256 -> 256 at 4x4 2.85 -> 1.59 ms, its strided
+    128 -> 256 1.46 -> 1.15, layer4's strided 256 -> 512 1.09 -> 0.83, the 1x1 shortcuts 0.68 -> 0.47
+    and 0.45 -> 0.30."""
+
+    @staticmethod
+    def forward(ctx, nhwc: torch.Tensor, matrix: torch.Tensor, k: int, stride: int, padding: int) -> torch.Tensor:
+        ops = NHWC_OPS.module
+        patches = ops.im2col(nhwc, [k, k], [stride, stride], [padding, padding])
+        ctx.save_for_backward(nhwc, matrix)
+        ctx.geometry = (k, stride, padding, patches.shape[1], patches.shape[2])
+        return PatchMatmul.product(patches.view(-1, patches.shape[3]), matrix)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        nhwc, matrix = ctx.saved_tensors
+        k, stride, padding, ho, wo = ctx.geometry
+        b, h, w, c = nhwc.shape
+        grad = grad.contiguous()
+        grad_x = grad_matrix = None
+        if ctx.needs_input_grad[0]:
+            grad_x = NHWC_OPS.module.col2im((grad @ matrix).view(b, ho, wo, -1), h, w, [k, k], [stride, stride],
+                                            [padding, padding])
+        if ctx.needs_input_grad[1]:
+            grad_w = AMX_CONV.module.small_map_weight_grad(nhwc.view(b, h * w, c), grad.view(b, ho * wo, -1), h, w, k,
+                                                           stride, padding)  # (O, C, k, k), channels_last
+            grad_matrix = grad_w.permute(0, 2, 3, 1).reshape(matrix.shape)  # a view: (O, k, k, C) memory
+        return grad_x, grad_matrix, None, None, None
 
 
 class GemmConv2d(nn.Conv2d):
@@ -298,13 +357,13 @@ class GemmConv2d(nn.Conv2d):
     native_im2col = True
     """Build patch matrices with ``nhwc_ops.cpp`` where it applies (False: the Python path, for comparisons)."""
 
-    amx_covering = False
-    """Run convolutions whose every window covers the map as ``CoveringConv`` with ``amx_conv.cpp``'s
-    weight gradient (``use_amx_covering`` sets it where the kernel runs)."""
+    amx_grads = False
+    """Take the weight gradient from ``amx_conv.cpp``'s tiles (``use_amx_weight_grads`` sets it where
+    the kernel runs): ``CoveringConv`` where every window covers the map, else ``AmxPatchConv``."""
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return gemm_conv2d(input, weight, bias, self.stride, self.padding, native=self.native_im2col,
-                           amx_covering=self.amx_covering)
+                           amx_grads=self.amx_grads)
 
 
 def _eligible(conv: nn.Module) -> bool:
@@ -350,25 +409,26 @@ def use_gemm_convs(model: nn.Module, example: torch.Tensor, max_area: int) -> in
     return switched
 
 
-def use_amx_covering(model: nn.Module, example: torch.Tensor) -> int:
-    """Let the ``GemmConv2d`` layers of ``model`` whose every window covers their input map at the
-    size of ``example`` (one input of the training size; ResNet-18's layer4 3x3s at 64 px) run as
-    ``CoveringConv`` with ``amx_conv.cpp``'s weight gradient, where that kernel runs here (bf16
-    training on CPUs with AMX-BF16; ``gemm_conv2d`` checks dtype and channels per call). Returns how
-    many were switched.
+def use_amx_weight_grads(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
+    """Let the ``GemmConv2d`` layers of ``model`` take their weight gradient from ``amx_conv.cpp``'s
+    tiles where that kernel runs here (bf16 training on CPUs with AMX-BF16; ``gemm_conv2d`` checks
+    dtype per call): those with a square kernel, stride and padding and channels in multiples of 32.
+    ``example`` is one input of the training size: at it, the layers whose every window covers their
+    input map (ResNet-18's layer4 3x3s at 64 px) run as ``CoveringConv``. Returns (layers switched,
+    of them covering).
 
     ResNet-18's 512 -> 512 layer at 2x2, batch 128, bf16, forward + backward (session 21, scratch,
     medians of 21 alternating calls, caches flushed): im2col + matmul 6.05 ms, ``CoveringConv`` with
     torch's per-tap weight gradient 7.06, with the AMX one 4.29 (its weight gradient 0.96 ms) and 3.93
-    once the matrix was assembled in C++."""
+    once the matrix was assembled in C++. The others: ``AmxPatchConv``."""
     convs = [m for m in model.modules() if isinstance(m, GemmConv2d)]
     if not convs or load_amx() is not None:
-        return 0
-    switched = 0
+        return 0, 0
+    switched = covering = 0
     for conv, ((h, w), _) in map_sizes(model, example, convs).items():
         if (conv.in_channels % 32 == 0 and conv.out_channels % 32 == 0 and conv.kernel_size[0] == conv.kernel_size[1]
-                and conv.padding[0] == conv.padding[1]
-                and covering_pairs(h, w, conv.kernel_size, conv.stride, conv.padding) is not None):
-            conv.amx_covering = True
+                and conv.stride[0] == conv.stride[1] and conv.padding[0] == conv.padding[1]):
+            conv.amx_grads = True
             switched += 1
-    return switched
+            covering += covering_pairs(h, w, conv.kernel_size, conv.stride, conv.padding) is not None
+    return switched, covering

@@ -38,7 +38,7 @@ from cnnbench.train.distributed import (Ranks, StopRequest, all_reduce, init_dis
                                         ranks_from_env, shutdown_distributed)
 from cnnbench.train.fused_bn import load_error as fused_bn_load_error
 from cnnbench.train.fused_bn import fused_pools, use_fused_batchnorm
-from cnnbench.train.gemm_conv import AUTO_MAX_AREA, use_amx_covering, use_gemm_convs
+from cnnbench.train.gemm_conv import AUTO_MAX_AREA, use_amx_weight_grads, use_gemm_convs
 from cnnbench.train.max_pool import use_nhwc_max_pool
 from cnnbench.train.native import NHWC_OPS, flush_denormals, keep_freed_memory
 from cnnbench.train.loop import (Engine, NonFiniteLoss, Progress, check_finite_weights, evaluate, improved,
@@ -142,8 +142,10 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
             and not t.compile):
         fast_paths["amx_weight_grads"] = use_amx_convs(model)
         cfg = model.cnnbench_cfg
-        fast_paths["amx_covering_grads"] = use_amx_covering(
-            model, torch.zeros(1, cfg["in_channels"], input_size, input_size, device=device))
+        switched, covering = use_amx_weight_grads(model, torch.zeros(1, cfg["in_channels"], input_size, input_size,
+                                                                      device=device))
+        if switched:
+            fast_paths.update(amx_matmul_conv_grads=switched, amx_covering_convs=covering)
         if amx_load_error():
             fast_paths["amx_weight_grads_unavailable"] = amx_load_error()
     if t.pool_impl == "auto" and device.type == "cpu" and t.channels_last:
