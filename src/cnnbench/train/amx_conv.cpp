@@ -425,16 +425,17 @@ void accumulate(const Problem& pr, const uint16_t* x, const uint16_t* grad, int6
 }
 
 
-// --- The covering convolution's weight gradient (gemm_conv.CoveringConv) ---------------------------
+// --- Weight gradients on small maps from pixel pairs (gemm_conv.CoveringConv, AmxPatchConv) ---------
 //
-// On a map so small that every k x k window covers all of it (2 x 2 under a 3 x 3 kernel with
-// padding 1, ResNet-18's layer4 at 64 px), the convolution is one matmul over the batch, and tap t's
-// gradient is the sum, over the (input pixel q, output pixel p) pairs that t joins, of
-// grad[:, p]^T x[:, q]: (O, B) @ (B, C) products whose reduction runs over the batch only. torch
-// has them as one small matmul per tap over gathered pixel pairs (2.3-2.9 ms for 512 -> 512 at
-// batch 128, scratch, session 21) or as one dense product whose 16 blocks are then summed into 9
-// taps (rounding every block to bf16 first). Here each output tile sums all of its tap's pairs in
-// fp32 tiles and is rounded once.
+// On a small map (ResNet-18's layer3 and layer4 at 64 px: 4 x 4 and 2 x 2), tap t's gradient is the
+// sum, over the (input pixel q, output pixel p) pairs that t joins inside the map, of
+// grad[:, p]^T x[:, q]: (O, B) @ (B, C) products whose reduction runs over the batch only. Here each
+// output tile sums all of its tap's pairs in fp32 tiles and is rounded once, and the padding taps
+// are never multiplied. im2col's (O, M) @ (M, k * k * C) product multiplies them (44 of layer3's 144
+// taps x pixels) after oneDNN repacks the whole patch matrix; where every window covers the map
+// (layer4's 2 x 2), torch had the gradient as one small matmul per tap over gathered pixel pairs
+// (2.3-2.9 ms for 512 -> 512 at batch 128, scratch, session 21) or as one dense product whose 16
+// blocks are then summed into 9 taps (rounding every block to bf16 first).
 
 // grad (B, hw, O) -> out[p][O][bp]: each pixel's gradient transposed, the batch padded with zero
 // columns to bp (a multiple of 32): the A operand, 16 channels x 32 batch values per tile row block.

@@ -279,11 +279,13 @@ def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     # Python path, where it is faster, and with the AMX weight gradient, where it is faster still.
     nhwc = x.permute(0, 2, 3, 1)
     amx = amx_grads and native and _native_ops(nhwc) is not None and _amx_applies(x, weight, stride, padding)
-    covered = covering_pairs(h, w, (kh, kw), stride, padding) is not None
+    covered = covering_pairs(h, w, (kh, kw), stride, padding)
     if covering is None:
-        covering = (amx and covered) or not (native and _native_ops(nhwc) is not None)
-    pairs = covering_pairs(h, w, (kh, kw), stride, padding) if covering else None
-    matrix = weight.permute(0, 2, 3, 1).reshape(o, kh * kw * c)  # see below
+        covering = (amx and covered is not None) or not (native and _native_ops(nhwc) is not None)
+    pairs = covered if covering else None
+    # (O, kh, kw, C) -> (O, kh*kw*C): a view of a channels_last weight (which a channels_last model
+    # has), so no copy forward and a gradient in the weight's own layout back
+    matrix = weight.permute(0, 2, 3, 1).reshape(o, kh * kw * c)
     if pairs is not None:  # (B, H*W*C) @ (H*W*C, H*W*O): the output pixels come out channels-last
         ho, wo = h, w
         out = CoveringConv.apply(nhwc.reshape(b, h * w * c), weight, pairs, h * w,
@@ -292,10 +294,8 @@ def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         ho, wo = (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
         out = AmxPatchConv.apply(nhwc.contiguous(), matrix, kh, stride[0], padding[0])  # (B*Ho*Wo, O)
     else:
-        patches = Im2col.apply(x.permute(0, 2, 3, 1), (kh, kw), stride, padding, native)  # (B, Ho, Wo, kh*kw*C)
+        patches = Im2col.apply(nhwc, (kh, kw), stride, padding, native)  # (B, Ho, Wo, kh*kw*C)
         ho, wo = patches.shape[1:3]
-        # matrix: (O, kh, kw, C) -> (O, kh*kw*C), a view of a channels_last weight (which a
-        # channels_last model has), so no copy forward and a gradient in the weight's own layout back
         out = PatchMatmul.apply(patches.reshape(b * ho * wo, kh * kw * c), matrix, native)  # (B*Ho*Wo, O)
     if bias is not None:
         out = out + bias
