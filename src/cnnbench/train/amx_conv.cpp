@@ -635,25 +635,6 @@ void check_pair_inputs(const at::Tensor& x, const at::Tensor& grad) {
 
 }  // namespace
 
-// x (B, hw, C) and grad (B, hw, O), contiguous bf16, of a stride-1 convolution on an h x w map
-// whose every k x k window covers the whole map (gemm_conv.covering_pairs) -> the weight gradient
-// (O, C, k, k) in bf16 with channels_last strides (pixel_pairs_grad).
-at::Tensor covering_weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t h, int64_t w, int64_t k,
-                                int64_t padding) {
-  check_pair_inputs(x, grad);
-  TORCH_CHECK(h >= 1 && w >= 1 && x.size(1) == h * w && grad.size(1) == h * w && grad.size(0) == x.size(0),
-              "x, grad: expected (B, ", h * w, ", C) and (B, ", h * w, ", O) for a ", h, " x ", w, " map");
-  TORCH_CHECK(k >= 1 && padding >= 0 && h + 2 * padding - k + 1 == h && w + 2 * padding - k + 1 == w &&
-              h - 1 <= std::min(padding, k - 1 - padding) && w - 1 <= std::min(padding, k - 1 - padding),
-              "k, padding: ", k, ", ", padding, " on a ", h, " x ", w, " map: not every window covers the map");
-  const int64_t hw = h * w;
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> pairs(k * k);  // in q then p order (gemm_conv.covering_pairs)
-  for (int64_t q = 0; q < hw; ++q)
-    for (int64_t p = 0; p < hw; ++p)
-      pairs[(q / w - p / w + padding) * k + (q % w - p % w + padding)].emplace_back(q, p);
-  return pixel_pairs_grad(x, grad, hw, hw, k, pairs);
-}
-
 // x (B, hin * win, C) and grad (B, ho * wo, O), contiguous bf16, of a k x k convolution with this stride
 // and zero padding -> its weight gradient (O, C, k, k) from the pixel pairs each tap joins inside the map
 // (pixel_pairs_grad).
@@ -673,6 +654,20 @@ at::Tensor small_map_weight_grad(const at::Tensor& x, const at::Tensor& grad, in
         if (y >= 0 && y < hin && xx >= 0 && xx < win) pairs[i * k + j].emplace_back(y * win + xx, p);
       }
   return pixel_pairs_grad(x, grad, hin * win, ho * wo, k, pairs);
+}
+
+// x (B, hw, C) and grad (B, hw, O), contiguous bf16, of a stride-1 convolution on an h x w map
+// whose every k x k window covers the whole map (gemm_conv.covering_pairs) -> the weight gradient
+// (O, C, k, k) in bf16 with channels_last strides: small_map_weight_grad, once the geometry is checked.
+at::Tensor covering_weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t h, int64_t w, int64_t k,
+                                int64_t padding) {
+  check_pair_inputs(x, grad);
+  TORCH_CHECK(h >= 1 && w >= 1 && x.size(1) == h * w && grad.size(1) == h * w && grad.size(0) == x.size(0),
+              "x, grad: expected (B, ", h * w, ", C) and (B, ", h * w, ", O) for a ", h, " x ", w, " map");
+  TORCH_CHECK(k >= 1 && padding >= 0 && h + 2 * padding - k + 1 == h && w + 2 * padding - k + 1 == w &&
+              h - 1 <= std::min(padding, k - 1 - padding) && w - 1 <= std::min(padding, k - 1 - padding),
+              "k, padding: ", k, ", ", padding, " on a ", h, " x ", w, " map: not every window covers the map");
+  return small_map_weight_grad(x, grad, h, w, k, 1, padding);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {

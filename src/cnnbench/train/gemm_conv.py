@@ -278,10 +278,11 @@ def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     # times went either way between runs). The simpler path wins that tie; CoveringConv runs on the
     # Python path, where it is faster, and with the AMX weight gradient, where it is faster still.
     nhwc = x.permute(0, 2, 3, 1)
-    amx = amx_grads and native and _native_ops(nhwc) is not None and _amx_applies(x, weight, stride, padding)
+    in_cpp = native and _native_ops(nhwc) is not None  # im2col and col2im run nhwc_ops.cpp
+    amx = amx_grads and in_cpp and _amx_applies(x, weight, stride, padding)
     covered = covering_pairs(h, w, (kh, kw), stride, padding)
     if covering is None:
-        covering = (amx and covered is not None) or not (native and _native_ops(nhwc) is not None)
+        covering = (amx and covered is not None) or not in_cpp
     pairs = covered if covering else None
     # (O, kh, kw, C) -> (O, kh*kw*C): a view of a channels_last weight (which a channels_last model
     # has), so no copy forward and a gradient in the weight's own layout back
