@@ -16,8 +16,9 @@ Model-only (random inputs, no data loading), side by side in one process, median
    max pool of ``nhwc_ops.cpp`` too (``train.pool_impl: auto``), with the stem's batch norm,
    ReLU and max pool in one C++ call each way (``fused_bn.cpp``'s ``bn_relu_pool_*``), and, on
    CPUs with AMX-BF16, with the other convolutions' weight gradients from ``amx_conv.cpp`` and
-   layer4's 3x3s as one matmul each with theirs from its tiles too (``train.conv_grad_impl: auto``; the default: what ``cnnbench train`` runs, but for the optimiser's
-   bf16 weight copies, ``probe_weight_copies.py``);
+   the matmul convolutions of layer3 and layer4 as its pixel-pair products, forward and backward
+   (``train.conv_grad_impl: auto``; the default: what ``cnnbench train`` runs, but for the
+   optimiser's bf16 weight copies, ``probe_weight_copies.py``);
 3. where the default step's time goes: torch.profiler's self time per kind of operation
    beside torch's FLOP counter, against this machine's measured bf16 matmul peak, and the FLOP
    utilisation the step would reach if everything but its convolutions and matmuls took no
@@ -44,7 +45,7 @@ from cnnbench.train.amx_conv import load_error as amx_load_error
 from cnnbench.train.amx_conv import AmxConv2d, use_amx_convs
 from cnnbench.train.fused_bn import load_error, use_fused_batchnorm
 from cnnbench.train.gemm_conv import (AUTO_MAX_AREA, GemmConv2d, covering_pairs, gemm_conv2d, pixel_pair_count,
-                                      use_amx_weight_grads, use_gemm_convs)
+                                      use_gemm_convs, use_pixel_pair_convs)
 from cnnbench.train.max_pool import use_nhwc_max_pool
 from cnnbench.train.native import NHWC_OPS
 
@@ -77,7 +78,7 @@ def model_step(batch: int, gemm: bool, fused_bn: bool = False, nhwc_ops: bool = 
     training step of it on a fixed random batch; ``optimizer(model)`` makes the optimiser (default:
     SGD, lr 0.01, momentum 0.9). With ``fused_bn`` and ``nhwc_ops`` the stem's batch norm takes its
     max pool over, as in the engine, unless ``stem_pool`` is False; ``amx`` switches the other
-    convolutions to the AMX weight gradients (``train.conv_grad_impl: auto``). ``probe_weight_copies.py``
+    convolutions to the AMX kernels (``train.conv_grad_impl: auto``). ``probe_weight_copies.py``
     builds its steps here too."""
     torch.manual_seed(0)
     model = create_model("resnet18", num_classes=200, input_size=64).to(memory_format=torch.channels_last)
@@ -88,8 +89,8 @@ def model_step(batch: int, gemm: bool, fused_bn: bool = False, nhwc_ops: bool = 
                 conv.native_im2col = nhwc_ops
     if amx and not use_amx_convs(model):
         raise SystemExit(f"the AMX weight gradients cannot run here: {amx_load_error()}")
-    if amx and gemm:  # the matmul convolutions' weight gradients too (layer4's 3x3s: CoveringConv)
-        use_amx_weight_grads(model, torch.zeros(1, 3, 64, 64))
+    if amx and gemm:  # the matmul convolutions as pixel-pair products on the same tiles
+        use_pixel_pair_convs(model)
     # the engine switches the pools first, so that the stem's batch norm can take its pool over
     switches = [(nhwc_ops, use_nhwc_max_pool, lambda: f"the NHWC kernels could not be built: {NHWC_OPS.error}"),
                 (fused_bn, use_fused_batchnorm, lambda: f"the fused batch norm could not be built: {load_error()}")]
@@ -110,14 +111,15 @@ def model_step(batch: int, gemm: bool, fused_bn: bool = False, nhwc_ops: bool = 
 
 
 # torch.profiler op name -> kind of work (checked in order; the first match wins)
-KINDS = [("convolution weight gradients (AMX)", ("AmxConv",)), ("convolution (oneDNN)", ("convolution",)), ("matmul (incl. im2col convolutions)", ("aten::mm", "aten::addmm", "aten::bmm")),
+KINDS = [("pixel-pair convolutions (AMX)", ("PixelPairConv",)),
+         ("convolution weight gradients (AMX)", ("AmxConv",)), ("convolution (oneDNN)", ("convolution",)), ("matmul (incl. im2col convolutions)", ("aten::mm", "aten::addmm", "aten::bmm")),
          ("batch norm (+ ReLU, add, stem pool)", ("batch_norm", "BatchNormAct", "BatchNormReluPool")), ("pooling", ("pool", "MaxPool")), ("optimizer", ("_foreach", "Optimizer")),
          ("copies, elementwise, im2col", ("add", "relu", "clamp", "threshold", "copy", "cat", "fill", "mul", "zero", "Im2col",
                                           "slice", "to_copy", "empty", "view", "as_strided", "permute", "reshape"))]
 FLOP_KINDS = {"convolution": "convolution (oneDNN)", "convolution_backward": "convolution (oneDNN)",
               "mm": "matmul (incl. im2col convolutions)", "addmm": "matmul (incl. im2col convolutions)",
               "bmm": "matmul (incl. im2col convolutions)"}
-COMPUTE_KINDS = ("convolution weight gradients (AMX)", "convolution (oneDNN)", "matmul (incl. im2col convolutions)")
+COMPUTE_KINDS = ("pixel-pair convolutions (AMX)", "convolution weight gradients (AMX)", "convolution (oneDNN)", "matmul (incl. im2col convolutions)")
 
 
 def kind_of(op: str) -> str:
@@ -127,11 +129,11 @@ def kind_of(op: str) -> str:
 def breakdown(model: nn.Module, step, batch: int, repeats: int, peak_gflops: float, model_gflop: float) -> None:
     """Print self time and FLOPs per kind of work for ``step`` (already warmed up).
 
-    Rows count the FLOPs the kernels execute (``CoveringConv`` skips the products with padding;
-    torch's counter does not see the AMX kernel, so its row counts the weight gradients of the
-    switched layers as torch's counter would, 2 x N x Ho x Wo x O x C x k x k each, and those of
-    the matmul convolutions as executed, 2 x N x pixel pairs x O x C); the whole-step
-    line and the ceiling count the model's FLOPs, as every utilisation figure does."""
+    Rows count the FLOPs the kernels execute (torch's counter does not see the AMX kernels, so
+    their rows count the weight gradients of the layers on oneDNN's forward as torch's counter
+    would, 2 x N x Ho x Wo x O x C x k x k each, and the pixel-pair convolutions' three passes as
+    executed, 2 x N x pixel pairs x O x C each, which skips the padding taps); the whole-step line
+    and the ceiling count the model's FLOPs, as every utilisation figure does."""
     from torch.profiler import ProfilerActivity, profile
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -141,13 +143,13 @@ def breakdown(model: nn.Module, step, batch: int, repeats: int, peak_gflops: flo
         n, o, ho, wo = out.shape
         flops["convolution weight gradients (AMX)"] += 2 * n * ho * wo * o * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
 
-    def amx_pairs_grad(conv, inputs, out) -> None:  # the products it executes: one per pixel pair
+    def pixel_pair_conv(conv, inputs, out) -> None:  # forward, input and weight gradient: one product per pair
         n, c, h, w = inputs[0].shape
         pairs = pixel_pair_count(h, w, conv.kernel_size[0], conv.stride[0], conv.padding[0])
-        flops["convolution weight gradients (AMX)"] += 2 * n * pairs * out.shape[1] * c
+        flops["pixel-pair convolutions (AMX)"] += 3 * 2 * n * pairs * out.shape[1] * c
 
     hooks = [m.register_forward_hook(amx_weight_grad) for m in model.modules() if isinstance(m, AmxConv2d)]
-    hooks += [m.register_forward_hook(amx_pairs_grad) for m in model.modules() if getattr(m, "amx_grads", False)]
+    hooks += [m.register_forward_hook(pixel_pair_conv) for m in model.modules() if getattr(m, "pixel_pairs", False)]
     try:
         with FlopCounterMode(display=False) as counter:
             step()
@@ -204,7 +206,7 @@ def main() -> None:
             "... + the stem's max pool inside its batch norm": model_step(args.batch, True, fused_bn=True,
                                                                         nhwc_ops=True)}
     if load_amx() is None:  # a CPU with AMX-BF16
-        runs["... + AMX weight gradients"] = model_step(args.batch, True, fused_bn=True, nhwc_ops=True, amx=True)
+        runs["... + AMX kernels"] = model_step(args.batch, True, fused_bn=True, nhwc_ops=True, amx=True)
     default = list(runs)[-1]  # what the engine runs here
     steps = {f"{name} (default)" if name == default else name: step for name, (_model, step) in runs.items()}
     for step in steps.values():

@@ -1,4 +1,4 @@
-"""The AMX weight gradient (amx_conv.cpp, AmxConv2d): torch's numbers to bf16 rounding, where it switches in, and where not."""
+"""The AMX kernels (amx_conv.cpp): AmxConv2d's weight gradient and the small-map pixel-pair convolutions, torch's numbers to bf16 rounding, where they switch in, and where not."""
 
 from __future__ import annotations
 
@@ -91,54 +91,84 @@ def test_weight_grad_rejects_what_it_cannot_take():
             kernel().weight_grad(*args)
 
 
+def small_map_kernels(x, weight, upstream, stride, padding):
+    """The three pixel-pair kernels on (B, C, H, W) tensors: (output, input gradient, weight gradient)."""
+    b, c, h, w = x.shape
+    o, k = weight.shape[0], weight.shape[-1]
+    x3 = x.permute(0, 2, 3, 1).reshape(b, h * w, c)
+    grad3 = upstream.permute(0, 2, 3, 1).reshape(b, -1, o)
+    return (kernel().small_map_forward(x3, weight, h, w, stride, padding),
+            kernel().small_map_input_grad(grad3, weight, h, w, stride, padding),
+            kernel().small_map_weight_grad(x3, grad3, h, w, k, stride, padding))
+
+
 @needs_amx
-@pytest.mark.parametrize("batch, h, w, cin, cout, k", [
-    (40, 2, 2, 64, 32, 3),   # ResNet-18's layer4 at 64 px (narrower); a batch that is no multiple of 32
-    (3, 1, 1, 32, 64, 3),    # a 1x1 map: only the centre tap joins a pixel pair, the others are zeros
-    (33, 3, 3, 32, 32, 5),   # a 5x5 kernel, padding 2, covering a 3x3 map
-    (64, 2, 1, 32, 96, 3),   # a rectangular map
+@pytest.mark.parametrize("batch, h, w, cin, cout, k, stride, padding", [
+    (40, 2, 2, 64, 32, 3, 1, 1),   # ResNet-18's layer4 at 64 px (narrower); a batch that is no multiple of 32
+    (3, 1, 1, 32, 64, 3, 1, 1),    # a 1x1 map: only the centre tap joins a pixel pair, the others are zeros
+    (33, 3, 3, 32, 32, 5, 1, 2),   # a 5x5 kernel, padding 2, covering a 3x3 map
+    (64, 2, 1, 32, 96, 3, 1, 1),   # a rectangular map
+    (37, 4, 4, 64, 32, 3, 1, 1),   # layer3 at 64 px
+    (32, 8, 8, 32, 64, 3, 2, 1),   # layer3's strided first convolution
+    (16, 4, 4, 32, 32, 1, 2, 0),   # a strided 1x1 shortcut: 3 of 4 input pixels get zero gradients
+    (5, 5, 6, 32, 32, 3, 1, 0),    # no padding
 ])
-def test_covering_weight_grad_matches_float64(batch, h, w, cin, cout, k):
+def test_small_map_kernels_match_float64(batch, h, w, cin, cout, k, stride, padding):
     g = torch.Generator().manual_seed(batch + 10 * h + k)
     x = bf16_cl(batch, cin, h, w, generator=g)
-    grad = bf16_cl(batch, cout, h, w, generator=g)
-
-    def ours():
-        return kernel().covering_weight_grad(x.permute(0, 2, 3, 1).reshape(batch, h * w, cin),
-                                             grad.permute(0, 2, 3, 1).reshape(batch, h * w, cout), h, w, k, k // 2)
-
-    got = ours()
-    assert got.dtype == torch.bfloat16 and got.shape == (cout, cin, k, k) and got.is_contiguous(memory_format=CL)
-    exact = weight_grad(x, grad, k, dtype=torch.float64)
-    scale = exact.abs().max().item()
-    # each tap's fp32 sum over its pixel pairs and the batch, rounded once to bf16
-    assert ((got.double() - exact).abs() <= exact.abs() * 2 ** -8 + 1e-4 * scale).all()
-    assert (got.double() == exact.to(torch.bfloat16).double()).float().mean() > 0.99
+    weight = (torch.randn(cout, cin, k, k, generator=g) * 0.1).to(torch.bfloat16).contiguous(memory_format=CL)
+    ho, wo = (h + 2 * padding - k) // stride + 1, (w + 2 * padding - k) // stride + 1
+    upstream = bf16_cl(batch, cout, ho, wo, generator=g)
+    out, grad_x, grad_w = small_map_kernels(x, weight, upstream, stride, padding)
+    assert out.shape == (batch, ho * wo, cout) and grad_x.shape == (batch, h * w, cin)
+    assert grad_w.dtype == torch.bfloat16 and grad_w.shape == (cout, cin, k, k) and grad_w.is_contiguous(memory_format=CL)
+    x64, w64 = x.double().requires_grad_(), weight.double().requires_grad_()
+    exact = F.conv2d(x64, w64, None, stride, padding)
+    exact_dx, exact_dw = torch.autograd.grad(exact, [x64, w64], upstream.double())
+    as_maps = (out.view(batch, ho, wo, cout).permute(0, 3, 1, 2), grad_x.view(batch, h, w, cin).permute(0, 3, 1, 2),
+               grad_w)
+    for got, want in zip(as_maps, (exact, exact_dx, exact_dw)):
+        # each value an fp32 sum over its pixel pairs and channels (or the batch), rounded once to bf16
+        scale = want.abs().max().item()
+        assert ((got.double() - want).abs() <= want.abs() * 2 ** -8 + 1e-4 * scale).all()
+        assert (got.double() == want.to(torch.bfloat16).double()).float().mean() > 0.99
     if h * w == 1:  # taps that join no pair: exact zeros
-        assert torch.count_nonzero(got[:, :, [0, 0, 2, 2], [0, 2, 0, 2]]) == 0
-    assert torch.equal(got, ours())  # each output tile is one thread's: same bits every call
+        assert torch.count_nonzero(grad_w[:, :, [0, 0, 2, 2], [0, 2, 0, 2]]) == 0
+    if k == 1 and stride == 2:  # pixels no tap reads: exact zeros
+        assert torch.count_nonzero(as_maps[1][:, :, 1::2]) == 0 and torch.count_nonzero(as_maps[1][:, :, :, 1::2]) == 0
+    # each output tile is one thread's: the same bits every call and on any thread count
+    assert all(torch.equal(a, b) for a, b in zip((out, grad_x, grad_w), small_map_kernels(x, weight, upstream, stride, padding)))
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        assert torch.equal(got, ours())
+        assert all(torch.equal(a, b) for a, b in zip((out, grad_x, grad_w),
+                                                     small_map_kernels(x, weight, upstream, stride, padding)))
     finally:
         torch.set_num_threads(threads)
 
 
 @needs_amx
-def test_covering_weight_grad_rejects_what_it_cannot_take():
+def test_small_map_kernels_reject_what_they_cannot_take():
     x, grad = torch.zeros(4, 4, 32, dtype=torch.bfloat16), torch.zeros(4, 4, 64, dtype=torch.bfloat16)
+    weight = torch.zeros(64, 32, 3, 3, dtype=torch.bfloat16).contiguous(memory_format=CL)
     cases = [
-        ((x.float(), grad, 2, 2, 3, 1), r"x: expected a contiguous bf16 \(B, H\*W, C\) tensor"),
-        ((x, grad.transpose(0, 1), 2, 2, 3, 1), "grad: expected a contiguous bf16"),
-        ((x, grad[:, :2].contiguous(), 2, 2, 3, 1), r"expected \(B, 4, C\) and \(B, 4, O\) for a 2 x 2 map"),
-        ((x, grad, 4, 1, 3, 1), "k, padding: 3, 1 on a 4 x 1 map: not every window covers the map"),
-        ((x, grad, 2, 2, 3, 0), "k, padding: 3, 0 on a 2 x 2 map"),
-        ((x[..., :16].contiguous(), grad, 2, 2, 3, 1), "channels: expected multiples of 32, got 16 in and 64 out"),
+        ("small_map_forward", (x.float(), weight, 2, 2, 1, 1), r"x: expected a contiguous bf16 \(B, H\*W, C\) tensor"),
+        ("small_map_forward", (x[:, :3].contiguous(), weight, 2, 2, 1, 1),
+         r"x: expected \(B, 4, 32\) for a 2 x 2 map, channels in multiples of 32, got \[4, 3, 32\]"),
+        ("small_map_forward", (x, weight.contiguous(), 2, 2, 1, 1),
+         r"weight: expected a channels_last bf16 \(O, C, k, k\) tensor with O and C multiples of 32, got \[64, 32, 3, 3\]"),
+        ("small_map_forward", (x, weight[:48], 2, 2, 1, 1), "with O and C multiples of 32, got \\[48, 32, 3, 3\\]"),
+        ("small_map_forward", (x, weight, 1, 1, 1, 0), "k, stride, padding: 3, 1, 0 do not fit a 1 x 1 map"),
+        ("small_map_input_grad", (grad[:, :, :32].contiguous(), weight, 2, 2, 1, 1),
+         r"grad: expected \(B, 4, 64\) for a 2 x 2 map"),
+        ("small_map_input_grad", (grad.transpose(0, 1), weight, 2, 2, 1, 1), "grad: expected a contiguous bf16"),
+        ("small_map_weight_grad", (x, grad[:3], 2, 2, 3, 1, 1), r"grad: expected \(4, 4, C\) for a 2 x 2 map"),
+        ("small_map_weight_grad", (x, grad[:, :, :16].contiguous(), 2, 2, 3, 1, 1), "channels in multiples of 32, got"),
+        ("small_map_weight_grad", (x, grad, 2, 2, 3, 0, 1), "k, stride, padding: 3, 0, 1 do not fit"),
     ]
-    for args, message in cases:
+    for name, args, message in cases:
         with pytest.raises(RuntimeError, match=message):
-            kernel().covering_weight_grad(*args)
+            getattr(kernel(), name)(*args)
 
 
 @needs_amx
@@ -221,16 +251,15 @@ def test_no_amx_no_switch(monkeypatch):
 
 
 @needs_amx
-@pytest.mark.parametrize("conv_impl, grad_impl, precision, compile, switched, covering", [
+@pytest.mark.parametrize("conv_impl, grad_impl, precision, compile, switched, pixel_pairs", [
     ("torch", "auto", "bf16", False, 20, 0), ("torch", "torch", "bf16", False, 0, 0), ("torch", "auto", "fp32", False, 0, 0),
     ("torch", "auto", "bf16", True, 0, 0),
-    # at the fixture's 12 px every map but the stem's is small enough for matmuls (19 convolutions, all
-    # taking the AMX weight gradient); the stride-1 3x3s of layer2 (2x2 maps), layer3 and layer4 (1x1)
-    # cover their maps
-    ("auto", "auto", "bf16", False, 1, (19, 9)), ("auto", "torch", "bf16", False, 0, 0),
+    # at the fixture's 12 px every map but the stem's is small enough for matmuls: 19 convolutions, all
+    # running as pixel-pair products
+    ("auto", "auto", "bf16", False, 1, 19), ("auto", "torch", "bf16", False, 0, 0),
 ])
 def test_engine_switches_convolutions_for_bf16_on_the_cpu(tiny_data, conv_impl, grad_impl, precision, compile, switched,
-                                                          covering):
+                                                          pixel_pairs):
     from cnnbench.data import load_dataset
     from cnnbench.train.config import load_recipe
     from cnnbench.train.device import Precision
@@ -246,10 +275,8 @@ def test_engine_switches_convolutions_for_bf16_on_the_cpu(tiny_data, conv_impl, 
                                             train={"conv_impl": conv_impl, "conv_grad_impl": grad_impl, "compile": compile}))
     engine = build_engine(recipe, ds, build_model(recipe, model_kwargs(recipe, ds)), cpu, Precision(precision, cpu), Ranks())
     assert engine.fast_paths.get("amx_weight_grads", 0) == switched
-    matmuls, covering = covering if covering else (0, 0)
-    assert engine.fast_paths.get("amx_matmul_conv_grads", 0) == matmuls
-    assert engine.fast_paths.get("amx_covering_convs", 0) == covering
-    assert sum(getattr(m, "amx_grads", False) for m in engine.model.modules()) == matmuls
+    assert engine.fast_paths.get("amx_pixel_pair_convs", 0) == pixel_pairs
+    assert sum(getattr(m, "pixel_pairs", False) for m in engine.model.modules()) == pixel_pairs
     # bf16 SGD: the switched layers run on the optimiser's weight copies too
     copies = CopyAmxConv2d if precision == "bf16" and not compile else AmxConv2d
     assert sum(type(m) is copies for m in engine.model.modules()) == switched
@@ -257,12 +284,11 @@ def test_engine_switches_convolutions_for_bf16_on_the_cpu(tiny_data, conv_impl, 
 
 
 @needs_amx
-@pytest.mark.parametrize("conv_impl, expected", [("torch", '"amx_weight_grads": 20'), ("auto", '"amx_matmul_conv_grads": 19')])
+@pytest.mark.parametrize("conv_impl, expected", [("torch", '"amx_weight_grads": 20'), ("auto", '"amx_pixel_pair_convs": 19')])
 def test_a_resumed_bf16_run_with_amx_gradients_equals_an_uninterrupted_one(tiny_data, tmp_path, conv_impl, expected):
     # ResNet-18 with torch's convolutions, so that its 20 eligible layers take the AMX gradient, or
-    # with the matmul convolutions, whose 19 layers at 12 px take the pixel-pair one (nine of them
-    # covering their maps): the kernels sum in a fixed order, so a run stopped mid-epoch and resumed
-    # ends with the uninterrupted run's bits.
+    # with the matmul convolutions, whose 19 layers at 12 px run as pixel-pair products: the kernels
+    # sum in a fixed order, so a run stopped mid-epoch and resumed ends with the uninterrupted run's bits.
     import os
     import signal
 

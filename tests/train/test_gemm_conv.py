@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from cnnbench.models import create_model
 from cnnbench.train import amx_conv, gemm_conv
 from cnnbench.train.gemm_conv import (AUTO_MAX_AREA, GemmConv2d, PatchMatmul, gemm_conv2d, output_areas,
-                                      pixel_pair_count, use_amx_weight_grads, use_gemm_convs)
+                                      pixel_pair_count, use_gemm_convs, use_pixel_pair_convs)
 
 needs_amx = pytest.mark.skipif(not amx_conv.cpu_has_amx(), reason="this CPU has no AMX-BF16")
 
@@ -70,100 +70,79 @@ def test_covering_conv_weight_gradient_has_the_weights_layout(fmt):
     assert weight.grad.is_contiguous(memory_format=fmt) and weight.grad.stride() == weight.stride()
 
 
-def count_amx_calls(monkeypatch, kernel: str) -> list:
-    """Swap in a proxy of the AMX kernels that records the arguments after (x, grad) of each call of
-    ``kernel`` and runs the real one; returns the record."""
+def count_amx_calls(monkeypatch) -> list:
+    """Swap in a proxy of the AMX kernels that records (kernel name, the arguments after the first
+    two) of each call and runs the real kernel; returns the record."""
     assert amx_conv.load() is None, amx_conv.load_error()
     calls, module = [], amx_conv.AMX_CONV.module
 
     class Counting:
         def __getattr__(self, name):
             fn = getattr(module, name)
-            if name != kernel:
-                return fn
-            return lambda *args: calls.append(args[2:]) or fn(*args)
+            return lambda *args: calls.append((name, *args[2:])) or fn(*args)
 
     monkeypatch.setattr(amx_conv.AMX_CONV, "module", Counting())
     return calls
 
 
-@needs_amx
-@pytest.mark.parametrize("cin, cout, size, kernel, padding, weight_format", [
-    (64, 32, (2, 2), 3, 1, torch.channels_last),      # ResNet-18's layer4 at 64 px, narrower
-    (32, 64, (1, 1), 3, 1, torch.channels_last),      # its layer4 at 32 px: the centre tap only
-    (32, 32, (3, 2), 5, 2, torch.contiguous_format),  # a 5x5 kernel covering a 3x2 map
-])
-def test_amx_grads_on_a_covered_map_are_the_covering_conv_with_the_amx_weight_gradient(cin, cout, size, kernel, padding, weight_format,
-                                                                       monkeypatch):
-    calls = count_amx_calls(monkeypatch, "covering_weight_grad")
-    g = torch.Generator().manual_seed(cin + kernel)
-    x = torch.randn(37, cin, *size, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    weight = (torch.randn(cout, cin, kernel, kernel, generator=g) * 0.1).to(torch.bfloat16).contiguous(
-        memory_format=weight_format)
-    upstream = torch.randn(37, cout, *size, generator=g).to(torch.bfloat16)
-    results = {}
-    for amx in (False, True):
-        xi, wi = x.clone().requires_grad_(), weight.clone().requires_grad_()
-        out = gemm_conv2d(xi, wi, None, (1, 1), (padding, padding), covering=None if amx else True, amx_grads=amx)
-        out.backward(upstream)
-        results[amx] = (out, xi.grad, wi.grad)
-    assert calls == [(*size, kernel, padding)]
-    (out0, dx0, dw0), (out1, dx1, dw1) = results[False], results[True]
-    # the same matrix (assembled in C++ on the AMX path, in Python on the other), the same products
-    assert torch.equal(out1, out0) and torch.equal(dx1, dx0)
-    assert dw1.dtype == torch.bfloat16 and dw1.stride() == weight.stride()
-    w64 = weight.double().requires_grad_()
-    (exact,) = torch.autograd.grad(F.conv2d(x.double(), w64, None, 1, padding), [w64], upstream.double())
+def within_one_rounding(got: torch.Tensor, exact: torch.Tensor) -> bool:
+    """Each value an fp32 sum rounded once to bf16: within one bf16 step (2^-8 relative) of float64's,
+    plus the fp32 accumulation's error, small against the largest value."""
     scale = exact.abs().max().item()
-    assert ((dw1.double() - exact).abs() <= exact.abs() * 2 ** -8 + 1e-4 * scale).all()  # one rounding of an fp32 sum
-    torch.testing.assert_close(dw1.float(), dw0.float(), rtol=2e-2, atol=1e-2 * scale)  # torch's per-tap matmuls
+    return bool(((got.double() - exact).abs() <= exact.abs() * 2 ** -8 + 1e-4 * scale).all())
 
 
 @needs_amx
-@pytest.mark.parametrize("cin, cout, size, kernel, stride, padding", [
-    (64, 32, (4, 4), 3, 1, 1),   # ResNet-18's layer3 at 64 px, narrower: 100 of 144 taps x pixels inside the map
-    (32, 64, (8, 7), 3, 2, 1),   # strided, odd width
-    (32, 32, (4, 4), 1, 2, 0),   # a 1x1 shortcut
-    (32, 32, (5, 5), 3, 1, 0),   # no padding
+@pytest.mark.parametrize("cin, cout, size, kernel, stride, padding, weight_format", [
+    (64, 32, (4, 4), 3, 1, 1, torch.channels_last),      # ResNet-18's layer3 at 64 px, narrower: 100 of 144 taps x pixels
+    (32, 64, (8, 7), 3, 2, 1, torch.channels_last),      # strided, odd width
+    (32, 32, (4, 4), 1, 2, 0, torch.channels_last),      # a 1x1 shortcut: 3 of 4 input pixels get no gradient
+    (32, 32, (5, 5), 3, 1, 0, torch.contiguous_format),  # no padding; an NCHW weight
+    (64, 32, (2, 2), 3, 1, 1, torch.channels_last),      # layer4 at 64 px: every window covers the map
+    (32, 64, (1, 1), 3, 1, 1, torch.channels_last),      # its layer4 at 32 px: the centre tap only
+    (32, 32, (3, 2), 5, 2, 2, torch.channels_last),      # a 5x5 kernel, strided, on a rectangular map
 ])
-def test_amx_grads_elsewhere_are_im2col_with_the_pixel_pair_weight_gradient(cin, cout, size, kernel, stride, padding,
-                                                                            monkeypatch):
-    calls = count_amx_calls(monkeypatch, "small_map_weight_grad")
+def test_pixel_pair_convs_match_float64_to_one_rounding(cin, cout, size, kernel, stride, padding, weight_format,
+                                                        monkeypatch):
+    calls = count_amx_calls(monkeypatch)
     g = torch.Generator().manual_seed(cin + kernel + stride)
     x = torch.randn(37, cin, *size, generator=g).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     weight = (torch.randn(cout, cin, kernel, kernel, generator=g) * 0.1).to(torch.bfloat16).contiguous(
-        memory_format=torch.channels_last)
+        memory_format=weight_format)
     results = {}
-    for amx in (False, True):
+    for pairs in (False, True):
         xi, wi = x.clone().requires_grad_(), weight.clone().requires_grad_()
-        out = gemm_conv2d(xi, wi, None, (stride, stride), (padding, padding), amx_grads=amx)
+        out = gemm_conv2d(xi, wi, None, (stride, stride), (padding, padding), pixel_pairs=pairs)
         upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
         out.backward(upstream)
-        results[amx] = (out, xi.grad, wi.grad)
-    assert calls == [(*size, kernel, stride, padding)]
+        results[pairs] = (out, xi.grad, wi.grad)
+    assert [c[0] for c in calls] == ["small_map_forward", "small_map_input_grad", "small_map_weight_grad"]
     (out0, dx0, dw0), (out1, dx1, dw1) = results[False], results[True]
-    assert out1.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(out1, out0) and torch.equal(dx1, dx0)  # the same im2col, products and col2im
-    assert dw1.dtype == torch.bfloat16 and dw1.is_contiguous(memory_format=torch.channels_last)  # the weight's layout
-    w64 = weight.double().requires_grad_()
-    (exact,) = torch.autograd.grad(F.conv2d(x.double(), w64, None, stride, padding), [w64], upstream.double())
-    scale = exact.abs().max().item()
-    assert ((dw1.double() - exact).abs() <= exact.abs() * 2 ** -8 + 1e-4 * scale).all()  # one rounding of an fp32 sum
-    torch.testing.assert_close(dw1.float(), dw0.float(), rtol=2e-2, atol=1e-2 * scale)  # im2col's product
+    assert out1.is_contiguous(memory_format=torch.channels_last) and dx1.is_contiguous(memory_format=torch.channels_last)
+    assert dw1.dtype == torch.bfloat16 and dw1.is_contiguous(memory_format=weight_format)  # the weight's own layout
+    x64, w64 = x.double().requires_grad_(), weight.double().requires_grad_()
+    exact = F.conv2d(x64, w64, None, stride, padding)
+    exact_dx, exact_dw = torch.autograd.grad(exact, [x64, w64], upstream.double())
+    for got, want, plain in ((out1, exact, out0), (dx1, exact_dx, dx0), (dw1, exact_dw, dw0)):
+        assert within_one_rounding(got, want)
+        # im2col + matmul: the same values up to its own roundings (col2im sums taps rounded to bf16)
+        torch.testing.assert_close(got.float(), plain.float(), rtol=2e-2, atol=2e-2 * want.abs().max().item())
 
 
 @needs_amx
-def test_amx_grads_apply_to_bf16_with_channels_in_multiples_of_32():
+def test_pixel_pairs_apply_to_bf16_with_channels_in_multiples_of_32(monkeypatch):
     assert amx_conv.load() is None, amx_conv.load_error()
     x = torch.randn(4, 32, 4, 4).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
     weight = torch.randn(32, 32, 3, 3).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
-    assert gemm_conv._amx_applies(x, weight, (1, 1), (1, 1))
-    assert not gemm_conv._amx_applies(x.float(), weight.float(), (1, 1), (1, 1))  # fp32
-    assert not gemm_conv._amx_applies(x[:, :16], weight[:, :16], (1, 1), (1, 1))  # 16 channels
-    assert not gemm_conv._amx_applies(x, weight, (1, 2), (1, 1))  # unequal strides
+    assert gemm_conv._pixel_pairs_apply(x, weight, (1, 1), (1, 1))
+    assert not gemm_conv._pixel_pairs_apply(x.float(), weight.float(), (1, 1), (1, 1))  # fp32
+    assert not gemm_conv._pixel_pairs_apply(x[:, :16], weight[:, :16], (1, 1), (1, 1))  # 16 channels
+    assert not gemm_conv._pixel_pairs_apply(x, weight, (1, 2), (1, 1))  # unequal strides
     # fp32 with the flag set takes the plain path
-    assert torch.equal(gemm_conv2d(x.float(), weight.float(), None, (1, 1), (1, 1), amx_grads=True),
+    calls = count_amx_calls(monkeypatch)
+    assert torch.equal(gemm_conv2d(x.float(), weight.float(), None, (1, 1), (1, 1), pixel_pairs=True),
                        gemm_conv2d(x.float(), weight.float(), None, (1, 1), (1, 1)))
+    assert calls == []
 
 
 def test_pixel_pair_count_counts_the_taps_inside_the_map():
@@ -176,23 +155,21 @@ def test_pixel_pair_count_counts_the_taps_inside_the_map():
 
 
 @needs_amx
-def test_resnet18_at_64px_takes_the_amx_weight_gradient_in_layer3_and_layer4():
+def test_resnet18_at_64px_runs_layer3_and_layer4_as_pixel_pair_convs():
     model = create_model("resnet18", num_classes=10, input_size=64).to(memory_format=torch.channels_last)
-    example = torch.zeros(1, 3, 64, 64)
-    use_gemm_convs(model, example, AUTO_MAX_AREA[torch.bfloat16])
-    assert use_amx_weight_grads(model, example) == (10, 3)  # every matmul convolution; layer4's stride-1 3x3s covered
-    assert all(m.amx_grads for m in model.modules() if isinstance(m, GemmConv2d))
+    use_gemm_convs(model, torch.zeros(1, 3, 64, 64), AUTO_MAX_AREA[torch.bfloat16])
+    assert use_pixel_pair_convs(model) == 10  # every matmul convolution
+    assert all(m.pixel_pairs for m in model.modules() if isinstance(m, GemmConv2d))
 
 
-def test_no_amx_no_amx_weight_gradient(monkeypatch):
+def test_no_amx_no_pixel_pair_convs(monkeypatch):
     monkeypatch.setattr(amx_conv, "cpu_has_amx", lambda: False)
     monkeypatch.setattr(amx_conv, "_unavailable", None)
     monkeypatch.setattr(amx_conv.AMX_CONV, "module", None)
     model = create_model("resnet18", num_classes=10, input_size=64)
-    example = torch.zeros(1, 3, 64, 64)
-    use_gemm_convs(model, example, AUTO_MAX_AREA[torch.bfloat16])
-    assert use_amx_weight_grads(model, example) == (0, 0)
-    assert not any(getattr(m, "amx_grads", False) for m in model.modules())
+    use_gemm_convs(model, torch.zeros(1, 3, 64, 64), AUTO_MAX_AREA[torch.bfloat16])
+    assert use_pixel_pair_convs(model) == 0
+    assert not any(getattr(m, "pixel_pairs", False) for m in model.modules())
 
 
 @pytest.mark.parametrize("native", [True, False])

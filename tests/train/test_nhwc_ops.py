@@ -89,26 +89,6 @@ def test_transpose2d_rejects_what_it_cannot_take(bad, message):
         NHWC_OPS.module.transpose2d(bad)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("o, c, h, w, k, p", [(6, 5, 2, 2, 3, 1), (4, 3, 1, 1, 3, 1), (3, 2, 3, 2, 5, 2), (2, 4, 1, 1, 1, 0)])
-def test_covering_matrix_is_the_python_assembly(o, c, h, w, k, p, dtype):
-    weight = torch.randn(o, c, k, k, generator=torch.Generator().manual_seed(o * c + k)).to(dtype)
-    rows = weight.permute(0, 2, 3, 1).contiguous()  # (O, kh, kw, C): a channels_last weight's memory
-    hw = h * w
-    expected = weight.new_empty((hw, o, hw, c))
-    for q, px, i, j in gemm_conv.covering_pairs(h, w, (k, k), (1, 1), (p, p)):
-        expected[px, :, q] = rows[:, i, j]
-    assert torch.equal(NHWC_OPS.module.covering_matrix(rows, h, w, p, p), expected.view(hw * o, hw * c))
-
-
-def test_covering_matrix_rejects_maps_its_windows_do_not_cover():
-    rows = torch.zeros(4, 3, 3, 8)
-    with pytest.raises(RuntimeError, match=r"h, w, padding: 3 x 3 with padding \(1, 1\) under a 3 x 3 kernel: not every window"):
-        NHWC_OPS.module.covering_matrix(rows, 3, 3, 1, 1)
-    with pytest.raises(RuntimeError, match="rows: expected a contiguous"):
-        NHWC_OPS.module.covering_matrix(rows.transpose(1, 2), 2, 2, 1, 1)
-
-
 def cl(x):
     return x.contiguous(memory_format=torch.channels_last)
 

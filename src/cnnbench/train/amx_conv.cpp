@@ -1,5 +1,7 @@
 // The weight gradient of a convolution with an odd k x k kernel, padding k / 2 and any stride, on
 // channels_last bf16 activations, with Intel AMX tile instructions (TDPBF16PS), on the CPU.
+// (Further down: whole convolutions on small maps - forward, input and weight gradient - from the
+// pixel pairs their taps join, on the same tiles; see "Convolutions on small maps".)
 //
 // Stride 1: dW[o, ky, kx, c] = sum over pixels p of grad[p, o] * x[p + (ky - k/2, kx - k/2), c], a
 // product whose reduction runs over all B * H * W pixels, for each of the k * k taps (a stride-s
@@ -41,6 +43,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <string>
 #include <vector>
 
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__) && defined(__AVX512BW__) && defined(__linux__)
@@ -136,34 +139,43 @@ void pack_pairs(int64_t cp, const uint16_t* x, const int64_t* offset, const uint
   }
 }
 
-// 32 rows of 32 16-bit values transposed in registers: each of the five stages swaps one bit of
-// the row index with the same bit of the column index, the three widest with lane and qword
-// shuffles, the two narrowest with shifts and blends (which leave the shuffle port free).
-inline void transpose32(__m512i* v) {
+// A transpose in registers of `rows` vectors (32 or 16), stage by stage: each stage swaps one bit of
+// the row index with the same bit of the column index, widest first. These four swap 256-bit halves,
+// 128-bit lanes, 64-bit and 32-bit elements (rows / 2, rows / 4, ... apart), the three widest with
+// lane and qword shuffles, the narrowest with shifts and blends (which leave the shuffle port free):
+// with 16 rows, a 16 x 16 transpose of 32-bit values.
+template <int rows>
+inline void transpose_down_to_32bit(__m512i* v) {
   const __m512i lo = _mm512_set_epi64(13, 12, 5, 4, 9, 8, 1, 0), hi = _mm512_set_epi64(15, 14, 7, 6, 11, 10, 3, 2);
-  for (int i = 0; i < 16; ++i) {
-    const __m512i a = v[i], b = v[i + 16];
+  constexpr int d256 = rows / 2, d128 = rows / 4, d64 = rows / 8, d32 = rows / 16;
+  for (int i = 0; i < d256; ++i) {
+    const __m512i a = v[i], b = v[i + d256];
     v[i] = _mm512_shuffle_i64x2(a, b, 0x44);
-    v[i + 16] = _mm512_shuffle_i64x2(a, b, 0xEE);
+    v[i + d256] = _mm512_shuffle_i64x2(a, b, 0xEE);
   }
-  for (int i = 0; i < 32; ++i) {
-    if (i & 8) continue;
-    const __m512i a = v[i], b = v[i + 8];
+  for (int i = 0; i < rows; ++i) {
+    if (i & d128) continue;
+    const __m512i a = v[i], b = v[i + d128];
     v[i] = _mm512_permutex2var_epi64(a, lo, b);
-    v[i + 8] = _mm512_permutex2var_epi64(a, hi, b);
+    v[i + d128] = _mm512_permutex2var_epi64(a, hi, b);
   }
-  for (int i = 0; i < 32; ++i) {
-    if (i & 4) continue;
-    const __m512i a = v[i], b = v[i + 4];
+  for (int i = 0; i < rows; ++i) {
+    if (i & d64) continue;
+    const __m512i a = v[i], b = v[i + d64];
     v[i] = _mm512_unpacklo_epi64(a, b);
-    v[i + 4] = _mm512_unpackhi_epi64(a, b);
+    v[i + d64] = _mm512_unpackhi_epi64(a, b);
   }
-  for (int i = 0; i < 32; ++i) {
-    if (i & 2) continue;
-    const __m512i a = v[i], b = v[i + 2];
+  for (int i = 0; i < rows; ++i) {
+    if (i & d32) continue;
+    const __m512i a = v[i], b = v[i + d32];
     v[i] = _mm512_mask_blend_epi32(0xAAAA, a, _mm512_slli_epi64(b, 32));
-    v[i + 2] = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(a, 32), b);
+    v[i + d32] = _mm512_mask_blend_epi32(0xAAAA, _mm512_srli_epi64(a, 32), b);
   }
+}
+
+// 32 rows of 32 16-bit values transposed in registers: the four stages above, then the 16-bit one.
+inline void transpose32(__m512i* v) {
+  transpose_down_to_32bit<32>(v);
   for (int i = 0; i < 32; i += 2) {
     const __m512i a = v[i], b = v[i + 1];
     v[i] = _mm512_mask_blend_epi16(0xAAAAAAAAu, a, _mm512_slli_epi32(b, 16));
@@ -222,6 +234,16 @@ struct alignas(64) TileConfig {
   uint16_t colsb[16] = {};
   uint8_t rows[16] = {};
 };
+
+// Eight 16 x 16 tiles of 64-byte rows: 0-3 the fp32 sums of a 2 x 2 block, 4-5 its A rows, 6-7 its B columns.
+void configure_tiles() {
+  TileConfig config;
+  for (int i = 0; i < 8; ++i) {
+    config.colsb[i] = 64;
+    config.rows[i] = 16;
+  }
+  _tile_loadconfig(&config);
+}
 
 struct FreeDeleter {
   void operator()(void* p) const { std::free(p); }
@@ -345,12 +367,7 @@ void accumulate(const Problem& pr, const uint16_t* x, const uint16_t* grad, int6
   auto rows = aligned_buffer<uint16_t>(pr.o * len);
   std::vector<int64_t> shift(taps);
   for (int64_t t = 0; t < taps; ++t) shift[t] = g.shift(pr.tap[t]);
-  TileConfig config;
-  for (int i = 0; i < 8; ++i) {
-    config.colsb[i] = 64;
-    config.rows[i] = 16;
-  }
-  _tile_loadconfig(&config);
+  configure_tiles();
   const int64_t stride_pairs = pr.cp * 4, stride_rows = len * 2;  // bytes between tile rows
   // The next chunk's rows of x and grad are prefetched into L2 while this chunk's tiles run (a few
   // cache lines per tile step): the packing then reads them from cache, not memory.
@@ -425,20 +442,84 @@ void accumulate(const Problem& pr, const uint16_t* x, const uint16_t* grad, int6
 }
 
 
-// --- Weight gradients on small maps from pixel pairs (gemm_conv.CoveringConv, AmxPatchConv) ---------
+// --- Convolutions on small maps from pixel pairs (gemm_conv.PixelPairConv) -------------------------
 //
-// On a small map (ResNet-18's layer3 and layer4 at 64 px: 4 x 4 and 2 x 2), tap t's gradient is the
-// sum, over the (input pixel q, output pixel p) pairs that t joins inside the map, of
-// grad[:, p]^T x[:, q]: (O, B) @ (B, C) products whose reduction runs over the batch only. Here each
-// output tile sums all of its tap's pairs in fp32 tiles and is rounded once, and the padding taps
-// are never multiplied. im2col's (O, M) @ (M, k * k * C) product multiplies them (44 of layer3's 144
-// taps x pixels) after oneDNN repacks the whole patch matrix; where every window covers the map
-// (layer4's 2 x 2), torch had the gradient as one small matmul per tap over gathered pixel pairs
-// (2.3-2.9 ms for 512 -> 512 at batch 128, scratch, session 21) or as one dense product whose 16
-// blocks are then summed into 9 taps (rounding every block to bf16 first).
+// On a small map (ResNet-18's layer3 and layer4 at 64 px: 4 x 4 and 2 x 2) a k x k convolution is a
+// sum over the (input pixel q, output pixel p) pairs each tap t joins inside the map of products over
+// the batch:
+//   forward          out[:, p]  = sum over its (t, q) of x[:, q] W_t^T      (B, C) @ (C, O)
+//   input gradient   gx[:, q]   = sum over its (t, p) of grad[:, p] W_t    (B, O) @ (O, C)
+//   weight gradient  dW_t       = sum over its (q, p) of grad[:, p]^T x[:, q]  (O, B) @ (B, C)
+// Each output tile sums all of its pairs in fp32 AMX tiles and is rounded once, and the padding taps
+// are never multiplied (44 of layer3's 144 taps x pixels, 20 of layer4's 36). im2col + matmul
+// multiplies them, writes a k * k times larger patch matrix (which oneDNN then repacks) and, for
+// the input gradient, rounds each tap's product to bf16 before col2im sums them; a 2 x 2 map's
+// one-matmul CoveringConv assembled a (4 O, 4 C) matrix from the taps every step.
+//
+// Each product's operands are read in the layout AMX takes, with the least packing: the forward
+// pass runs transposed, (O, C) @ (C, B), so that its A operand is the channels_last weight's own
+// rows and only x's channel pairs are transposed per pixel (the 2 x 2 layer's weight is 4.7 MB, its
+// x 0.5); the input gradient reads grad's rows as they are and interleaves the weight's rows in
+// pairs; the weight gradient transposes grad per pixel and interleaves x's batch rows in pairs.
+// Every output tile is one thread's: the same bits on any thread count.
+// ResNet-18's layers at batch 128 (session 22, scratch, caches flushed, medians of 15-21 alternating
+// calls), forward / input gradient, ms: layer3's 256 -> 256 at 4 x 4 im2col + matmul 2.07 / 1.79 ->
+// 1.18 / 1.09, its strided 128 -> 256 1.10-1.23 / 1.44-1.70 -> 0.91 / 1.04-1.09, layer4's 512 -> 512
+// CoveringConv 1.99 / 1.39 -> 0.87 / 1.56.
+
+// Two rows of 32 16-bit values interleaved in order (a0 b0 a1 b1 ...), written as two vectors: a pair layout.
+struct Interleave {
+  __m512i lo, hi;
+  Interleave() {
+    alignas(64) uint16_t lo_idx[32], hi_idx[32];
+    for (int i = 0; i < 16; ++i) {
+      lo_idx[2 * i] = i, lo_idx[2 * i + 1] = 32 + i;
+      hi_idx[2 * i] = 16 + i, hi_idx[2 * i + 1] = 48 + i;
+    }
+    lo = _mm512_load_si512(lo_idx), hi = _mm512_load_si512(hi_idx);
+  }
+  void store(__m512i a, __m512i b, uint16_t* dst) const {
+    _mm512_storeu_si512(dst, _mm512_permutex2var_epi16(a, lo, b));
+    _mm512_storeu_si512(dst + 32, _mm512_permutex2var_epi16(a, hi, b));
+  }
+};
+
+// x (B, hw, C) -> out[q][C / 2][bp][2]: per pixel, the (B, C / 2) matrix of channel pairs transposed,
+// zero columns past B: the forward product's B operand.
+void pack_pixels_transposed(const uint16_t* x, int64_t bsz, int64_t hw, int64_t c, int64_t bp, uint16_t* out) {
+  const auto* x32 = reinterpret_cast<const uint32_t*>(x);
+  auto* o32 = reinterpret_cast<uint32_t*>(out);
+  const int64_t c2 = c / 2;
+  at::parallel_for(0, hw, 1, [&](int64_t first, int64_t last) {
+    for (int64_t q = first; q < last; ++q)
+      for (int64_t b0 = 0; b0 < bp; b0 += 16)
+        for (int64_t k = 0; k < c2; k += 16) {
+          __m512i v[16];
+          for (int i = 0; i < 16; ++i)
+            v[i] = b0 + i < bsz ? _mm512_loadu_si512(x32 + ((b0 + i) * hw + q) * c2 + k) : _mm512_setzero_si512();
+          transpose_down_to_32bit<16>(v);
+          for (int j = 0; j < 16; ++j) _mm512_storeu_si512(o32 + (q * c2 + k + j) * bp + b0, v[j]);
+        }
+  });
+}
+
+// A channels_last weight (O, T, C) -> out[t][O / 2][C][2]: each tap's rows interleaved in pairs, the
+// input gradient's B operand.
+void pack_tap_rows(const uint16_t* w, int64_t o, int64_t taps, int64_t c, uint16_t* out) {
+  const Interleave pairs;
+  at::parallel_for(0, taps, 1, [&](int64_t first, int64_t last) {
+    for (int64_t t = first; t < last; ++t)
+      for (int64_t i = 0; i < o / 2; ++i) {
+        const uint16_t* r0 = w + (2 * i * taps + t) * c;
+        const uint16_t* r1 = r0 + taps * c;
+        uint16_t* dst = out + (t * (o / 2) + i) * c * 2;
+        for (int64_t k = 0; k < c; k += 32) pairs.store(_mm512_loadu_si512(r0 + k), _mm512_loadu_si512(r1 + k), dst + 2 * k);
+      }
+  });
+}
 
 // grad (B, hw, O) -> out[p][O][bp]: each pixel's gradient transposed, the batch padded with zero
-// columns to bp (a multiple of 32): the A operand, 16 channels x 32 batch values per tile row block.
+// columns to bp (a multiple of 32): the weight gradient's A operand.
 void pack_batch_transposed(const uint16_t* g, int64_t bsz, int64_t hw, int64_t o, int64_t bp, uint16_t* out) {
   for (int64_t p = 0; p < hw; ++p)
     for (int64_t k = 0; k < o; k += 32)
@@ -452,14 +533,9 @@ void pack_batch_transposed(const uint16_t* g, int64_t bsz, int64_t hw, int64_t o
 }
 
 // x (B, hw, C) -> out[q][bp / 2][C][2]: for each pixel, pairs of batch rows interleaved channel by
-// channel in channel order (the B operand's pair layout), zero rows past B.
+// channel, zero rows past B: the weight gradient's B operand.
 void pack_batch_pairs(const uint16_t* x, int64_t bsz, int64_t hw, int64_t c, int64_t bp, uint16_t* out) {
-  alignas(64) uint16_t lo_idx[32], hi_idx[32];
-  for (int i = 0; i < 16; ++i) {
-    lo_idx[2 * i] = i, lo_idx[2 * i + 1] = 32 + i;
-    hi_idx[2 * i] = 16 + i, hi_idx[2 * i + 1] = 48 + i;
-  }
-  const __m512i lo = _mm512_load_si512(lo_idx), hi = _mm512_load_si512(hi_idx);
+  const Interleave pairs;
   for (int64_t q = 0; q < hw; ++q)
     for (int64_t i = 0; i < bp / 2; ++i) {
       const int64_t b0 = 2 * i, b1 = 2 * i + 1;
@@ -467,10 +543,25 @@ void pack_batch_pairs(const uint16_t* x, int64_t bsz, int64_t hw, int64_t c, int
       for (int64_t k = 0; k < c; k += 32) {
         const __m512i a = b0 < bsz ? _mm512_loadu_si512(x + (b0 * hw + q) * c + k) : _mm512_setzero_si512();
         const __m512i b = b1 < bsz ? _mm512_loadu_si512(x + (b1 * hw + q) * c + k) : _mm512_setzero_si512();
-        _mm512_storeu_si512(dst + 2 * k, _mm512_permutex2var_epi16(a, lo, b));
-        _mm512_storeu_si512(dst + 2 * k + 32, _mm512_permutex2var_epi16(a, hi, b));
+        pairs.store(a, b, dst + 2 * k);
       }
     }
+}
+
+// The 2 x 2 block's steps over one product's reduction: k values (a multiple of 32) from A's rows a0
+// and a1 (a_stride bytes apart) and B's pair rows b0 and b1 (b_stride bytes apart), 32 per step.
+inline void tile_steps(const uint16_t* a0, const uint16_t* a1, int64_t a_stride, int64_t a_step, const uint16_t* b0,
+                       const uint16_t* b1, int64_t b_stride, int64_t b_step, int64_t k) {
+  for (int64_t s = 0; s < k / 32; ++s) {
+    _tile_loadd(4, a0 + s * a_step, a_stride);
+    _tile_loadd(5, a1 + s * a_step, a_stride);
+    _tile_loadd(6, b0 + s * b_step, b_stride);
+    _tile_loadd(7, b1 + s * b_step, b_stride);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
 }
 
 #endif  // CNNBENCH_AMX
@@ -554,128 +645,255 @@ at::Tensor weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t k, i
 
 namespace {
 
-// The weight gradient (O, C, k, k) of a convolution on small maps, x (B, hin * win, C) and grad (B, ho * wo, O)
-// contiguous bf16, from each tap's (input pixel q, output pixel p) pairs: tap t's gradient is the sum over
-// its pairs of grad[:, p]^T x[:, q], (O, B) @ (B, C) products over the batch, summed in fp32 AMX tiles and
-// rounded once; taps without pairs get zeros. O and C multiples of 32, any batch. Each output tile is
-// one thread's: the same bits on any thread count. Only the pairs are multiplied: no padding taps.
-at::Tensor pixel_pairs_grad(const at::Tensor& x, const at::Tensor& grad, int64_t hw_in, int64_t hw_out, int64_t k,
-                            const std::vector<std::vector<std::pair<int64_t, int64_t>>>& pairs) {
+using PairLists = std::vector<std::vector<std::pair<int64_t, int64_t>>>;
+
+// Which pixel a kernel's lists of pairs are for: each tap's (q, p), each output pixel's (t, q) or
+// each input pixel's (t, p).
+enum class PairsOf { tap, output, input };
+
+// The pixel pairs of a k x k convolution on an hin x win map with an ho x wo output, listed per tap
+// or per pixel; walked output pixel by output pixel, each one's taps in order.
+PairLists pixel_pairs(PairsOf of, int64_t hin, int64_t win, int64_t k, int64_t stride, int64_t padding, int64_t ho,
+                      int64_t wo) {
+  PairLists lists(of == PairsOf::tap ? k * k : of == PairsOf::output ? ho * wo : hin * win);
+  for (int64_t p = 0; p < ho * wo; ++p)
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t y = (p / wo) * stride - padding + i, xx = (p % wo) * stride - padding + j;
+        if (y < 0 || y >= hin || xx < 0 || xx >= win) continue;
+        const int64_t t = i * k + j, q = y * win + xx;
+        if (of == PairsOf::tap) lists[t].emplace_back(q, p);
+        else if (of == PairsOf::output) lists[p].emplace_back(t, q);
+        else lists[q].emplace_back(t, p);
+      }
+  return lists;
+}
+
 #ifdef CNNBENCH_AMX
-  const int64_t bsz = x.size(0), c = x.size(2), o = grad.size(2), taps = k * k;
+// The forward pass: x (B, Q, C), w (O, T, C) (a channels_last weight), lists[p] = the (t, q) of output
+// pixel p -> out (B, P, O). Each (32 o, 32 b) block of output pixel p is one work unit; its fp32 tiles
+// are transposed back in registers and rounded into out's rows.
+void forward_tiles(const uint16_t* x, int64_t bsz, int64_t inputs, int64_t c, const uint16_t* w, int64_t o, int64_t taps,
+                   const PairLists& lists, uint16_t* out) {
+  const int64_t bp = std::max<int64_t>(32, (bsz + 31) / 32 * 32);
+  auto packed = aligned_buffer<uint16_t>(inputs * c * bp);
+  pack_pixels_transposed(x, bsz, inputs, c, bp, packed.get());
+  const uint16_t* xt = packed.get();
+  const int64_t outputs = static_cast<int64_t>(lists.size()), nb = bp / 32, no = o / 32;
+  at::parallel_for(0, outputs * no * nb, 1, [&](int64_t first, int64_t last) {
+    configure_tiles();
+    alignas(64) float tile[4][256];
+    for (int64_t unit = first; unit < last; ++unit) {
+      const int64_t b0 = (unit % nb) * 32, o0 = ((unit / nb) % no) * 32, p = unit / (nb * no);
+      _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+      for (const auto& [t, q] : lists[p]) {
+        const uint16_t* a0 = w + (o0 * taps + t) * c;
+        const uint16_t* b0p = xt + (q * (c / 2) * bp + b0) * 2;
+        tile_steps(a0, a0 + 16 * taps * c, taps * c * 2, 32, b0p, b0p + 32, bp * 4, 32 * bp, c);
+      }
+      _tile_stored(0, tile[0], 64); _tile_stored(1, tile[1], 64); _tile_stored(2, tile[2], 64); _tile_stored(3, tile[3], 64);
+      for (int i = 0; i < 4; ++i) {  // tile i: output channels o0 + 16 (i / 2).., batch rows b0 + 16 (i % 2)..
+        __m512i v[16];
+        for (int r = 0; r < 16; ++r) v[r] = _mm512_load_si512(tile[i] + r * 16);
+        transpose_down_to_32bit<16>(v);
+        for (int r = 0; r < 16 && b0 + 16 * (i % 2) + r < bsz; ++r) {
+          alignas(64) float row[16];
+          _mm512_store_si512(row, v[r]);
+          uint16_t* dst = out + ((b0 + 16 * (i % 2) + r) * outputs + p) * o + o0 + 16 * (i / 2);
+          for (int n = 0; n < 16; ++n) dst[n] = float_to_bf16(row[n]);
+        }
+      }
+    }
+    _tile_release();
+  });
+}
+
+// The input gradient: grad (B, P, O), w (O, T, C) (a channels_last weight), lists[q] = the (t, p) of
+// input pixel q -> out (B, Q, C). Each (32 b, 32 c) block of input pixel q is one work unit; grad's rows
+// are read in place (the last rows, fewer than 32, from a zero-padded copy).
+void input_grad_tiles(const uint16_t* grad, int64_t bsz, int64_t outputs, int64_t o, const uint16_t* w, int64_t c,
+                      int64_t taps, const PairLists& lists, uint16_t* out) {
+  auto packed = aligned_buffer<uint16_t>(taps * c * o);
+  pack_tap_rows(w, o, taps, c, packed.get());
+  const uint16_t* wv = packed.get();
+  const int64_t inputs = static_cast<int64_t>(lists.size()), nb = (bsz + 31) / 32, full = bsz / 32, nc = c / 32;
+  const int64_t row = outputs * o;  // grad's elements per batch row
+  std::unique_ptr<uint16_t[], FreeDeleter> tail;
+  if (full < nb) {
+    tail = aligned_buffer<uint16_t>(32 * row);
+    const int64_t rows = bsz - full * 32;
+    std::memcpy(tail.get(), grad + full * 32 * row, sizeof(uint16_t) * rows * row);
+    std::memset(tail.get() + rows * row, 0, sizeof(uint16_t) * (32 - rows) * row);
+  }
+  at::parallel_for(0, inputs * nc * nb, 1, [&](int64_t first, int64_t last) {
+    configure_tiles();
+    alignas(64) float tile[4][256];
+    for (int64_t unit = first; unit < last; ++unit) {
+      const int64_t bb = unit % nb, c0 = ((unit / nb) % nc) * 32, q = unit / (nb * nc);
+      const int64_t rows = std::min<int64_t>(32, bsz - bb * 32);
+      if (lists[q].empty()) {  // a pixel no tap reads (a strided 1 x 1's skipped pixels)
+        for (int64_t r = 0; r < rows; ++r) std::memset(out + ((bb * 32 + r) * inputs + q) * c + c0, 0, 64);
+        continue;
+      }
+      const uint16_t* base = bb < full ? grad + bb * 32 * row : tail.get();
+      _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+      for (const auto& [t, p] : lists[q]) {
+        const uint16_t* a0 = base + p * o;
+        const uint16_t* b0 = wv + t * o * c + c0 * 2;
+        tile_steps(a0, a0 + 16 * row, row * 2, 32, b0, b0 + 32, c * 4, 32 * c, o);
+      }
+      _tile_stored(0, tile[0], 64); _tile_stored(1, tile[1], 64); _tile_stored(2, tile[2], 64); _tile_stored(3, tile[3], 64);
+      for (int64_t r = 0; r < rows; ++r) {  // tiles 0-1: batch rows bb * 32.., 2-3: + 16
+        uint16_t* dst = out + ((bb * 32 + r) * inputs + q) * c + c0;
+        const float* lo = tile[(r / 16) * 2] + (r % 16) * 16;
+        const float* hi = lo + 256;
+        for (int n = 0; n < 16; ++n) dst[n] = float_to_bf16(lo[n]);
+        for (int n = 0; n < 16; ++n) dst[16 + n] = float_to_bf16(hi[n]);
+      }
+    }
+    _tile_release();
+  });
+}
+
+// The weight gradient: x (B, Q, C), grad (B, P, O), by_tap[t] = the (q, p) of tap t -> (O, C, k, k)
+// channels_last. Each (tap, 32 o, 32 c) block sums all its pairs over the batch; taps without pairs
+// get zeros.
+void weight_grad_tiles(const uint16_t* x, const uint16_t* grad, int64_t bsz, int64_t hw_in, int64_t hw_out, int64_t c,
+                       int64_t o, int64_t taps, const PairLists& by_tap, uint16_t* out) {
   const int64_t bp = std::max<int64_t>(32, (bsz + 31) / 32 * 32);
   auto gt = aligned_buffer<uint16_t>(hw_out * o * bp);
   auto xv = aligned_buffer<uint16_t>(hw_in * bp * c);
-  const auto* xp = reinterpret_cast<const uint16_t*>(x.data_ptr());
-  const auto* gp = reinterpret_cast<const uint16_t*>(grad.data_ptr());
   at::parallel_for(0, 2, 1, [&](int64_t first, int64_t last) {  // the two packings side by side
     for (int64_t which = first; which < last; ++which) {
-      if (which == 0) pack_batch_transposed(gp, bsz, hw_out, o, bp, gt.get());
-      else pack_batch_pairs(xp, bsz, hw_in, c, bp, xv.get());
+      if (which == 0) pack_batch_transposed(grad, bsz, hw_out, o, bp, gt.get());
+      else pack_batch_pairs(x, bsz, hw_in, c, bp, xv.get());
     }
   });
-  auto out = at::empty({o, c, k, k}, x.options().memory_format(at::MemoryFormat::ChannelsLast));
-  auto* op = reinterpret_cast<uint16_t*>(out.data_ptr());  // (O, k, k, C) in memory
-  const int64_t ob = o / 32, a_stride = bp * 2, b_stride = c * 4;  // bytes between tile rows
+  const int64_t ob = o / 32;
   at::parallel_for(0, taps * ob, 1, [&](int64_t first, int64_t last) {
-    TileConfig config;
-    for (int i = 0; i < 8; ++i) {
-      config.colsb[i] = 64;
-      config.rows[i] = 16;
-    }
-    _tile_loadconfig(&config);
+    configure_tiles();
     alignas(64) float tile[4][256];
     for (int64_t unit = first; unit < last; ++unit) {
       const int64_t t = unit / ob, o0 = (unit % ob) * 32;
       for (int64_t c0 = 0; c0 < c; c0 += 32) {
         _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-        for (const auto& [q, p] : pairs[t]) {
+        for (const auto& [q, p] : by_tap[t]) {
           const uint16_t* a0 = gt.get() + (p * o + o0) * bp;
-          const uint16_t* a1 = a0 + 16 * bp;
           const uint16_t* b0 = xv.get() + q * (bp / 2) * c * 2 + c0 * 2;
-          const uint16_t* b1 = b0 + 32;
-          for (int64_t s = 0; s < bp / 32; ++s) {
-            _tile_loadd(4, a0 + s * 32, a_stride);
-            _tile_loadd(5, a1 + s * 32, a_stride);
-            _tile_loadd(6, b0 + s * 16 * c * 2, b_stride);
-            _tile_loadd(7, b1 + s * 16 * c * 2, b_stride);
-            _tile_dpbf16ps(0, 4, 6);
-            _tile_dpbf16ps(1, 4, 7);
-            _tile_dpbf16ps(2, 5, 6);
-            _tile_dpbf16ps(3, 5, 7);
-          }
+          tile_steps(a0, a0 + 16 * bp, bp * 2, 32, b0, b0 + 32, c * 4, 32 * c, bp);
         }
         _tile_stored(0, tile[0], 64); _tile_stored(1, tile[1], 64); _tile_stored(2, tile[2], 64); _tile_stored(3, tile[3], 64);
-        for (int half = 0; half < 4; ++half) {  // tile (oi, ci): rows o0 + 16 oi.., columns c0 + 16 ci..
-          const int64_t oi = half / 2, ci = half % 2;
+        for (int i = 0; i < 4; ++i) {  // tile i: rows o0 + 16 (i / 2).., columns c0 + 16 (i % 2)..
           for (int r = 0; r < 16; ++r) {
-            uint16_t* dst = op + ((o0 + 16 * oi + r) * taps + t) * c + c0 + 16 * ci;
-            for (int n = 0; n < 16; ++n) dst[n] = float_to_bf16(tile[half][r * 16 + n]);
+            uint16_t* dst = out + ((o0 + 16 * (i / 2) + r) * taps + t) * c + c0 + 16 * (i % 2);
+            for (int n = 0; n < 16; ++n) dst[n] = float_to_bf16(tile[i][r * 16 + n]);
           }
         }
       }
     }
     _tile_release();
   });
-  return out;
-#else
-  return at::Tensor();
-#endif
+}
+#endif  // CNNBENCH_AMX
+
+const uint16_t* bits(const at::Tensor& t) { return reinterpret_cast<const uint16_t*>(t.data_ptr()); }
+uint16_t* bits_out(at::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr()); }
+
+// The small-map kernels' checks. The geometry -> the output map (ho, wo).
+std::pair<int64_t, int64_t> check_geometry(int64_t hin, int64_t win, int64_t k, int64_t stride, int64_t padding) {
+  TORCH_CHECK(available(), "the AMX kernels need a CPU with AMX-BF16 under Linux");
+  TORCH_CHECK(k >= 1 && stride >= 1 && padding >= 0 && hin >= 1 && win >= 1 && hin + 2 * padding >= k &&
+              win + 2 * padding >= k, "k, stride, padding: ", k, ", ", stride, ", ", padding, " do not fit a ", hin,
+              " x ", win, " map");
+  return {(hin + 2 * padding - k) / stride + 1, (win + 2 * padding - k) / stride + 1};
 }
 
-void check_pair_inputs(const at::Tensor& x, const at::Tensor& grad) {
-  TORCH_CHECK(available(), "the AMX weight gradient needs a CPU with AMX-BF16 under Linux");
-  TORCH_CHECK(x.dim() == 3 && x.is_contiguous() && x.scalar_type() == at::kBFloat16,
-              "x: expected a contiguous bf16 (B, H*W, C) tensor");
-  TORCH_CHECK(grad.dim() == 3 && grad.is_contiguous() && grad.scalar_type() == at::kBFloat16,
-              "grad: expected a contiguous bf16 (B, H*W, O) tensor");
-  TORCH_CHECK(x.size(2) % 32 == 0 && grad.size(2) % 32 == 0, "channels: expected multiples of 32, got ", x.size(2),
-              " in and ", grad.size(2), " out");
+// A (B, h * w, C) map: contiguous bf16, C a multiple of 32 (and `channels` where >= 0), B `batch` where >= 0.
+void check_map(const char* name, const at::Tensor& t, int64_t batch, int64_t h, int64_t w, int64_t channels) {
+  TORCH_CHECK(t.dim() == 3 && t.is_contiguous() && t.scalar_type() == at::kBFloat16, name,
+              ": expected a contiguous bf16 (B, H*W, C) tensor");
+  TORCH_CHECK(t.size(1) == h * w && t.size(2) % 32 == 0 && (channels < 0 || t.size(2) == channels) &&
+              (batch < 0 || t.size(0) == batch), name, ": expected (", batch < 0 ? "B" : std::to_string(batch), ", ",
+              h * w, ", ", channels < 0 ? "C" : std::to_string(channels), ") for a ", h, " x ", w,
+              " map, channels in multiples of 32, got ", t.sizes());
+}
+
+// A square weight (O, C, k, k): channels_last bf16, O and C multiples of 32. Returns k.
+int64_t check_weight(const at::Tensor& w) {
+  TORCH_CHECK(available(), "the AMX kernels need a CPU with AMX-BF16 under Linux");
+  TORCH_CHECK(w.dim() == 4 && w.scalar_type() == at::kBFloat16 && w.is_contiguous(at::MemoryFormat::ChannelsLast) &&
+              w.size(2) == w.size(3) && w.size(0) % 32 == 0 && w.size(1) % 32 == 0,
+              "weight: expected a channels_last bf16 (O, C, k, k) tensor with O and C multiples of 32, got ", w.sizes());
+  return w.size(2);
 }
 
 }  // namespace
 
 // x (B, hin * win, C) and grad (B, ho * wo, O), contiguous bf16, of a k x k convolution with this stride
-// and zero padding -> its weight gradient (O, C, k, k) from the pixel pairs each tap joins inside the map
-// (pixel_pairs_grad).
+// and zero padding -> its weight gradient (O, C, k, k) in bf16 with channels_last strides, from the pixel
+// pairs each tap joins inside the map (weight_grad_tiles).
 at::Tensor small_map_weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t hin, int64_t win, int64_t k,
                                  int64_t stride, int64_t padding) {
-  check_pair_inputs(x, grad);
-  TORCH_CHECK(k >= 1 && stride >= 1 && padding >= 0 && hin + 2 * padding >= k && win + 2 * padding >= k,
-              "k, stride, padding: ", k, ", ", stride, ", ", padding, " do not fit a ", hin, " x ", win, " map");
-  const int64_t ho = (hin + 2 * padding - k) / stride + 1, wo = (win + 2 * padding - k) / stride + 1;
-  TORCH_CHECK(x.size(1) == hin * win && grad.size(1) == ho * wo && grad.size(0) == x.size(0),
-              "x, grad: expected (B, ", hin * win, ", C) and (B, ", ho * wo, ", O) for a ", hin, " x ", win, " map");
-  std::vector<std::vector<std::pair<int64_t, int64_t>>> pairs(k * k);  // in p then q order
-  for (int64_t p = 0; p < ho * wo; ++p)
-    for (int64_t i = 0; i < k; ++i)
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t y = (p / wo) * stride - padding + i, xx = (p % wo) * stride - padding + j;
-        if (y >= 0 && y < hin && xx >= 0 && xx < win) pairs[i * k + j].emplace_back(y * win + xx, p);
-      }
-  return pixel_pairs_grad(x, grad, hin * win, ho * wo, k, pairs);
+  const auto [ho, wo] = check_geometry(hin, win, k, stride, padding);
+  check_map("x", x, -1, hin, win, -1);
+  check_map("grad", grad, x.size(0), ho, wo, -1);
+  const int64_t c = x.size(2), o = grad.size(2);
+  const PairLists by_tap = pixel_pairs(PairsOf::tap, hin, win, k, stride, padding, ho, wo);
+  auto out = at::empty({o, c, k, k}, x.options().memory_format(at::MemoryFormat::ChannelsLast));  // (O, k, k, C) in memory
+#ifdef CNNBENCH_AMX
+  weight_grad_tiles(bits(x), bits(grad), x.size(0), hin * win, ho * wo, c, o, k * k, by_tap, bits_out(out));
+#endif
+  return out;
 }
 
-// x (B, hw, C) and grad (B, hw, O), contiguous bf16, of a stride-1 convolution on an h x w map
-// whose every k x k window covers the whole map (gemm_conv.covering_pairs) -> the weight gradient
-// (O, C, k, k) in bf16 with channels_last strides: small_map_weight_grad, once the geometry is checked.
-at::Tensor covering_weight_grad(const at::Tensor& x, const at::Tensor& grad, int64_t h, int64_t w, int64_t k,
+namespace {
+
+// The forward pass (of == PairsOf::output: x -> the output) or the input gradient (PairsOf::input: grad
+// -> x's gradient) of a k x k convolution on an hin x win map with this stride and zero padding, from
+// `map` (B, pixels, channels) and the channels_last weight (O, C, k, k).
+at::Tensor small_map_pass(PairsOf of, const at::Tensor& map, const at::Tensor& weight, int64_t hin, int64_t win,
+                          int64_t stride, int64_t padding) {
+  const int64_t k = check_weight(weight), o = weight.size(0), c = weight.size(1);
+  const auto [ho, wo] = check_geometry(hin, win, k, stride, padding);
+  const bool forward = of == PairsOf::output;
+  if (forward) check_map("x", map, -1, hin, win, c);
+  else check_map("grad", map, -1, ho, wo, o);
+  const int64_t bsz = map.size(0);
+  const PairLists lists = pixel_pairs(of, hin, win, k, stride, padding, ho, wo);
+  auto out = forward ? at::empty({bsz, ho * wo, o}, map.options()) : at::empty({bsz, hin * win, c}, map.options());
+#ifdef CNNBENCH_AMX
+  if (forward) forward_tiles(bits(map), bsz, hin * win, c, bits(weight), o, k * k, lists, bits_out(out));
+  else input_grad_tiles(bits(map), bsz, ho * wo, o, bits(weight), c, k * k, lists, bits_out(out));
+#endif
+  return out;
+}
+
+}  // namespace
+
+// x (B, hin * win, C) contiguous bf16 and a channels_last bf16 weight (O, C, k, k) of a k x k
+// convolution with this stride and zero padding -> its output (B, ho * wo, O), from the pixel pairs
+// each output pixel's taps join inside the map (forward_tiles).
+at::Tensor small_map_forward(const at::Tensor& x, const at::Tensor& weight, int64_t hin, int64_t win, int64_t stride,
+                             int64_t padding) {
+  return small_map_pass(PairsOf::output, x, weight, hin, win, stride, padding);
+}
+
+// grad (B, ho * wo, O) contiguous bf16 and the channels_last bf16 weight (O, C, k, k) of a k x k
+// convolution on an hin x win map with this stride and zero padding -> the input gradient
+// (B, hin * win, C), from the pixel pairs each input pixel's taps join (input_grad_tiles).
+at::Tensor small_map_input_grad(const at::Tensor& grad, const at::Tensor& weight, int64_t hin, int64_t win, int64_t stride,
                                 int64_t padding) {
-  check_pair_inputs(x, grad);
-  TORCH_CHECK(h >= 1 && w >= 1 && x.size(1) == h * w && grad.size(1) == h * w && grad.size(0) == x.size(0),
-              "x, grad: expected (B, ", h * w, ", C) and (B, ", h * w, ", O) for a ", h, " x ", w, " map");
-  TORCH_CHECK(k >= 1 && padding >= 0 && h + 2 * padding - k + 1 == h && w + 2 * padding - k + 1 == w &&
-              h - 1 <= std::min(padding, k - 1 - padding) && w - 1 <= std::min(padding, k - 1 - padding),
-              "k, padding: ", k, ", ", padding, " on a ", h, " x ", w, " map: not every window covers the map");
-  return small_map_weight_grad(x, grad, h, w, k, 1, padding);
+  return small_map_pass(PairsOf::input, grad, weight, hin, win, stride, padding);
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("available", &available, "whether this CPU and process can run the AMX kernels");
   module.def("weight_grad", &weight_grad,
              "(N, H, W, C) x, (N, Ho, Wo, O) grad, k, stride, padding -> (O, C, k, k) weight gradient");
+  module.def("small_map_forward", &small_map_forward,
+             "(B, Hin*Win, C) x, (O, C, k, k) weight, hin, win, stride, padding -> (B, Ho*Wo, O) output");
+  module.def("small_map_input_grad", &small_map_input_grad,
+             "(B, Ho*Wo, O) grad, (O, C, k, k) weight, hin, win, stride, padding -> (B, Hin*Win, C) input gradient");
   module.def("small_map_weight_grad", &small_map_weight_grad,
              "(B, Hin*Win, C) x, (B, Ho*Wo, O) grad, hin, win, k, stride, padding -> (O, C, k, k) weight gradient");
-  module.def("covering_weight_grad", &covering_weight_grad,
-             "(B, H*W, C) x, (B, H*W, O) grad, h, w, k, padding of a covering convolution -> (O, C, k, k) weight gradient");
 }

@@ -1,5 +1,7 @@
 """Convolutions whose weight gradient runs on Intel AMX tiles (``amx_conv.cpp``), on the CPU.
 
+(The same C++ file also runs whole small-map convolutions from pixel pairs: ``gemm_conv.PixelPairConv``.)
+
 oneDNN computes a bf16 convolution's forward pass and input gradient near the machine's matmul
 speed, but its weight gradient for the 16 x 16 and 8 x 8 maps of a ResNet at 64 px took 3-5x as
 long as its own forward pass (2-core AMX Xeon, batch 128: ResNet-18's 64-channel 16 x 16 layers
@@ -30,7 +32,7 @@ from torch.autograd.function import once_differentiable
 
 from cnnbench.train.native import Kernels
 
-AMX_CONV = Kernels(Path(__file__).with_name("amx_conv.cpp"), "AMX convolution weight-gradient kernel")
+AMX_CONV = Kernels(Path(__file__).with_name("amx_conv.cpp"), "AMX convolution kernels")
 
 _CHANNEL_BLOCK = 32  # the kernel packs channels (or a kernel row's pixels x channels) in blocks of 32
 _WINDOW_TAPS = 7  # fewest kernel rows for which the few-channel window pays (see eligible)

@@ -168,7 +168,7 @@ def covering_pairs(h: int, w: int, kernel: tuple[int, int], stride: tuple[int, i
 
 def pixel_pair_count(h: int, w: int, k: int, stride: int, padding: int) -> int:
     """How many (tap, input pixel, output pixel) triples of a k x k convolution on an h x w map read
-    a pixel inside the map: the products ``amx_conv.cpp``'s pixel-pair weight gradient executes per
+    a pixel inside the map: the products each of ``PixelPairConv``'s three passes executes per
     (batch row, input channel, output channel), where im2col's executes k * k * Ho * Wo."""
     def inside(size: int) -> int:  # per axis: (output position, tap) pairs that land in the map
         out = (size + 2 * padding - k) // stride + 1
@@ -190,32 +190,21 @@ class CoveringConv(torch.autograd.Function):
     7.56 for im2col + matmul, a tie within this machine's noise, so ``gemm_conv2d`` keeps im2col
     where the C++ kernels run and this for the Python path).
 
-    With ``amx`` = (h, w, k, padding) (``use_amx_weight_grads``: bf16 on CPUs with AMX-BF16), the matrix
-    is assembled by one C++ pass (``nhwc_ops.cpp``'s ``covering_matrix``: 1.08 ms of slice copies
-    -> ~0.6 for 512 -> 512 at 2x2) and the weight gradient comes from ``amx_conv.cpp``'s tiles (each
-    tap's pairs and the batch summed in fp32 tiles, rounded once: 0.96 ms where torch's per-tap
-    matmuls below took 2.3-2.9), which makes this path the faster one: forward + backward 6.05 ms
-    for im2col + matmul against 3.93 (session 21, scratch, medians of 21 alternating calls, caches
-    flushed); ResNet-18's model-only step +2.8% and +4.2% (paired medians of 41 alternating steps,
-    844 -> 864 and 796 -> 830 img/s)."""
+    With ``amx_conv.cpp``'s kernels (bf16 on CPUs with AMX-BF16) such a layer runs as ``PixelPairConv``,
+    which multiplies the same pixel pairs without assembling the matrix (forward 1.99 -> 0.87 ms
+    for ResNet-18's 512 -> 512 layer at 2x2, batch 128; see ``PixelPairConv``)."""
 
     @staticmethod
-    def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, pairs: list, hw: int, amx: tuple | None = None) -> torch.Tensor:
+    def forward(ctx, x2d: torch.Tensor, weight: torch.Tensor, pairs: list, hw: int) -> torch.Tensor:
         o, c = weight.shape[:2]
         rows = weight.permute(0, 2, 3, 1)  # (O, kh, kw, C): a view of a channels_last weight
-        ops = _native_ops(rows) if amx is not None else None
-        if ops is not None:  # one C++ pass (the Python path's slices are left for comparisons)
-            h, w, _, padding = amx
-            matrix_t = ops.covering_matrix(rows, h, w, padding, padding)
-        else:
-            matrix_t = weight.new_empty((hw, o, hw, c))
-            for q, p, i, j in pairs:
-                matrix_t[p, :, q] = rows[:, i, j]
-            matrix_t = matrix_t.view(hw * o, hw * c)
+        matrix_t = weight.new_empty((hw, o, hw, c))
+        for q, p, i, j in pairs:
+            matrix_t[p, :, q] = rows[:, i, j]
+        matrix_t = matrix_t.view(hw * o, hw * c)
         ctx.save_for_backward(x2d, matrix_t)
         ctx.geometry = (pairs, hw, (weight.shape[2], weight.shape[3], c, o),
                         weight.is_contiguous(memory_format=torch.channels_last))
-        ctx.amx = amx
         return x2d @ matrix_t.t()  # (B, H*W*O): channels-last pixels
 
     @staticmethod
@@ -224,13 +213,7 @@ class CoveringConv(torch.autograd.Function):
         pairs, hw, tap_shape, weight_cl = ctx.geometry
         grad_x = grad @ matrix_t if ctx.needs_input_grad[0] else None
         grad_taps = None
-        if ctx.needs_input_grad[1] and ctx.amx is not None:  # (h, w, k, padding): amx_conv.cpp's tiles
-            kh, kw, c, o = tap_shape
-            b = x2d.shape[0]
-            grad_taps = AMX_CONV.module.covering_weight_grad(x2d.reshape(b, hw, c), grad.contiguous().view(b, hw, o), *ctx.amx)
-            if not weight_cl:
-                grad_taps = grad_taps.contiguous()
-        elif ctx.needs_input_grad[1]:
+        if ctx.needs_input_grad[1]:
             kh, kw, c, o = tap_shape
             b = x2d.shape[0]
             x3, g3 = x2d.view(b, hw, c), grad.view(b, hw, o)
@@ -248,12 +231,12 @@ class CoveringConv(torch.autograd.Function):
             # model's weights are channels_last), so accumulating it into .grad is a plain add
             fmt = torch.channels_last if weight_cl else torch.contiguous_format
             grad_taps = grad_taps.permute(2, 3, 0, 1).contiguous(memory_format=fmt)
-        return grad_x, grad_taps, None, None, None
+        return grad_x, grad_taps, None, None
 
 
 def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                 stride: tuple[int, int], padding: tuple[int, int], covering: bool | None = None,
-                native: bool = True, amx_grads: bool = False) -> torch.Tensor:
+                native: bool = True, pixel_pairs: bool = False) -> torch.Tensor:
     """``F.conv2d`` (groups=1, dilation=1, zero padding) as im2col + one matmul.
 
     x (B, C, H, W) -> (B, O, H_out, W_out) with channels_last strides. Under CPU autocast the
@@ -261,10 +244,9 @@ def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     Where the patch matrix is built in Python (``native=False``, for comparisons, or where
     ``nhwc_ops.cpp`` does not apply), a stride-1 convolution whose every window covers the whole
     map runs as ``CoveringConv`` instead (``covering=True`` or ``False`` forces either, for comparisons).
-    With ``amx_grads`` (``use_amx_weight_grads``: bf16 on CPUs with AMX-BF16, channels in multiples
-    of 32), the weight gradient comes from ``amx_conv.cpp``'s tiles, which multiply only the pixel
-    pairs a tap joins: such a covering convolution runs as ``CoveringConv`` on every path, and the
-    others as ``AmxPatchConv`` (im2col + matmul forward, the tiles' weight gradient).
+    With ``pixel_pairs`` (``use_pixel_pair_convs``: bf16 on CPUs with AMX-BF16, a square kernel,
+    stride and padding, channels in multiples of 32), the convolution runs as ``PixelPairConv``:
+    ``amx_conv.cpp``'s tiles multiply only the pixel pairs each tap joins, forward and backward.
     """
     if torch.is_autocast_enabled("cpu") and x.device.type == "cpu":
         dtype = torch.get_autocast_dtype("cpu")
@@ -272,84 +254,77 @@ def gemm_conv2d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         bias = bias.to(dtype) if bias is not None else None
     b, c, h, w = x.shape
     o, _, kh, kw = weight.shape
-    # With the C++ im2col, a 2x2 map's im2col + matmul (2.25x the multiply-adds, no matrix assembly,
-    # no per-tap gradients) runs as fast as CoveringConv with torch's per-tap weight gradient:
-    # ResNet-18's step, 25 alternating steps, 747 vs 732 img/s (session 10; the probe's per-conv
-    # times went either way between runs). The simpler path wins that tie; CoveringConv runs on the
-    # Python path, where it is faster, and with the AMX weight gradient, where it is faster still.
     nhwc = x.permute(0, 2, 3, 1)
-    in_cpp = native and _native_ops(nhwc) is not None  # im2col and col2im run nhwc_ops.cpp
-    amx = amx_grads and in_cpp and _amx_applies(x, weight, stride, padding)
-    covered = covering_pairs(h, w, (kh, kw), stride, padding)
-    if covering is None:
-        covering = (amx and covered is not None) or not in_cpp
-    pairs = covered if covering else None
-    # (O, kh, kw, C) -> (O, kh*kw*C): a view of a channels_last weight (which a channels_last model
-    # has), so no copy forward and a gradient in the weight's own layout back
-    matrix = weight.permute(0, 2, 3, 1).reshape(o, kh * kw * c)
-    if pairs is not None:  # (B, H*W*C) @ (H*W*C, H*W*O): the output pixels come out channels-last
-        ho, wo = h, w
-        out = CoveringConv.apply(nhwc.reshape(b, h * w * c), weight, pairs, h * w,
-                                 (h, w, kh, padding[0]) if amx else None).view(b * h * w, o)
-    elif amx:
+    if pixel_pairs and _pixel_pairs_apply(x, weight, stride, padding):
         ho, wo = (h + 2 * padding[0] - kh) // stride[0] + 1, (w + 2 * padding[1] - kw) // stride[1] + 1
-        out = AmxPatchConv.apply(nhwc.contiguous(), matrix, kh, stride[0], padding[0])  # (B*Ho*Wo, O)
+        out = PixelPairConv.apply(nhwc.reshape(b, h * w, c).contiguous(), weight.contiguous(memory_format=torch.channels_last),
+                                  h, w, stride[0], padding[0]).view(b * ho * wo, o)
     else:
-        patches = Im2col.apply(nhwc, (kh, kw), stride, padding, native)  # (B, Ho, Wo, kh*kw*C)
-        ho, wo = patches.shape[1:3]
-        out = PatchMatmul.apply(patches.reshape(b * ho * wo, kh * kw * c), matrix, native)  # (B*Ho*Wo, O)
+        # With the C++ im2col, a 2x2 map's im2col + matmul (2.25x the multiply-adds, no matrix
+        # assembly, no per-tap gradients) runs as fast as CoveringConv: ResNet-18's step, 25
+        # alternating steps, 747 vs 732 img/s (session 10; the probe's per-conv times went either way
+        # between runs). The simpler path wins that tie; CoveringConv runs on the Python path, where
+        # it is faster.
+        in_cpp = native and _native_ops(nhwc) is not None  # im2col and col2im run nhwc_ops.cpp
+        pairs = covering_pairs(h, w, (kh, kw), stride, padding) if covering or (covering is None and not in_cpp) else None
+        if pairs is not None:  # (B, H*W*C) @ (H*W*C, H*W*O): the output pixels come out channels-last
+            ho, wo = h, w
+            out = CoveringConv.apply(nhwc.reshape(b, h * w * c), weight, pairs, h * w).view(b * h * w, o)
+        else:
+            patches = Im2col.apply(nhwc, (kh, kw), stride, padding, native)  # (B, Ho, Wo, kh*kw*C)
+            ho, wo = patches.shape[1:3]
+            # (O, kh, kw, C) -> (O, kh*kw*C): a view of a channels_last weight (which a channels_last
+            # model has), so no copy forward and a gradient in the weight's own layout back
+            matrix = weight.permute(0, 2, 3, 1).reshape(o, kh * kw * c)
+            out = PatchMatmul.apply(patches.reshape(b * ho * wo, kh * kw * c), matrix, native)  # (B*Ho*Wo, O)
     if bias is not None:
         out = out + bias
     return out.view(b, ho, wo, o).permute(0, 3, 1, 2)  # (B, Ho, Wo, O) -> (B, O, Ho, Wo), channels_last
 
 
-def _amx_applies(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> bool:
-    """Whether ``amx_conv.cpp``'s pixel-pair weight gradient takes this convolution: bf16 CPU
-    tensors, a square kernel, stride and padding, channels in multiples of 32, the kernel loaded."""
+def _pixel_pairs_apply(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> bool:
+    """Whether ``amx_conv.cpp``'s pixel-pair kernels take this convolution: bf16 CPU tensors, a
+    square kernel, stride and padding, channels in multiples of 32, the kernels loaded."""
     o, c, kh, kw = weight.shape
     return (x.device.type == "cpu" and x.dtype == torch.bfloat16 and weight.dtype == torch.bfloat16 and kh == kw
             and stride[0] == stride[1] and padding[0] == padding[1] and c % 32 == 0 and o % 32 == 0
             and AMX_CONV.module is not None)
 
 
-class AmxPatchConv(torch.autograd.Function):
-    """A convolution on a small map, nhwc (B, H, W, C) bf16 and its (O, k*k*C) matrix -> (B*Ho*Wo, O):
-    the forward pass and the input gradient as ``Im2col`` + ``PatchMatmul`` compute them, the weight
-    gradient from ``amx_conv.cpp``'s ``small_map_weight_grad``: each tap's (input, output) pixel pairs
-    inside the map, summed over the batch in fp32 AMX tiles and rounded once, where im2col's product
-    also multiplies the padding taps' zeros (ResNet-18 at 64 px: 100 of layer3's 144 taps x pixels)
-    and oneDNN first repacks the whole patch matrix. Only x is kept for the backward pass, not the
-    k*k times larger patch matrix.
+class PixelPairConv(torch.autograd.Function):
+    """A convolution on a small map from the pixel pairs its taps join (``amx_conv.cpp``): x (B, H*W, C)
+    bf16 and a channels_last (O, C, k, k) weight -> (B, Ho*Wo, O). The forward pass, the input
+    gradient and the weight gradient each sum, per output tile, the products of every (input pixel,
+    output pixel) pair a tap joins inside the map in fp32 AMX tiles and round once: the padding taps
+    are never multiplied (100 of layer3's 144 taps x pixels at 64 px remain), no patch matrix is built
+    and only x is kept for the backward pass. Replaces im2col + matmul (and, on 2x2 maps, the
+    ``CoveringConv`` matrix) wherever the kernels run.
 
-    Weight gradient alone, batch 128, caches flushed, medians of 21 alternating calls (session 21,
-    scratch; im2col's: transpose2d + matmul): layer3's 256 -> 256 at 4x4 2.85 -> 1.59 ms, its strided
-    128 -> 256 1.46 -> 1.15, layer4's strided 256 -> 512 1.09 -> 0.83, the 1x1 shortcuts 0.68 -> 0.47
-    and 0.45 -> 0.30."""
+    Batch 128, bf16, caches flushed, medians of 15-21 alternating calls (session 22, scratch),
+    forward / input gradient: layer3's 256 -> 256 at 4x4, im2col + matmul 2.07 / 1.79 ms -> 1.18 /
+    1.09; layer4's 512 -> 512 at 2x2, ``CoveringConv`` 1.99 / 1.39 -> 0.87 / 1.56; weight gradient
+    (session 21): 256 -> 256 2.85 -> 1.59, strided 128 -> 256 1.46 -> 1.15. ResNet-18's model-only
+    step against im2col / ``CoveringConv`` with the same AMX weight gradient: +7.4% (paired medians
+    of 31 alternating steps, 987 -> 1,062 img/s)."""
 
     @staticmethod
-    def forward(ctx, nhwc: torch.Tensor, matrix: torch.Tensor, k: int, stride: int, padding: int) -> torch.Tensor:
-        ops = NHWC_OPS.module
-        patches = ops.im2col(nhwc, [k, k], [stride, stride], [padding, padding])
-        ctx.save_for_backward(nhwc, matrix)
-        ctx.geometry = (k, stride, padding, patches.shape[1], patches.shape[2])
-        return PatchMatmul.product(patches.view(-1, patches.shape[3]), matrix)
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, h: int, w: int, stride: int, padding: int) -> torch.Tensor:
+        ctx.save_for_backward(x, weight)
+        ctx.geometry = (h, w, stride, padding)
+        return AMX_CONV.module.small_map_forward(x, weight, h, w, stride, padding)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        nhwc, matrix = ctx.saved_tensors
-        k, stride, padding, ho, wo = ctx.geometry
-        b, h, w, c = nhwc.shape
+        x, weight = ctx.saved_tensors
+        h, w, stride, padding = ctx.geometry
         grad = grad.contiguous()
-        grad_x = grad_matrix = None
+        grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = NHWC_OPS.module.col2im((grad @ matrix).view(b, ho, wo, -1), h, w, [k, k], [stride, stride],
-                                            [padding, padding])
-        if ctx.needs_input_grad[1]:
-            grad_w = AMX_CONV.module.small_map_weight_grad(nhwc.view(b, h * w, c), grad.view(b, ho * wo, -1), h, w, k,
-                                                           stride, padding)  # (O, C, k, k), channels_last
-            grad_matrix = grad_w.permute(0, 2, 3, 1).reshape(matrix.shape)  # a view: (O, k, k, C) memory
-        return grad_x, grad_matrix, None, None, None
+            grad_x = AMX_CONV.module.small_map_input_grad(grad, weight, h, w, stride, padding)
+        if ctx.needs_input_grad[1]:  # (O, C, k, k), channels_last
+            grad_w = AMX_CONV.module.small_map_weight_grad(x, grad, h, w, weight.shape[-1], stride, padding)
+        return grad_x, grad_w, None, None, None, None
 
 
 class GemmConv2d(nn.Conv2d):
@@ -358,13 +333,13 @@ class GemmConv2d(nn.Conv2d):
     native_im2col = True
     """Build patch matrices with ``nhwc_ops.cpp`` where it applies (False: the Python path, for comparisons)."""
 
-    amx_grads = False
-    """Take the weight gradient from ``amx_conv.cpp``'s tiles (``use_amx_weight_grads`` sets it where
-    the kernel runs): ``CoveringConv`` where every window covers the map, else ``AmxPatchConv``."""
+    pixel_pairs = False
+    """Run as ``PixelPairConv`` on ``amx_conv.cpp``'s tiles (``use_pixel_pair_convs`` sets it where the
+    kernels run)."""
 
     def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return gemm_conv2d(input, weight, bias, self.stride, self.padding, native=self.native_im2col,
-                           amx_grads=self.amx_grads)
+                           pixel_pairs=self.pixel_pairs)
 
 
 def _eligible(conv: nn.Module) -> bool:
@@ -410,26 +385,17 @@ def use_gemm_convs(model: nn.Module, example: torch.Tensor, max_area: int) -> in
     return switched
 
 
-def use_amx_weight_grads(model: nn.Module, example: torch.Tensor) -> tuple[int, int]:
-    """Let the ``GemmConv2d`` layers of ``model`` take their weight gradient from ``amx_conv.cpp``'s
-    tiles where that kernel runs here (bf16 training on CPUs with AMX-BF16; ``gemm_conv2d`` checks
-    dtype per call): those with a square kernel, stride and padding and channels in multiples of 32.
-    ``example`` is one input of the training size: at it, the layers whose every window covers their
-    input map (ResNet-18's layer4 3x3s at 64 px) run as ``CoveringConv``. Returns (layers switched,
-    of them covering).
-
-    ResNet-18's 512 -> 512 layer at 2x2, batch 128, bf16, forward + backward (session 21, scratch,
-    medians of 21 alternating calls, caches flushed): im2col + matmul 6.05 ms, ``CoveringConv`` with
-    torch's per-tap weight gradient 7.06, with the AMX one 4.29 (its weight gradient 0.96 ms) and 3.93
-    once the matrix was assembled in C++. The others: ``AmxPatchConv``."""
+def use_pixel_pair_convs(model: nn.Module) -> int:
+    """Let the ``GemmConv2d`` layers of ``model`` run as ``PixelPairConv`` where ``amx_conv.cpp`` runs
+    here (bf16 training on CPUs with AMX-BF16; ``gemm_conv2d`` checks dtype per call): those with a
+    square kernel, stride and padding and channels in multiples of 32. Returns how many."""
     convs = [m for m in model.modules() if isinstance(m, GemmConv2d)]
     if not convs or load_amx() is not None:
-        return 0, 0
-    switched = covering = 0
-    for conv, ((h, w), _) in map_sizes(model, example, convs).items():
+        return 0
+    switched = 0
+    for conv in convs:
         if (conv.in_channels % 32 == 0 and conv.out_channels % 32 == 0 and conv.kernel_size[0] == conv.kernel_size[1]
                 and conv.stride[0] == conv.stride[1] and conv.padding[0] == conv.padding[1]):
-            conv.amx_grads = True
+            conv.pixel_pairs = True
             switched += 1
-            covering += covering_pairs(h, w, conv.kernel_size, conv.stride, conv.padding) is not None
-    return switched, covering
+    return switched

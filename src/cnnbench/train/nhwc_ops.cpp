@@ -193,38 +193,10 @@ at::Tensor transpose2d(const at::Tensor& x) {
   return out;
 }
 
-// A covering convolution's matrix (gemm_conv.CoveringConv): rows (O, kh, kw, C) -> (hw * O, hw * C)
-// with block (p, q) = the (O, C) taps of kernel position (qy - py + ph, qx - px + pw): each output
-// pixel p's row of blocks holds, for each input pixel q, the tap that joins them. One contiguous C-row
-// copy per (p, o, q), rows in parallel; torch's 16 strided slice copies took 1.08 ms for ResNet-18's
-// 512 -> 512 layer at 2x2 here (session 21, scratch).
-at::Tensor covering_matrix(const at::Tensor& rows, int64_t h, int64_t w, int64_t ph, int64_t pw) {
-  TORCH_CHECK(rows.dim() == 4 && rows.is_contiguous(), "rows: expected a contiguous (O, kh, kw, C) tensor");
-  const int64_t o = rows.size(0), kh = rows.size(1), kw = rows.size(2), c = rows.size(3), hw = h * w;
-  TORCH_CHECK(h >= 1 && w >= 1 && ph >= 0 && pw >= 0 && h - 1 <= std::min(ph, kh - 1 - ph) &&
-              w - 1 <= std::min(pw, kw - 1 - pw), "h, w, padding: ", h, " x ", w, " with padding (", ph, ", ", pw,
-              ") under a ", kh, " x ", kw, " kernel: not every window covers the map");
-  auto out = at::empty({hw * o, hw * c}, rows.options());
-  const int64_t bytes = c * rows.element_size();
-  const char* src = static_cast<const char*>(rows.data_ptr());
-  char* dst = static_cast<char*>(out.data_ptr());
-  at::parallel_for(0, hw * o, 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const int64_t p = r / o, oc = r % o, py = p / w, px = p % w;
-      for (int64_t q = 0; q < hw; ++q) {
-        const int64_t i = q / w - py + ph, j = q % w - px + pw;
-        std::memcpy(dst + (r * hw + q) * bytes, src + ((oc * kh + i) * kw + j) * bytes, bytes);
-      }
-    }
-  });
-  return out;
-}
-
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("im2col", &im2col, "(N, H, W, C) -> (N, Ho, Wo, kh*kw*C) patches, zero padding");
   module.def("col2im", &col2im, "the adjoint of im2col: patch gradients summed onto their input pixels");
   module.def("max_pool_forward", &max_pool_forward, "(N, H, W, C) max pooling -> (channels_last values, uint8 taps)");
   module.def("max_pool_backward", &max_pool_backward, "gradient of max_pool_forward");
   module.def("transpose2d", &transpose2d, "(R, C) -> (C, R), contiguous");
-  module.def("covering_matrix", &covering_matrix, "(O, kh, kw, C) taps -> a covering convolution's (hw*O, hw*C) matrix");
 }

@@ -38,7 +38,7 @@ from cnnbench.train.distributed import (Ranks, StopRequest, all_reduce, init_dis
                                         ranks_from_env, shutdown_distributed)
 from cnnbench.train.fused_bn import load_error as fused_bn_load_error
 from cnnbench.train.fused_bn import fused_pools, use_fused_batchnorm
-from cnnbench.train.gemm_conv import AUTO_MAX_AREA, use_amx_weight_grads, use_gemm_convs
+from cnnbench.train.gemm_conv import AUTO_MAX_AREA, use_gemm_convs, use_pixel_pair_convs
 from cnnbench.train.max_pool import use_nhwc_max_pool
 from cnnbench.train.native import NHWC_OPS, flush_denormals, keep_freed_memory
 from cnnbench.train.loop import (Engine, NonFiniteLoss, Progress, check_finite_weights, evaluate, improved,
@@ -140,9 +140,9 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
     if (t.conv_grad_impl == "auto" and device.type == "cpu" and precision.dtype == torch.bfloat16 and t.channels_last
             and not t.compile):
         fast_paths["amx_weight_grads"] = use_amx_convs(model)
-        switched, covering = use_amx_weight_grads(model, example)
-        if switched:
-            fast_paths.update(amx_matmul_conv_grads=switched, amx_covering_convs=covering)
+        pixel_pairs = use_pixel_pair_convs(model)  # the matmul convolutions, on the same kernel's tiles
+        if pixel_pairs:
+            fast_paths["amx_pixel_pair_convs"] = pixel_pairs
         if amx_load_error():
             fast_paths["amx_weight_grads_unavailable"] = amx_load_error()
     if t.pool_impl == "auto" and device.type == "cpu" and t.channels_last:
