@@ -104,8 +104,10 @@ def small_map_kernels(x, weight, upstream, stride, padding):
 
 @needs_amx
 @pytest.mark.parametrize("batch, h, w, cin, cout, k, stride, padding", [
-    (40, 2, 2, 64, 32, 3, 1, 1),   # ResNet-18's layer4 at 64 px (narrower); a batch that is no multiple of 32
+    # (the forward pass packs x where x is under half the weight: the first two and the rectangular map; else the weight)
+    (40, 2, 2, 32, 256, 3, 1, 1),  # ResNet-18's layer4 at 64 px (narrower in); a batch that is no multiple of 32
     (3, 1, 1, 32, 64, 3, 1, 1),    # a 1x1 map: only the centre tap joins a pixel pair, the others are zeros
+    (40, 2, 2, 64, 32, 3, 1, 1),   # layer4 with fewer outputs
     (33, 3, 3, 32, 32, 5, 1, 2),   # a 5x5 kernel, padding 2, covering a 3x3 map
     (64, 2, 1, 32, 96, 3, 1, 1),   # a rectangular map
     (37, 4, 4, 64, 32, 3, 1, 1),   # layer3 at 64 px

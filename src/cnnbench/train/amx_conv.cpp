@@ -484,22 +484,25 @@ struct Interleave {
   }
 };
 
-// x (B, hw, C) -> out[q][C / 2][bp][2]: per pixel, the (B, C / 2) matrix of channel pairs transposed,
-// zero columns past B: the forward product's B operand.
-void pack_pixels_transposed(const uint16_t* x, int64_t bsz, int64_t hw, int64_t c, int64_t bp, uint16_t* out) {
+// x (B, hw, C) -> out[q][C / 2][bp][2]: per pixel that some pair reads (read[q]), the (B, C / 2) matrix
+// of channel pairs transposed, zero columns past B: the forward product's B operand.
+void pack_pixels_transposed(const uint16_t* x, int64_t bsz, int64_t hw, int64_t c, int64_t bp,
+                            const std::vector<char>& read, uint16_t* out) {
   const auto* x32 = reinterpret_cast<const uint32_t*>(x);
   auto* o32 = reinterpret_cast<uint32_t*>(out);
-  const int64_t c2 = c / 2;
-  at::parallel_for(0, hw, 1, [&](int64_t first, int64_t last) {
-    for (int64_t q = first; q < last; ++q)
-      for (int64_t b0 = 0; b0 < bp; b0 += 16)
-        for (int64_t k = 0; k < c2; k += 16) {
-          __m512i v[16];
-          for (int i = 0; i < 16; ++i)
-            v[i] = b0 + i < bsz ? _mm512_loadu_si512(x32 + ((b0 + i) * hw + q) * c2 + k) : _mm512_setzero_si512();
-          transpose_down_to_32bit<16>(v);
-          for (int j = 0; j < 16; ++j) _mm512_storeu_si512(o32 + (q * c2 + k + j) * bp + b0, v[j]);
-        }
+  const int64_t c2 = c / 2, blocks = bp / 16;
+  at::parallel_for(0, hw * blocks, 1, [&](int64_t first, int64_t last) {
+    for (int64_t unit = first; unit < last; ++unit) {
+      const int64_t q = unit / blocks, b0 = (unit % blocks) * 16;
+      if (!read[q]) continue;  // a strided 1 x 1 reads a quarter of the pixels
+      for (int64_t k = 0; k < c2; k += 16) {
+        __m512i v[16];
+        for (int i = 0; i < 16; ++i)
+          v[i] = b0 + i < bsz ? _mm512_loadu_si512(x32 + ((b0 + i) * hw + q) * c2 + k) : _mm512_setzero_si512();
+        transpose_down_to_32bit<16>(v);
+        for (int j = 0; j < 16; ++j) _mm512_storeu_si512(o32 + (q * c2 + k + j) * bp + b0, v[j]);
+      }
+    }
   });
 }
 
@@ -507,14 +510,33 @@ void pack_pixels_transposed(const uint16_t* x, int64_t bsz, int64_t hw, int64_t 
 // input gradient's B operand.
 void pack_tap_rows(const uint16_t* w, int64_t o, int64_t taps, int64_t c, uint16_t* out) {
   const Interleave pairs;
-  at::parallel_for(0, taps, 1, [&](int64_t first, int64_t last) {
-    for (int64_t t = first; t < last; ++t)
-      for (int64_t i = 0; i < o / 2; ++i) {
-        const uint16_t* r0 = w + (2 * i * taps + t) * c;
-        const uint16_t* r1 = r0 + taps * c;
-        uint16_t* dst = out + (t * (o / 2) + i) * c * 2;
-        for (int64_t k = 0; k < c; k += 32) pairs.store(_mm512_loadu_si512(r0 + k), _mm512_loadu_si512(r1 + k), dst + 2 * k);
+  at::parallel_for(0, taps * (o / 2), 16, [&](int64_t first, int64_t last) {
+    for (int64_t row = first; row < last; ++row) {  // row t * (o / 2) + i: rows 2 i and 2 i + 1 of tap t
+      const int64_t t = row / (o / 2), i = row % (o / 2);
+      const uint16_t* r0 = w + (2 * i * taps + t) * c;
+      const uint16_t* r1 = r0 + taps * c;
+      uint16_t* dst = out + row * c * 2;
+      for (int64_t k = 0; k < c; k += 32) pairs.store(_mm512_loadu_si512(r0 + k), _mm512_loadu_si512(r1 + k), dst + 2 * k);
+    }
+  });
+}
+
+// A channels_last weight (O, T, C) -> out[t][C / 2][O][2]: each tap's (O, C / 2) matrix of channel
+// pairs transposed in 16 x 16 blocks, the forward product's B operand when x is read in place.
+void pack_tap_columns(const uint16_t* w, int64_t o, int64_t taps, int64_t c, uint16_t* out) {
+  const auto* w32 = reinterpret_cast<const uint32_t*>(w);
+  auto* o32 = reinterpret_cast<uint32_t*>(out);
+  const int64_t c2 = c / 2;
+  at::parallel_for(0, taps * (o / 16), 1, [&](int64_t first, int64_t last) {
+    for (int64_t unit = first; unit < last; ++unit) {
+      const int64_t t = unit / (o / 16), o0 = (unit % (o / 16)) * 16;
+      for (int64_t k = 0; k < c2; k += 16) {
+        __m512i v[16];
+        for (int i = 0; i < 16; ++i) v[i] = _mm512_loadu_si512(w32 + ((o0 + i) * taps + t) * c2 + k);
+        transpose_down_to_32bit<16>(v);
+        for (int j = 0; j < 16; ++j) _mm512_storeu_si512(o32 + (t * c2 + k + j) * o + o0, v[j]);
       }
+    }
   });
 }
 
@@ -670,15 +692,12 @@ PairLists pixel_pairs(PairsOf of, int64_t hin, int64_t win, int64_t k, int64_t s
 }
 
 #ifdef CNNBENCH_AMX
-// The forward pass: x (B, Q, C), w (O, T, C) (a channels_last weight), lists[p] = the (t, q) of output
-// pixel p -> out (B, P, O). Each (32 o, 32 b) block of output pixel p is one work unit; its fp32 tiles
-// are transposed back in registers and rounded into out's rows.
-void forward_tiles(const uint16_t* x, int64_t bsz, int64_t inputs, int64_t c, const uint16_t* w, int64_t o, int64_t taps,
-                   const PairLists& lists, uint16_t* out) {
-  const int64_t bp = std::max<int64_t>(32, (bsz + 31) / 32 * 32);
-  auto packed = aligned_buffer<uint16_t>(inputs * c * bp);
-  pack_pixels_transposed(x, bsz, inputs, c, bp, packed.get());
-  const uint16_t* xt = packed.get();
+// The forward pass as (O, C) @ (C, B) products: w (O, T, C) (a channels_last weight, the A operand as it
+// is), xt = pack_pixels_transposed(x), lists[p] = the (t, q) of output pixel p -> out (B, P, O). Each
+// (32 o, 32 b) block of output pixel p is one work unit; its fp32 tiles are transposed back in
+// registers and rounded into out's rows.
+void forward_transposed_tiles(const uint16_t* w, int64_t o, int64_t taps, int64_t c, const uint16_t* xt, int64_t bsz,
+                              int64_t bp, const PairLists& lists, uint16_t* out) {
   const int64_t outputs = static_cast<int64_t>(lists.size()), nb = bp / 32, no = o / 32;
   at::parallel_for(0, outputs * no * nb, 1, [&](int64_t first, int64_t last) {
     configure_tiles();
@@ -708,47 +727,46 @@ void forward_tiles(const uint16_t* x, int64_t bsz, int64_t inputs, int64_t c, co
   });
 }
 
-// The input gradient: grad (B, P, O), w (O, T, C) (a channels_last weight), lists[q] = the (t, p) of
-// input pixel q -> out (B, Q, C). Each (32 b, 32 c) block of input pixel q is one work unit; grad's rows
-// are read in place (the last rows, fewer than 32, from a zero-padded copy).
-void input_grad_tiles(const uint16_t* grad, int64_t bsz, int64_t outputs, int64_t o, const uint16_t* w, int64_t c,
-                      int64_t taps, const PairLists& lists, uint16_t* out) {
-  auto packed = aligned_buffer<uint16_t>(taps * c * o);
-  pack_tap_rows(w, o, taps, c, packed.get());
-  const uint16_t* wv = packed.get();
-  const int64_t inputs = static_cast<int64_t>(lists.size()), nb = (bsz + 31) / 32, full = bsz / 32, nc = c / 32;
-  const int64_t row = outputs * o;  // grad's elements per batch row
+// out[b, r, :] = sum over (t, s) in lists[r] of map[b, s, :] @ tap t: map (B, S, K) read in place, taps
+// (T, K / 2, N, 2) (a B operand per tap) -> out (B, R, N). Each (32 b, 32 n) block of an output pixel r
+// is one work unit; the last rows, fewer than 32, are read from a zero-padded copy. The input gradient
+// (map = grad, taps = pack_tap_rows(weight)) and the forward pass where the weight is the smaller
+// operand to pack (map = x, taps = pack_tap_columns(weight)).
+void map_rows_tiles(const uint16_t* map, int64_t bsz, int64_t pixels, int64_t k, const uint16_t* taps, int64_t n,
+                    const PairLists& lists, uint16_t* out) {
+  const int64_t outputs = static_cast<int64_t>(lists.size()), nb = (bsz + 31) / 32, full = bsz / 32, nn = n / 32;
+  const int64_t row = pixels * k;  // map's elements per batch row
   std::unique_ptr<uint16_t[], FreeDeleter> tail;
   if (full < nb) {
     tail = aligned_buffer<uint16_t>(32 * row);
     const int64_t rows = bsz - full * 32;
-    std::memcpy(tail.get(), grad + full * 32 * row, sizeof(uint16_t) * rows * row);
+    std::memcpy(tail.get(), map + full * 32 * row, sizeof(uint16_t) * rows * row);
     std::memset(tail.get() + rows * row, 0, sizeof(uint16_t) * (32 - rows) * row);
   }
-  at::parallel_for(0, inputs * nc * nb, 1, [&](int64_t first, int64_t last) {
+  at::parallel_for(0, outputs * nn * nb, 1, [&](int64_t first, int64_t last) {
     configure_tiles();
     alignas(64) float tile[4][256];
     for (int64_t unit = first; unit < last; ++unit) {
-      const int64_t bb = unit % nb, c0 = ((unit / nb) % nc) * 32, q = unit / (nb * nc);
+      const int64_t bb = unit % nb, n0 = ((unit / nb) % nn) * 32, r = unit / (nb * nn);
       const int64_t rows = std::min<int64_t>(32, bsz - bb * 32);
-      if (lists[q].empty()) {  // a pixel no tap reads (a strided 1 x 1's skipped pixels)
-        for (int64_t r = 0; r < rows; ++r) std::memset(out + ((bb * 32 + r) * inputs + q) * c + c0, 0, 64);
+      if (lists[r].empty()) {  // a pixel no tap reaches (a strided 1 x 1's skipped input pixels)
+        for (int64_t i = 0; i < rows; ++i) std::memset(out + ((bb * 32 + i) * outputs + r) * n + n0, 0, 64);
         continue;
       }
-      const uint16_t* base = bb < full ? grad + bb * 32 * row : tail.get();
+      const uint16_t* base = bb < full ? map + bb * 32 * row : tail.get();
       _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-      for (const auto& [t, p] : lists[q]) {
-        const uint16_t* a0 = base + p * o;
-        const uint16_t* b0 = wv + t * o * c + c0 * 2;
-        tile_steps(a0, a0 + 16 * row, row * 2, 32, b0, b0 + 32, c * 4, 32 * c, o);
+      for (const auto& [t, s] : lists[r]) {
+        const uint16_t* a0 = base + s * k;
+        const uint16_t* b0 = taps + t * k * n + n0 * 2;
+        tile_steps(a0, a0 + 16 * row, row * 2, 32, b0, b0 + 32, n * 4, 32 * n, k);
       }
       _tile_stored(0, tile[0], 64); _tile_stored(1, tile[1], 64); _tile_stored(2, tile[2], 64); _tile_stored(3, tile[3], 64);
-      for (int64_t r = 0; r < rows; ++r) {  // tiles 0-1: batch rows bb * 32.., 2-3: + 16
-        uint16_t* dst = out + ((bb * 32 + r) * inputs + q) * c + c0;
-        const float* lo = tile[(r / 16) * 2] + (r % 16) * 16;
+      for (int64_t i = 0; i < rows; ++i) {  // tiles 0-1: batch rows bb * 32.., 2-3: + 16
+        uint16_t* dst = out + ((bb * 32 + i) * outputs + r) * n + n0;
+        const float* lo = tile[(i / 16) * 2] + (i % 16) * 16;
         const float* hi = lo + 256;
-        for (int n = 0; n < 16; ++n) dst[n] = float_to_bf16(lo[n]);
-        for (int n = 0; n < 16; ++n) dst[16 + n] = float_to_bf16(hi[n]);
+        for (int j = 0; j < 16; ++j) dst[j] = float_to_bf16(lo[j]);
+        for (int j = 0; j < 16; ++j) dst[16 + j] = float_to_bf16(hi[j]);
       }
     }
     _tile_release();
@@ -862,8 +880,33 @@ at::Tensor small_map_pass(PairsOf of, const at::Tensor& map, const at::Tensor& w
   const PairLists lists = pixel_pairs(of, hin, win, k, stride, padding, ho, wo);
   auto out = forward ? at::empty({bsz, ho * wo, o}, map.options()) : at::empty({bsz, hin * win, c}, map.options());
 #ifdef CNNBENCH_AMX
-  if (forward) forward_tiles(bits(map), bsz, hin * win, c, bits(weight), o, k * k, lists, bits_out(out));
-  else input_grad_tiles(bits(map), bsz, ho * wo, o, bits(weight), c, k * k, lists, bits_out(out));
+  const int64_t taps = k * k;
+  if (forward) {
+    // Pack the smaller operand: x's pixels that pairs read (transposed), or the weight, unless x is not
+    // under half the weight (the transposed form's epilogue costs a transpose per tile). Batch 128,
+    // caches flushed, medians of 21 alternating calls (session 22, scratch), ms transposed / weight
+    // packed: layer4's 512 -> 512 at 2 x 2 (x 0.5 MB, weight 4.7) 1.05 / 2.19, its strided 256 -> 512
+    // (x 1 MB, weight 2.4) 0.90 / 1.19; layer3's 256 -> 256 (x 1 MB, weight 1.2) 1.42 / 1.22, its
+    // strided 128 -> 256 (x 2 MB, weight 0.6) 1.32 / 0.88; the same bits either way.
+    const int64_t bp = std::max<int64_t>(32, (bsz + 31) / 32 * 32);
+    std::vector<char> read(hin * win, 0);
+    for (const auto& list : lists)
+      for (const auto& pair : list) read[pair.second] = 1;
+    const int64_t read_pixels = std::count(read.begin(), read.end(), 1);
+    if (2 * read_pixels * bp < taps * o) {
+      auto xt = aligned_buffer<uint16_t>(hin * win * c * bp);
+      pack_pixels_transposed(bits(map), bsz, hin * win, c, bp, read, xt.get());
+      forward_transposed_tiles(bits(weight), o, taps, c, xt.get(), bsz, bp, lists, bits_out(out));
+    } else {
+      auto packed = aligned_buffer<uint16_t>(taps * c * o);
+      pack_tap_columns(bits(weight), o, taps, c, packed.get());
+      map_rows_tiles(bits(map), bsz, hin * win, c, packed.get(), o, lists, bits_out(out));
+    }
+  } else {
+    auto packed = aligned_buffer<uint16_t>(taps * c * o);
+    pack_tap_rows(bits(weight), o, taps, c, packed.get());
+    map_rows_tiles(bits(map), bsz, ho * wo, o, packed.get(), c, lists, bits_out(out));
+  }
 #endif
   return out;
 }
@@ -872,7 +915,7 @@ at::Tensor small_map_pass(PairsOf of, const at::Tensor& map, const at::Tensor& w
 
 // x (B, hin * win, C) contiguous bf16 and a channels_last bf16 weight (O, C, k, k) of a k x k
 // convolution with this stride and zero padding -> its output (B, ho * wo, O), from the pixel pairs
-// each output pixel's taps join inside the map (forward_tiles).
+// each output pixel's taps join inside the map (forward_transposed_tiles or map_rows_tiles).
 at::Tensor small_map_forward(const at::Tensor& x, const at::Tensor& weight, int64_t hin, int64_t win, int64_t stride,
                              int64_t padding) {
   return small_map_pass(PairsOf::output, x, weight, hin, win, stride, padding);
@@ -880,7 +923,7 @@ at::Tensor small_map_forward(const at::Tensor& x, const at::Tensor& weight, int6
 
 // grad (B, ho * wo, O) contiguous bf16 and the channels_last bf16 weight (O, C, k, k) of a k x k
 // convolution on an hin x win map with this stride and zero padding -> the input gradient
-// (B, hin * win, C), from the pixel pairs each input pixel's taps join (input_grad_tiles).
+// (B, hin * win, C), from the pixel pairs each input pixel's taps join (map_rows_tiles).
 at::Tensor small_map_input_grad(const at::Tensor& grad, const at::Tensor& weight, int64_t hin, int64_t win, int64_t stride,
                                 int64_t padding) {
   return small_map_pass(PairsOf::input, grad, weight, hin, win, stride, padding);
