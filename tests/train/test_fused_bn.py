@@ -248,3 +248,68 @@ def test_resnet18_trains_at_32px_where_its_last_maps_are_one_pixel():
     for (name, a), b in zip(reference.named_parameters(), model.parameters()):
         assert b.grad is not None and torch.isfinite(b.grad).all(), name
         assert F.cosine_similarity(a.grad.flatten(), b.grad.flatten(), dim=0) > 0.8, name
+
+
+def test_add_grads_is_torchs_bf16_add():
+    module = fused_bn.load_extension()
+    for shape in [(16, 64, 8, 8), (3, 5, 1, 1), (7, 33)]:
+        if len(shape) == 4:
+            a, b = cl_bf16(*shape, seed=1), cl_bf16(*shape, std=3.0, seed=2)
+        else:  # a (M, C) matrix
+            a, b = torch.randn(*shape).to(torch.bfloat16), (torch.randn(*shape) * 3).to(torch.bfloat16)
+        got = module.add_grads(a, b)
+        assert torch.equal(got, a + b) and got.stride() == a.stride()
+    a = cl_bf16(4, 8, 3, 3)
+    with pytest.raises(RuntimeError, match="b: expected the shape of x"):
+        module.add_grads(a, cl_bf16(4, 8, 3, 2))
+    with pytest.raises(RuntimeError, match="b: expected bfloat16"):
+        module.add_grads(a, a.float())
+    with pytest.raises(RuntimeError, match=r"a: expected a channels_last \(N, C, H, W\) or contiguous \(M, C\) tensor"):
+        module.add_grads(a.contiguous(), a)
+
+
+@pytest.mark.parametrize("block", [BasicBlock, Bottleneck])
+def test_fork_adds_a_blocks_two_input_gradients_to_autograds_bits(block, monkeypatch):
+    # the block's input feeds its first convolution and its skip connection (a downsampling one here,
+    # the identity in the second block): _Fork adds their gradients in one C++ pass, to the bits of
+    # autograd's own add
+    torch.manual_seed(0)
+    downsample = nn.Sequential(nn.Conv2d(32, 16 * block.expansion, 1, stride=2, bias=False), nn.BatchNorm2d(16 * block.expansion))
+    net = nn.Sequential(block(32, 16, stride=2, downsample=downsample), block(16 * block.expansion, 16))
+    net = net.to(memory_format=torch.channels_last)
+    use_fused_batchnorm(net)
+    x = torch.randn(8, 32, 12, 12).to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    calls, module = [], fused_bn.FUSED_BN.module
+
+    class Counting:
+        def __getattr__(self, name):
+            return getattr(module, name)
+
+        def add_grads(self, a, b):
+            calls.append(tuple(a.shape))
+            return module.add_grads(a, b)
+
+    monkeypatch.setattr(fused_bn.FUSED_BN, "module", Counting())
+    grads = {}
+    for forked in (True, False):
+        if not forked:
+            monkeypatch.setattr(fused_bn, "fork", lambda t: (t, t))
+        model = copy.deepcopy(net)
+        xi = x.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(xi)
+        out.float().square().sum().backward()
+        grads[forked] = [xi.grad] + [p.grad for p in model.parameters()]
+    assert len(calls) == 2  # both blocks, each once
+    assert all(torch.equal(a, b) for a, b in zip(grads[True], grads[False]))
+
+
+def test_fork_passes_a_single_gradient_and_other_dtypes_through():
+    x = torch.randn(2, 8, 4, 4, dtype=torch.bfloat16, requires_grad=True)
+    a, b = fused_bn.fork(x)
+    (a.float().sum() * 2).backward()  # the skip branch unused: its gradient is None
+    assert torch.equal(x.grad, torch.full_like(x, 2))
+    y = torch.randn(2, 8, 4, 4, requires_grad=True)
+    assert fused_bn.fork(y)[0] is y  # fp32: no fork, autograd adds as usual
+    with torch.no_grad():
+        assert fused_bn.fork(x)[0] is x
