@@ -313,3 +313,19 @@ def test_fork_passes_a_single_gradient_and_other_dtypes_through():
     assert fused_bn.fork(y)[0] is y  # fp32: no fork, autograd adds as usual
     with torch.no_grad():
         assert fused_bn.fork(x)[0] is x
+
+
+@pytest.mark.parametrize("momentum", [0.1, 0.7, None])
+@pytest.mark.parametrize("channels", [64, 20])
+def test_running_stats_in_cpp_have_the_torch_updates_bits(momentum, channels):
+    fused, _ref = pair(channels, momentum=momentum)
+    in_torch = copy.deepcopy(fused)
+    g = torch.Generator().manual_seed(channels)
+    for step in range(4):
+        mean = torch.randn(channels, generator=g) * (step + 1)
+        var = torch.rand(channels, generator=g) * 3
+        x = torch.empty(6, channels, 5, 7)  # only its shape counts: 210 rows
+        fused._update_running_stats(x, mean, var)
+        in_torch._update_running_stats_in_torch(210, mean, var)
+    assert int(fused.num_batches_tracked) == int(in_torch.num_batches_tracked) == 4
+    assert torch.equal(fused.running_mean, in_torch.running_mean) and torch.equal(fused.running_var, in_torch.running_var)

@@ -399,7 +399,42 @@ at::Tensor add_grads(const at::Tensor& a, const at::Tensor& b) {
   return out;
 }
 
+// nn.BatchNorm2d's running statistics after a training step, in one call where the Python of
+// FusedBatchNorm2d._update_running_stats (an add, two casts, a multiply and two lerps per batch norm)
+// cost ResNet-18's step ~3 ms here (session 22, scratch: 151.9 vs 148.5 ms skipping it, paired medians
+// of 41 steps). The same bits as that Python: the count + 1; momentum (< 0: the cumulative average,
+// 1 / count); var scaled by rows / (rows - 1) in float; each running value moved towards the batch's
+// as torch's vectorised lerp does, fma(w, end - start, start) for w < 0.5 and fma(w - 1, end - start,
+// end) otherwise.
+void update_running_stats(at::Tensor& running_mean, at::Tensor& running_var, at::Tensor& num_batches_tracked,
+                          const at::Tensor& mean, const at::Tensor& var, double momentum, int64_t rows) {
+  for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&running_mean, &running_var, &mean, &var})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == mean.numel(),
+                "running statistics: expected contiguous float32 tensors of one size");
+  TORCH_CHECK(num_batches_tracked.scalar_type() == at::kLong && num_batches_tracked.numel() == 1,
+              "num_batches_tracked: expected one int64");
+  const int64_t count = ++*num_batches_tracked.data_ptr<int64_t>();
+  const float w = static_cast<float>(momentum < 0 ? 1.0 / static_cast<double>(count) : momentum);
+  const float unbiased = static_cast<float>(static_cast<double>(rows) / static_cast<double>(std::max<int64_t>(rows - 1, 1)));
+  const bool small = std::abs(w) < 0.5f;
+  float* rm = running_mean.data_ptr<float>();
+  float* rv = running_var.data_ptr<float>();
+  const float* m = mean.data_ptr<float>();
+  const float* v = var.data_ptr<float>();
+  auto lerp = [w, small](float start, float end) {
+    const float d = end - start;
+    return small ? std::fma(w, d, start) : std::fma(w - 1.f, d, end);
+  };
+  for (int64_t j = 0; j < mean.numel(); ++j) {
+    float scaled = v[j] * unbiased;
+    asm("" : "+x"(scaled));  // rounded here, as torch's multiply is: not contracted into lerp's subtraction
+    rm[j] = lerp(rm[j], m[j]);
+    rv[j] = lerp(rv[j], scaled);
+  }
+}
+
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  module.def("update_running_stats", &update_running_stats, "nn.BatchNorm2d's running statistics after a training step");
   module.def("add_grads", &add_grads, "a + b for bf16 tensors of one shape and memory order (a residual input's gradient)");
   module.def("bn_forward", &bn_forward, "channels_last bf16 batch norm (+ residual, + ReLU), training mode");
   module.def("bn_backward", &bn_backward, "gradients of bn_forward");
