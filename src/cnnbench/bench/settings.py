@@ -39,7 +39,7 @@ class BenchSettings:
     """Models of the training-throughput section: registered names, each optionally with builder
     options as NAME:KEY=VALUE[,KEY=VALUE] (e.g. resnet18:stem=small; values parsed as YAML)."""
     variants: list[str] = field(default_factory=lambda: list(DEFAULT_VARIANTS))
-    """cnnbench variants timed against the plain baseline: fp32, bf16, bf16_cl (+channels_last), bf16_cl_compile (+torch.compile); bf16_cl_torch_bn, bf16_cl_torch_pool, bf16_cl_torch_optim and bf16_cl_torch_conv_grad (bf16_cl with torch's batch norm, max pool, SGD step and autocast's weight casts, or oneDNN's weight gradients instead of cnnbench's kernels, ablations) on request."""
+    """cnnbench variants timed against the plain baseline: fp32, bf16, bf16_cl (+channels_last), bf16_cl_compile (+torch.compile); bf16_cl_torch_bn, bf16_cl_torch_pool, bf16_cl_torch_optim and bf16_cl_torch_conv_grad (bf16_cl with torch's batch norm, max pool, SGD step and autocast's weight casts, or without the AMX convolution kernels (oneDNN's weight gradients, im2col + matmul for small maps), instead of cnnbench's kernels, ablations) on request."""
     compile_models: list[str] = field(default_factory=lambda: ["resnet18"])
     """Models for which the torch.compile variant is measured (compiling a training graph takes minutes on 2 cores)."""
     input_size: int = 64

@@ -51,7 +51,7 @@ VARIANTS = {
     "bf16_cl_torch_optim": Variant(bf16=True, channels_last=True, compile=False, train=(("optim_impl", "torch"),),
                                    label="cnnbench bf16 + channels_last, torch's SGD and autocast's weight casts"),
     "bf16_cl_torch_conv_grad": Variant(bf16=True, channels_last=True, compile=False, train=(("conv_grad_impl", "torch"),),
-                                       label="cnnbench bf16 + channels_last, oneDNN's weight gradients"),
+                                       label="cnnbench bf16 + channels_last, without the AMX convolution kernels"),
 }
 
 
