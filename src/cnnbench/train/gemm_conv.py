@@ -42,6 +42,10 @@ slices, their ``torch.cat`` and the k*k strided adds still cost 18 ms of a 180 m
 (torch.profiler, session 10), so channels_last inputs now take one C++ pass each way
 (``nhwc_ops.cpp``, see ``Im2col``); the Python path stays for other layouts and where no
 compiler is present.
+
+On CPUs with AMX-BF16, bf16 training runs these layers as ``PixelPairConv`` instead (every pass
+from the pixel pairs each tap joins, on ``amx_conv.cpp``'s tiles: no patch matrix, no padding
+taps); im2col + matmul stays for fp32, other CPUs and channel counts that are no multiple of 32.
 """
 
 from __future__ import annotations
