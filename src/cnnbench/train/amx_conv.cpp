@@ -456,16 +456,18 @@ void accumulate(const Problem& pr, const uint16_t* x, const uint16_t* grad, int6
 // the input gradient, rounds each tap's product to bf16 before col2im sums them; a 2 x 2 map's
 // one-matmul CoveringConv assembled a (4 O, 4 C) matrix from the taps every step.
 //
-// Each product's operands are read in the layout AMX takes, with the least packing: the forward
-// pass runs transposed, (O, C) @ (C, B), so that its A operand is the channels_last weight's own
-// rows and only x's channel pairs are transposed per pixel (the 2 x 2 layer's weight is 4.7 MB, its
-// x 0.5); the input gradient reads grad's rows as they are and interleaves the weight's rows in
-// pairs; the weight gradient transposes grad per pixel and interleaves x's batch rows in pairs.
-// Every output tile is one thread's: the same bits on any thread count.
+// Each product's operands are read in the layout AMX takes, with the least packing: the forward pass
+// packs the smaller of x and the weight (small_map_pass): where x is (the 2 x 2 layer's x is 0.5 MB,
+// its weight 4.7) it runs transposed, (O, C) @ (C, B), so that its A operand is the channels_last
+// weight's own rows and only x's channel pairs are transposed per pixel; elsewhere it reads x's rows
+// in place against the weight's columns in pairs. The input gradient reads grad's rows as they are
+// and interleaves the weight's rows in pairs; the weight gradient transposes grad per pixel and
+// interleaves x's batch rows in pairs. Every output tile is one thread's: the same bits on any
+// thread count, and in either form of the forward pass.
 // ResNet-18's layers at batch 128 (session 22, scratch, caches flushed, medians of 15-21 alternating
 // calls), forward / input gradient, ms: layer3's 256 -> 256 at 4 x 4 im2col + matmul 2.07 / 1.79 ->
-// 1.18 / 1.09, its strided 128 -> 256 1.10-1.23 / 1.44-1.70 -> 0.91 / 1.04-1.09, layer4's 512 -> 512
-// CoveringConv 1.99 / 1.39 -> 0.87 / 1.56.
+// 1.09 / 1.06, its strided 128 -> 256 1.10-1.23 / 1.44-1.70 -> 0.79 / 0.86, layer4's 512 -> 512
+// CoveringConv 1.99 / 1.39 -> 0.86 / 1.31.
 
 // Two rows of 32 16-bit values interleaved in order (a0 b0 a1 b1 ...), written as two vectors: a pair layout.
 struct Interleave {
