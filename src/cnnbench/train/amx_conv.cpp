@@ -486,6 +486,22 @@ struct Interleave {
   }
 };
 
+// 16 rows of c2 32-bit values (row(i): the row's first value, or null for a row of zeros) transposed in
+// 16 x 16 blocks into c2 rows of 16 values, dst_stride values apart: the channel-pair packing of
+// pack_pixels_transposed and pack_tap_columns.
+template <typename Row>
+inline void transpose_16_rows(Row row, int64_t c2, uint32_t* dst, int64_t dst_stride) {
+  for (int64_t k = 0; k < c2; k += 16) {
+    __m512i v[16];
+    for (int i = 0; i < 16; ++i) {
+      const uint32_t* r = row(i);
+      v[i] = r != nullptr ? _mm512_loadu_si512(r + k) : _mm512_setzero_si512();
+    }
+    transpose_down_to_32bit<16>(v);
+    for (int j = 0; j < 16; ++j) _mm512_storeu_si512(dst + (k + j) * dst_stride, v[j]);
+  }
+}
+
 // x (B, hw, C) -> out[q][C / 2][bp][2]: per pixel that some pair reads (read[q]), the (B, C / 2) matrix
 // of channel pairs transposed, zero columns past B: the forward product's B operand.
 void pack_pixels_transposed(const uint16_t* x, int64_t bsz, int64_t hw, int64_t c, int64_t bp,
@@ -497,13 +513,8 @@ void pack_pixels_transposed(const uint16_t* x, int64_t bsz, int64_t hw, int64_t 
     for (int64_t unit = first; unit < last; ++unit) {
       const int64_t q = unit / blocks, b0 = (unit % blocks) * 16;
       if (!read[q]) continue;  // a strided 1 x 1 reads a quarter of the pixels
-      for (int64_t k = 0; k < c2; k += 16) {
-        __m512i v[16];
-        for (int i = 0; i < 16; ++i)
-          v[i] = b0 + i < bsz ? _mm512_loadu_si512(x32 + ((b0 + i) * hw + q) * c2 + k) : _mm512_setzero_si512();
-        transpose_down_to_32bit<16>(v);
-        for (int j = 0; j < 16; ++j) _mm512_storeu_si512(o32 + (q * c2 + k + j) * bp + b0, v[j]);
-      }
+      transpose_16_rows([&](int i) { return b0 + i < bsz ? x32 + ((b0 + i) * hw + q) * c2 : nullptr; }, c2,
+                        o32 + q * c2 * bp + b0, bp);
     }
   });
 }
@@ -532,12 +543,7 @@ void pack_tap_columns(const uint16_t* w, int64_t o, int64_t taps, int64_t c, uin
   at::parallel_for(0, taps * (o / 16), 1, [&](int64_t first, int64_t last) {
     for (int64_t unit = first; unit < last; ++unit) {
       const int64_t t = unit / (o / 16), o0 = (unit % (o / 16)) * 16;
-      for (int64_t k = 0; k < c2; k += 16) {
-        __m512i v[16];
-        for (int i = 0; i < 16; ++i) v[i] = _mm512_loadu_si512(w32 + ((o0 + i) * taps + t) * c2 + k);
-        transpose_down_to_32bit<16>(v);
-        for (int j = 0; j < 16; ++j) _mm512_storeu_si512(o32 + (t * c2 + k + j) * o + o0, v[j]);
-      }
+      transpose_16_rows([&](int i) { return w32 + ((o0 + i) * taps + t) * c2; }, c2, o32 + t * c2 * o + o0, o);
     }
   });
 }
@@ -840,7 +846,6 @@ void check_map(const char* name, const at::Tensor& t, int64_t batch, int64_t h, 
 
 // A square weight (O, C, k, k): channels_last bf16, O and C multiples of 32. Returns k.
 int64_t check_weight(const at::Tensor& w) {
-  TORCH_CHECK(available(), "the AMX kernels need a CPU with AMX-BF16 under Linux");
   TORCH_CHECK(w.dim() == 4 && w.scalar_type() == at::kBFloat16 && w.is_contiguous(at::MemoryFormat::ChannelsLast) &&
               w.size(2) == w.size(3) && w.size(0) % 32 == 0 && w.size(1) % 32 == 0,
               "weight: expected a channels_last bf16 (O, C, k, k) tensor with O and C multiples of 32, got ", w.sizes());

@@ -182,9 +182,9 @@ class _Fork(torch.autograd.Function):
         if grad_a is None or grad_b is None:
             return grad_b if grad_a is None else grad_a
         same_bf16 = (grad_a.dtype == grad_b.dtype == torch.bfloat16 and grad_a.shape == grad_b.shape
-                     and grad_a.device.type == "cpu" and FUSED_BN.module is not None
+                     and grad_a.dim() == 4 and grad_a.device.type == "cpu" and FUSED_BN.module is not None
                      and all(g.is_contiguous(memory_format=torch.channels_last) for g in (grad_a, grad_b)))
-        return FUSED_BN.module.add_grads(grad_a, grad_b) if same_bf16 and grad_a.dim() == 4 else grad_a + grad_b
+        return FUSED_BN.module.add_grads(grad_a, grad_b) if same_bf16 else grad_a + grad_b
 
 
 def fork(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

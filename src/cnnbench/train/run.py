@@ -133,8 +133,8 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     fast_paths: dict[str, Any] = {}
-    example = torch.zeros(1, model.cnnbench_cfg["in_channels"], input_size, input_size, device=device)  # one input
     if t.conv_impl == "auto" and device.type == "cpu":
+        example = torch.zeros(1, model.cnnbench_cfg["in_channels"], input_size, input_size, device=device)  # one input
         fast_paths["gemm_convs"] = use_gemm_convs(model, example, AUTO_MAX_AREA[precision.dtype])
     # (not under torch.compile: its graphs would break at every switched layer's C++ backward)
     if (t.conv_grad_impl == "auto" and device.type == "cpu" and precision.dtype == torch.bfloat16 and t.channels_last
