@@ -26,6 +26,8 @@ GEOMETRIES = [  # (batch, channels, height, width, kernel, stride, padding)
     (3, 5, 9, 7, 3, 2, 1),    # odd, rectangular
     (2, 6, 8, 8, 2, 2, 0),
     (2, 4, 6, 6, 3, 1, 1),    # overlapping windows, every pixel in up to 9
+    (2, 64, 16, 16, 3, 2, 1),  # channels in multiples of 32: the AVX-512 paths where the CPU has them
+    (3, 32, 9, 7, 3, 2, 1),
 ]
 
 
@@ -112,6 +114,34 @@ def test_gradients_are_the_two_kernels_given_the_same_taps(n, c, h, w, k, s, p):
     torch.testing.assert_close(db.double(), db64, atol=1e-3, rtol=1e-4)
     torch.testing.assert_close(dx.double(), dx64, atol=1e-2, rtol=1e-2)  # dx itself is rounded to bf16
     assert (dw.double() - dw64).abs().sum() <= (ref_dw.double() - dw64).abs().sum()
+
+
+@pytest.mark.parametrize("k, s, p", [(3, 2, 1), (3, 1, 1), (2, 2, 0)])
+def test_vector_paths_are_the_scalar_paths_bit_for_bit(k, s, p):
+    """With channels in multiples of 32 both kernels run 32 channels per AVX-512 vector (16-bit integer keys
+    for the pool; the backward's sums in registers); every channel is computed alone, so the first 32
+    channels of a 33-channel input (the scalar loops) must come out the same bits: ties of -0 and +0,
+    infinities, a NaN, negative and zero scales included."""
+    x33 = stem_input(3, 33, 12, 10, seed=5)
+    x33[0, 0, :2, :2] = 0.0
+    x33[0, 0, 0, 1] = -0.0  # -0 ties +0: the first pixel of the window wins
+    x33[1, 4, 3, 3], x33[1, 5, 4, 4], x33[2, 6, 5, 5] = float("inf"), float("-inf"), float("nan")
+    x33[0, 2, 5, 5] = float("inf")  # a zero-scale channel: 0 * inf is NaN, which wins
+    weight, bias = affine(33, seed=6)
+    x32 = x33[:, :32].contiguous(memory_format=torch.channels_last)
+    module = fused_bn.FUSED_BN.module
+    outs = []
+    for x, w, b in ((x33, weight, bias), (x32, weight[:32], bias[:32])):
+        fwd = module.bn_relu_pool_forward(x, w, b, 1e-5, [k, k], [s, s], [p, p])
+        y, taps, winners, mean, invstd, var = fwd
+        grad = torch.randn(3, 33, *y.shape[2:], generator=torch.Generator().manual_seed(7))[:, :x.shape[1]]
+        grad = grad.to(torch.bfloat16).contiguous(memory_format=torch.channels_last)
+        bwd = module.bn_relu_pool_backward(grad, taps, y, winners, x, mean, invstd, w, [k, k], [s, s], [p, p])
+        outs.append([t[:, :32] if t.dim() == 4 and t.shape[1] in (32, 33) else t[..., :32] for t in (*fwd, *bwd)])
+    names = ["y", "taps", "winners", "mean", "invstd", "var", "grad_x", "grad_weight", "grad_bias"]
+    as_int = {torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.uint8: torch.uint8}
+    for name, scalar, vector in zip(names, *outs):  # bits: NaN where NaN
+        assert torch.equal(scalar.contiguous().view(as_int[scalar.dtype]), vector.contiguous().view(as_int[vector.dtype])), name
 
 
 def test_same_bits_with_one_and_two_threads():

@@ -49,6 +49,21 @@ struct Window {
   }
 };
 
+// visit(pixel, tap) for each pixel of image b that output pixel (oy, ox)'s window reads, in tap order
+// (kernel row, then column; padding skipped), pixel = (b * H + y) * W + x, tap = i * kw + j.
+template <typename Visit>
+inline void window_pixels(const Window& g, int64_t b, int64_t oy, int64_t ox, Visit visit) {
+  for (int64_t i = 0; i < g.kh; ++i) {
+    const int64_t yy = oy * g.sh - g.ph + i;
+    if (yy < 0 || yy >= g.h) continue;
+    for (int64_t j = 0; j < g.kw; ++j) {
+      const int64_t xx = ox * g.sw - g.pw + j;
+      if (xx < 0 || xx >= g.w) continue;
+      visit((b * g.h + yy) * g.w + xx, i * g.kw + j);
+    }
+  }
+}
+
 // Every window's winner over an (N, H, W, C) map of T: for each output pixel and channel k, the tap
 // whose key(k, value) is largest, visited in tap order (kernel row, then column): the first maximum
 // wins ties, a NaN key wins, padding never does. Then done(r, ox, keys, taps) for output pixel (r / ho,
@@ -57,7 +72,7 @@ struct Window {
 // torch's 2.3 for the ResNet stem's pool).
 template <typename T, typename Key, typename Done>
 void window_winners(const Window& g, const T* xp, Key key, Done done) {
-  const int64_t c = g.c, h = g.h, w = g.w, wo = g.wo;  // locals: the channel loops vectorise on them
+  const int64_t c = g.c, wo = g.wo;  // locals: the channel loops vectorise on them
   at::parallel_for(0, g.n * g.ho, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> best(c), which(c);
     for (int64_t r = begin; r < end; ++r) {
@@ -66,27 +81,21 @@ void window_winners(const Window& g, const T* xp, Key key, Done done) {
         float* __restrict m = best.data();
         float* __restrict arg = which.data();
         bool first = true;
-        for (int64_t i = 0; i < g.kh; ++i) {
-          const int64_t yy = oy * g.sh - g.ph + i;
-          if (yy < 0 || yy >= h) continue;
-          for (int64_t j = 0; j < g.kw; ++j) {
-            const int64_t xx = ox * g.sw - g.pw + j;
-            if (xx < 0 || xx >= w) continue;
-            const T* __restrict src = xp + ((b * h + yy) * w + xx) * c;
-            const float tap = static_cast<float>(i * g.kw + j);
-            if (first) {  // the first pixel inside the map (padding at most half the kernel: one exists)
-              for (int64_t k = 0; k < c; ++k) { m[k] = key(k, src[k]); arg[k] = tap; }
-              first = false;
-              continue;
-            }
-            for (int64_t k = 0; k < c; ++k) {
-              const float v = key(k, src[k]);
-              const bool win = v > m[k] || v != v;
-              m[k] = win ? v : m[k];
-              arg[k] = win ? tap : arg[k];
-            }
+        window_pixels(g, b, oy, ox, [&](int64_t pixel, int64_t t) {
+          const T* __restrict src = xp + pixel * c;
+          const float tap = static_cast<float>(t);
+          if (first) {  // the first pixel inside the map (padding at most half the kernel: one exists)
+            for (int64_t k = 0; k < c; ++k) { m[k] = key(k, src[k]); arg[k] = tap; }
+            first = false;
+            return;
           }
-        }
+          for (int64_t k = 0; k < c; ++k) {
+            const float v = key(k, src[k]);
+            const bool win = v > m[k] || v != v;
+            m[k] = win ? v : m[k];
+            arg[k] = win ? tap : arg[k];
+          }
+        });
         done(r, ox, m, arg);
       }
     }
