@@ -738,10 +738,10 @@ void forward_transposed_tiles(const uint16_t* w, int64_t o, int64_t taps, int64_
 // out[b, r, :] = sum over (t, s) in lists[r] of map[b, s, :] @ tap t: map (B, S, K) read in place, taps
 // (T, K / 2, N, 2) (a B operand per tap) -> out (B, R, N). Each (32 b, 32 n) block of an output pixel r
 // is one work unit; the last rows, fewer than 32, are read from a zero-padded copy. The input gradient
-// (map = grad, taps = pack_tap_rows(weight)) and the forward pass where the weight is the smaller
-// operand to pack (map = x, taps = pack_tap_columns(weight)).
+// (map = grad, taps = pack_tap_rows(weight), or `weight` itself, packed a column block at a time) and
+// the forward pass where the weight is the smaller operand to pack (map = x, taps = pack_tap_columns(weight)).
 void map_rows_tiles(const uint16_t* map, int64_t bsz, int64_t pixels, int64_t k, const uint16_t* taps, int64_t n,
-                    const PairLists& lists, uint16_t* out) {
+                    const PairLists& lists, uint16_t* out, const uint16_t* weight = nullptr, int64_t weight_taps = 0) {
   const int64_t outputs = static_cast<int64_t>(lists.size()), nb = (bsz + 31) / 32, full = bsz / 32, nn = n / 32;
   const int64_t row = pixels * k;  // map's elements per batch row
   std::unique_ptr<uint16_t[], FreeDeleter> tail;
@@ -751,31 +751,62 @@ void map_rows_tiles(const uint16_t* map, int64_t bsz, int64_t pixels, int64_t k,
     std::memcpy(tail.get(), map + full * 32 * row, sizeof(uint16_t) * rows * row);
     std::memset(tail.get() + rows * row, 0, sizeof(uint16_t) * (32 - rows) * row);
   }
+  // One unit: batch rows bb * 32.. of output pixel r, columns n0..n0 + 32; tap t's B operand at b_of(t),
+  // its pair rows b_stride bytes apart.
+  auto unit_tiles = [&](int64_t bb, int64_t r, int64_t n0, auto b_of, int64_t b_stride, float (*tile)[256]) {
+    const int64_t rows = std::min<int64_t>(32, bsz - bb * 32);
+    if (lists[r].empty()) {  // a pixel no tap reaches (a strided 1 x 1's skipped input pixels)
+      for (int64_t i = 0; i < rows; ++i) std::memset(out + ((bb * 32 + i) * outputs + r) * n + n0, 0, 64);
+      return;
+    }
+    const uint16_t* base = bb < full ? map + bb * 32 * row : tail.get();
+    _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
+    for (const auto& [t, s] : lists[r]) {
+      const uint16_t* a0 = base + s * k;
+      const uint16_t* b0 = b_of(t);
+      tile_steps(a0, a0 + 16 * row, row * 2, 32, b0, b0 + 32, b_stride, 8 * b_stride, k);
+    }
+    _tile_stored(0, tile[0], 64); _tile_stored(1, tile[1], 64); _tile_stored(2, tile[2], 64); _tile_stored(3, tile[3], 64);
+    for (int64_t i = 0; i < rows; ++i) {  // tiles 0-1: batch rows bb * 32.., 2-3: + 16
+      uint16_t* dst = out + ((bb * 32 + i) * outputs + r) * n + n0;
+      const float* lo = tile[(i / 16) * 2] + (i % 16) * 16;
+      const float* hi = lo + 256;
+      for (int j = 0; j < 16; ++j) dst[j] = float_to_bf16(lo[j]);
+      for (int j = 0; j < 16; ++j) dst[16 + j] = float_to_bf16(hi[j]);
+    }
+  };
+  if (weight != nullptr) {
+    // The input gradient: each thread interleaves the weight's rows in pairs (pack_tap_rows) one block of 32
+    // columns at a time, into a buffer of weight_taps x k / 2 pair rows of 64 values that stays in its
+    // cache, and runs every unit of that block from it.
+    const int64_t pairs = k / 2;
+    at::parallel_for(0, nn, 1, [&](int64_t first, int64_t last) {
+      configure_tiles();
+      alignas(64) float tile[4][256];
+      auto block = aligned_buffer<uint16_t>(weight_taps * pairs * 64);
+      const Interleave interleave;
+      for (int64_t nbk = first; nbk < last; ++nbk) {
+        const int64_t n0 = nbk * 32;
+        for (int64_t i = 0; i < pairs; ++i)
+          for (int64_t t = 0; t < weight_taps; ++t) {
+            const uint16_t* r0 = weight + (2 * i * weight_taps + t) * n + n0;
+            interleave.store(_mm512_loadu_si512(r0), _mm512_loadu_si512(r0 + weight_taps * n),
+                             block.get() + (t * pairs + i) * 64);
+          }
+        for (int64_t r = 0; r < outputs; ++r)
+          for (int64_t bb = 0; bb < nb; ++bb)
+            unit_tiles(bb, r, n0, [&](int64_t t) { return block.get() + t * pairs * 64; }, 128, tile);
+      }
+      _tile_release();
+    });
+    return;
+  }
   at::parallel_for(0, outputs * nn * nb, 1, [&](int64_t first, int64_t last) {
     configure_tiles();
     alignas(64) float tile[4][256];
     for (int64_t unit = first; unit < last; ++unit) {
       const int64_t bb = unit % nb, n0 = ((unit / nb) % nn) * 32, r = unit / (nb * nn);
-      const int64_t rows = std::min<int64_t>(32, bsz - bb * 32);
-      if (lists[r].empty()) {  // a pixel no tap reaches (a strided 1 x 1's skipped input pixels)
-        for (int64_t i = 0; i < rows; ++i) std::memset(out + ((bb * 32 + i) * outputs + r) * n + n0, 0, 64);
-        continue;
-      }
-      const uint16_t* base = bb < full ? map + bb * 32 * row : tail.get();
-      _tile_zero(0); _tile_zero(1); _tile_zero(2); _tile_zero(3);
-      for (const auto& [t, s] : lists[r]) {
-        const uint16_t* a0 = base + s * k;
-        const uint16_t* b0 = taps + t * k * n + n0 * 2;
-        tile_steps(a0, a0 + 16 * row, row * 2, 32, b0, b0 + 32, n * 4, 32 * n, k);
-      }
-      _tile_stored(0, tile[0], 64); _tile_stored(1, tile[1], 64); _tile_stored(2, tile[2], 64); _tile_stored(3, tile[3], 64);
-      for (int64_t i = 0; i < rows; ++i) {  // tiles 0-1: batch rows bb * 32.., 2-3: + 16
-        uint16_t* dst = out + ((bb * 32 + i) * outputs + r) * n + n0;
-        const float* lo = tile[(i / 16) * 2] + (i % 16) * 16;
-        const float* hi = lo + 256;
-        for (int j = 0; j < 16; ++j) dst[j] = float_to_bf16(lo[j]);
-        for (int j = 0; j < 16; ++j) dst[16 + j] = float_to_bf16(hi[j]);
-      }
+      unit_tiles(bb, r, n0, [&](int64_t t) { return taps + t * k * n + n0 * 2; }, n * 4, tile);
     }
     _tile_release();
   });
@@ -910,9 +941,18 @@ at::Tensor small_map_pass(PairsOf of, const at::Tensor& map, const at::Tensor& w
       map_rows_tiles(bits(map), bsz, hin * win, c, packed.get(), o, lists, bits_out(out));
     }
   } else {
-    auto packed = aligned_buffer<uint16_t>(taps * c * o);
-    pack_tap_rows(bits(weight), o, taps, c, packed.get());
-    map_rows_tiles(bits(map), bsz, ho * wo, o, packed.get(), c, lists, bits_out(out));
+    // A k x k weight is interleaved a block of 32 columns at a time inside map_rows_tiles, where pack_tap_rows
+    // wrote all of it (layer4's 4.7 MB) to memory first and the units read their blocks back: input gradient
+    // ms, batch 128, caches flushed, medians of 21 alternating calls (session 23, ab_small.py): layer4's
+    // 512 -> 512 at 2 x 2 1.29-1.55 -> 0.82-0.92, its strided 256 -> 512 0.79-0.89 -> 0.58-0.72, layer3's
+    // 256 -> 256 0.94-1.06 -> 0.94-0.98; a 1 x 1's (0.37 -> 0.41) not.
+    if (taps > 1) {
+      map_rows_tiles(bits(map), bsz, ho * wo, o, nullptr, c, lists, bits_out(out), bits(weight), taps);
+    } else {
+      auto packed = aligned_buffer<uint16_t>(taps * c * o);
+      pack_tap_rows(bits(weight), o, taps, c, packed.get());
+      map_rows_tiles(bits(map), bsz, ho * wo, o, packed.get(), c, lists, bits_out(out));
+    }
   }
 #endif
   return out;
