@@ -174,6 +174,68 @@ def test_small_map_kernels_reject_what_they_cannot_take():
 
 
 @needs_amx
+@pytest.mark.parametrize("batch, cin, h, w, cout, k, stride", [
+    (4, 3, 64, 64, 64, 7, 2),  # ResNet-18's stem at 64 px
+    (3, 3, 37, 29, 32, 7, 2),  # odd sizes: a last tile of a few output pixels
+    (2, 3, 20, 33, 64, 7, 1),
+    (2, 4, 15, 15, 32, 5, 3),
+    (2, 1, 9, 40, 96, 9, 2),   # one channel, three blocks of 32 outputs
+])
+def test_window_forward_matches_float64(batch, cin, h, w, cout, k, stride):
+    g = torch.Generator().manual_seed(cin + h + k)
+    x = bf16_cl(batch, cin, h, w, generator=g)
+    weight = (torch.randn(cout, cin, k, k, generator=g) / k).to(torch.bfloat16).contiguous(memory_format=CL)
+    out = kernel().window_forward(x.permute(0, 2, 3, 1), weight, stride, k // 2)
+    exact = F.conv2d(x.double(), weight.double(), None, stride, k // 2)
+    assert out.shape == exact.shape and out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=CL)
+    # an fp32 sum over the kernel rows, rounded once to bf16 (as oneDNN's)
+    scale = exact.abs().max().item()
+    assert ((out.double() - exact).abs() <= exact.abs() * 2 ** -8 + 1e-4 * scale).all()
+    assert (out.double() == exact.to(torch.bfloat16).double()).float().mean() > 0.99
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(out, kernel().window_forward(x.permute(0, 2, 3, 1), weight, stride, k // 2))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@needs_amx
+def test_window_forward_leaves_non_finite_images_to_torch():
+    """A tile row reads past its window (into zero weights): an infinity there would make NaN, so the kernel
+    declines any image holding one, and the stem runs torch's convolution for that batch."""
+    g = torch.Generator().manual_seed(3)
+    conv = nn.Conv2d(3, 32, 7, stride=2, padding=3, bias=False).to(memory_format=CL)
+    assert use_amx_convs(conv) == 1
+    x = torch.randn(2, 3, 16, 16, generator=g).contiguous(memory_format=CL)
+    x[0, 1, 0, 15] = float("inf")
+    assert kernel().window_forward(x.to(torch.bfloat16).permute(0, 2, 3, 1), conv.weight.to(torch.bfloat16).contiguous(
+        memory_format=CL), 2, 3) is None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = conv(x.requires_grad_())
+        expected = F.conv2d(x, conv.weight, None, 2, 3)
+    assert torch.equal(y, expected)  # oneDNN's own: inf or NaN only in the windows that read the pixel
+    assert torch.isfinite(y[1]).all() and torch.isfinite(y[0, :, :, :5]).all()
+
+
+@needs_amx
+def test_window_forward_rejects_what_it_cannot_take():
+    x = torch.zeros(2, 8, 8, 3, dtype=torch.bfloat16)
+    weight = torch.zeros(32, 3, 7, 7, dtype=torch.bfloat16).contiguous(memory_format=CL)
+    cases = [
+        ((x.float(), weight, 2, 3), r"x: expected a contiguous bf16 \(N, H, W, C\) tensor"),
+        ((x, weight.contiguous(), 2, 3), r"weight: expected a channels_last bf16 \(O, 3, k, k\) tensor, O a multiple of 32"),
+        ((x, weight[:16], 2, 3), r"O a multiple of 32 and k \* 3 <= 32, got \[16, 3, 7, 7\]"),
+        ((torch.zeros(2, 8, 8, 5, dtype=torch.bfloat16), torch.zeros(32, 5, 7, 7, dtype=torch.bfloat16).contiguous(
+            memory_format=CL), 2, 3), r"k \* 5 <= 32, got \[32, 5, 7, 7\]"),
+        ((x[:, :4, :4].contiguous(), weight, 2, 1), "k, stride, padding: 7, 2, 1 do not fit a 4 x 4 map"),
+    ]
+    for args, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            kernel().window_forward(*args)
+
+
+@needs_amx
 @pytest.mark.parametrize("bias", [False, True])
 def test_amx_conv2d_trains_like_conv2d(bias):
     g = torch.Generator().manual_seed(1)

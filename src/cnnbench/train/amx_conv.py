@@ -15,7 +15,9 @@ of 31 alternating steps, session 20; layer3 and layer4 run as matmuls, ``gemm_co
 
 It applies to convolutions with an odd square kernel, padding k // 2 and one stride both ways (no
 dilation or groups), output channels in multiples of 32 and input channels in multiples of 32
-from 64 up, or an RGB stem's 7 x 3 (4.6-5.1 -> 3.4-4.0 ms, the step +1.5%): where it measured
+from 64 up, or an RGB stem's 7 x 3 (4.6-5.1 -> 3.4-4.0 ms, the step +1.5%), whose forward pass runs on AMX too
+(``window_forward``: oneDNN's kernel for 3 input channels ran at a third of its speed on the next
+layers; the step +0.6-1.0%, session 23): where it measured
 faster than oneDNN (``eligible``), in bf16 autocast on channels_last activations, on Linux CPUs with AMX-BF16 (Sapphire Rapids and later); everything
 else, and inference, runs torch's convolution unchanged. The gradient sums in fp32 in another
 order than oneDNN's and is rounded to bf16 as oneDNN's is (tested against float64).
@@ -70,14 +72,20 @@ def load_error() -> str | None:
 
 class _AmxConv(torch.autograd.Function):
     """bf16 channels_last convolution (odd k, padding k // 2, any stride): torch's forward pass and input
-    gradient, ``amx_conv.cpp``'s weight gradient."""
+    gradient, ``amx_conv.cpp``'s weight gradient; an image stem's forward pass (k x C values a kernel row,
+    at most 32, no bias) from ``amx_conv.cpp``'s ``window_forward`` too."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int) -> torch.Tensor:
         ctx.save_for_backward(x, weight)
         ctx.has_bias, ctx.stride = bias is not None, stride
+        k = weight.shape[-1]
+        if bias is None and weight.shape[1] * k <= _CHANNEL_BLOCK:  # an image's stem: window_forward
+            y = AMX_CONV.module.window_forward(x.permute(0, 2, 3, 1), weight, stride, k // 2)
+            if y is not None:  # None: x holds an infinity or a NaN (see amx_conv.cpp)
+                return y
         with torch.autocast("cpu", enabled=False):
-            return F.conv2d(x, weight, bias, stride, weight.shape[-1] // 2)
+            return F.conv2d(x, weight, bias, stride, k // 2)
 
     @staticmethod
     @once_differentiable

@@ -311,15 +311,6 @@ inline void add_won_gradient(__m512 acc[2], const uint16_t* g, const uint16_t* y
   acc[1] = _mm512_mask_add_ps(acc[1], static_cast<__mmask16>(passed >> 16), acc[1], hi);
 }
 
-// 16 floats -> 16 bf16 (float_to_bf16's rounding: to nearest even, a NaN as 0x7FC0).
-inline __m256i round_to_bf16(__m512 f) {
-  const __m512i u = _mm512_castps_si512(f);
-  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
-  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
-  r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
-  return _mm512_cvtepi32_epi16(r);
-}
-
 // 16 bf16 -> 16 floats.
 inline __m512 widen(const uint16_t* p) {
   return _mm512_castsi512_ps(_mm512_slli_epi32(
