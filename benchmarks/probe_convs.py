@@ -42,7 +42,7 @@ from cnnbench.bench.peaks import measure_matmul_peak, training_flops_per_image
 from cnnbench.models import create_model
 from cnnbench.train.amx_conv import load as load_amx
 from cnnbench.train.amx_conv import load_error as amx_load_error
-from cnnbench.train.amx_conv import AmxConv2d, use_amx_convs
+from cnnbench.train.amx_conv import AmxConv2d, use_amx_convs, window_forward_takes
 from cnnbench.train.fused_bn import load_error, use_fused_batchnorm
 from cnnbench.train.gemm_conv import (AUTO_MAX_AREA, GemmConv2d, covering_pairs, gemm_conv2d, pixel_pair_count,
                                       use_gemm_convs, use_pixel_pair_convs)
@@ -110,16 +110,17 @@ def model_step(batch: int, gemm: bool, fused_bn: bool = False, nhwc_ops: bool = 
     return model, step
 
 
+AMX_KIND = "AMX convolutions (weight grad, stem)"  # AmxConv2d's weight gradients and the stem's forward pass
 # torch.profiler op name -> kind of work (checked in order; the first match wins)
 KINDS = [("pixel-pair convolutions (AMX)", ("PixelPairConv",)),
-         ("convolution weight gradients (AMX)", ("AmxConv",)), ("convolution (oneDNN)", ("convolution",)), ("matmul (incl. im2col convolutions)", ("aten::mm", "aten::addmm", "aten::bmm")),
+         (AMX_KIND, ("AmxConv",)), ("convolution (oneDNN)", ("convolution",)), ("matmul (incl. im2col convolutions)", ("aten::mm", "aten::addmm", "aten::bmm")),
          ("batch norm (+ ReLU, add, stem pool)", ("batch_norm", "BatchNormAct", "BatchNormReluPool")), ("pooling", ("pool", "MaxPool")), ("optimizer", ("_foreach", "Optimizer")),
          ("copies, elementwise, im2col", ("add", "relu", "clamp", "threshold", "copy", "cat", "fill", "mul", "zero", "Im2col",
                                           "slice", "to_copy", "empty", "view", "as_strided", "permute", "reshape"))]
 FLOP_KINDS = {"convolution": "convolution (oneDNN)", "convolution_backward": "convolution (oneDNN)",
               "mm": "matmul (incl. im2col convolutions)", "addmm": "matmul (incl. im2col convolutions)",
               "bmm": "matmul (incl. im2col convolutions)"}
-COMPUTE_KINDS = ("pixel-pair convolutions (AMX)", "convolution weight gradients (AMX)", "convolution (oneDNN)", "matmul (incl. im2col convolutions)")
+COMPUTE_KINDS = ("pixel-pair convolutions (AMX)", AMX_KIND, "convolution (oneDNN)", "matmul (incl. im2col convolutions)")
 
 
 def kind_of(op: str) -> str:
@@ -131,7 +132,8 @@ def breakdown(model: nn.Module, step, batch: int, repeats: int, peak_gflops: flo
 
     Rows count the FLOPs the kernels execute (torch's counter does not see the AMX kernels, so
     their rows count the weight gradients of the layers on oneDNN's forward as torch's counter
-    would, 2 x N x Ho x Wo x O x C x k x k each, and the pixel-pair convolutions' three passes as
+    would, 2 x N x Ho x Wo x O x C x k x k each, as much again for an image stem's forward pass
+    (``window_forward``), and the pixel-pair convolutions' three passes as
     executed, 2 x N x pixel pairs x O x C each, which skips the padding taps); the whole-step line
     and the ceiling count the model's FLOPs, as every utilisation figure does."""
     from torch.profiler import ProfilerActivity, profile
@@ -139,9 +141,10 @@ def breakdown(model: nn.Module, step, batch: int, repeats: int, peak_gflops: flo
 
     flops = collections.Counter()
 
-    def amx_weight_grad(conv, _inputs, out) -> None:
+    def amx_weight_grad(conv, _inputs, out) -> None:  # and an image stem's forward pass (window_forward)
         n, o, ho, wo = out.shape
-        flops["convolution weight gradients (AMX)"] += 2 * n * ho * wo * o * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+        passes = 2 if window_forward_takes(conv.weight, conv.bias) else 1
+        flops[AMX_KIND] += passes * 2 * n * ho * wo * o * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
 
     def pixel_pair_conv(conv, inputs, out) -> None:  # forward, input and weight gradient: one product per pair
         n, c, h, w = inputs[0].shape

@@ -51,13 +51,13 @@ def test_probe_convs_prints_every_shape_and_every_model_step():
     # GFLOP: every executed FLOP is a convolution's or a matmul's; without AMX the default step's
     # im2col matmuls execute what torch's FLOP counter counts for the convolutions they replace
     # (padding taps included), so the executed total is the model's, which the whole-step line uses;
-    # with AMX the row of the weight gradients on oneDNN's forward counts them as torch's counter
-    # would, and the pixel-pair convolutions of layer3 and layer4 multiply only the pixel pairs
-    # inside the map in all three passes
+    # with AMX the row of the weight gradients on oneDNN's forward (and of the stem's forward pass on
+    # window_forward) counts them as torch's counter would, and the pixel-pair convolutions of layer3
+    # and layer4 multiply only the pixel pairs inside the map in all three passes
     executed = kinds["convolution (oneDNN)"][2] + kinds.get("matmul (incl. im2col convolutions)", [0, 0, 0])[2]
     skipped = 0.0
     if amx_conv.cpu_has_amx():
-        executed += kinds["convolution weight gradients (AMX)"][2] + kinds["pixel-pair convolutions (AMX)"][2]
+        executed += kinds["AMX convolutions (weight grad, stem)"][2] + kinds["pixel-pair convolutions (AMX)"][2]
         layers = [(128, 256, 8, 3, 2, 1), (128, 256, 8, 1, 2, 0), (256, 256, 4, 3, 1, 1), (256, 256, 4, 3, 1, 1),
                   (256, 256, 4, 3, 1, 1), (256, 512, 4, 3, 2, 1), (256, 512, 4, 1, 2, 0),
                   (512, 512, 2, 3, 1, 1), (512, 512, 2, 3, 1, 1), (512, 512, 2, 3, 1, 1)]  # (in, out, map, k, s, p)

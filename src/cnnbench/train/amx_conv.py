@@ -80,7 +80,7 @@ class _AmxConv(torch.autograd.Function):
         ctx.save_for_backward(x, weight)
         ctx.has_bias, ctx.stride = bias is not None, stride
         k = weight.shape[-1]
-        if bias is None and weight.shape[1] * k <= _CHANNEL_BLOCK:  # an image's stem: window_forward
+        if window_forward_takes(weight, bias):
             y = AMX_CONV.module.window_forward(x.permute(0, 2, 3, 1), weight, stride, k // 2)
             if y is not None:  # None: x holds an infinity or a NaN (see amx_conv.cpp)
                 return y
@@ -102,6 +102,13 @@ class _AmxConv(torch.autograd.Function):
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3), dtype=torch.float32).to(grad.dtype)
         return grad_x, grad_w, grad_b, None
+
+
+def window_forward_takes(weight: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether ``_AmxConv`` runs this convolution's forward pass on ``amx_conv.cpp``'s ``window_forward``
+    (an image's stem: a kernel row's k x C values fit one block of 32, no bias), unless the batch holds
+    an infinity or a NaN."""
+    return bias is None and weight.shape[1] * weight.shape[-1] <= _CHANNEL_BLOCK
 
 
 def eligible(conv: nn.Module) -> bool:
