@@ -737,10 +737,12 @@ void forward_transposed_tiles(const uint16_t* w, int64_t o, int64_t taps, int64_
 // out[b, r, :] = sum over (t, s) in lists[r] of map[b, s, :] @ tap t: map (B, S, K) read in place, taps
 // (T, K / 2, N, 2) (a B operand per tap) -> out (B, R, N). Each (32 b, 32 n) block of an output pixel r
 // is one work unit; the last rows, fewer than 32, are read from a zero-padded copy. The input gradient
-// (map = grad, taps = pack_tap_rows(weight), or `weight` itself, packed a column block at a time) and
-// the forward pass where the weight is the smaller operand to pack (map = x, taps = pack_tap_columns(weight)).
+// (map = grad, taps = pack_tap_rows(weight)) and the forward pass where the weight is the smaller operand to
+// pack (map = x, taps = pack_tap_columns(weight)); for a k x k weight, `weight` itself (its rows (K, T, N) in
+// pairs, or with weight_columns its (N, T, K) transposed), packed a block of 32 columns at a time.
 void map_rows_tiles(const uint16_t* map, int64_t bsz, int64_t pixels, int64_t k, const uint16_t* taps, int64_t n,
-                    const PairLists& lists, uint16_t* out, const uint16_t* weight = nullptr, int64_t weight_taps = 0) {
+                    const PairLists& lists, uint16_t* out, const uint16_t* weight = nullptr, int64_t weight_taps = 0,
+                    bool weight_columns = false) {
   const int64_t outputs = static_cast<int64_t>(lists.size()), nb = (bsz + 31) / 32, full = bsz / 32, nn = n / 32;
   const int64_t row = pixels * k;  // map's elements per batch row
   std::unique_ptr<uint16_t[], FreeDeleter> tail;
@@ -786,12 +788,21 @@ void map_rows_tiles(const uint16_t* map, int64_t bsz, int64_t pixels, int64_t k,
       const Interleave interleave;
       for (int64_t nbk = first; nbk < last; ++nbk) {
         const int64_t n0 = nbk * 32;
-        for (int64_t i = 0; i < pairs; ++i)
-          for (int64_t t = 0; t < weight_taps; ++t) {
-            const uint16_t* r0 = weight + (2 * i * weight_taps + t) * n + n0;
-            interleave.store(_mm512_loadu_si512(r0), _mm512_loadu_si512(r0 + weight_taps * n),
-                             block.get() + (t * pairs + i) * 64);
-          }
+        if (weight_columns) {  // the forward pass: weight (N, T, K), pack_tap_columns' 16 x 16 transposes
+          const auto* w32 = reinterpret_cast<const uint32_t*>(weight);
+          auto* b32 = reinterpret_cast<uint32_t*>(block.get());
+          for (int64_t t = 0; t < weight_taps; ++t)
+            for (int64_t half = 0; half < 2; ++half)
+              transpose_16_rows([&](int i) { return w32 + ((n0 + 16 * half + i) * weight_taps + t) * pairs; }, pairs,
+                                b32 + t * pairs * 32 + 16 * half, 32);
+        } else {  // the input gradient: weight (K, T, N), rows interleaved in pairs (pack_tap_rows)
+          for (int64_t i = 0; i < pairs; ++i)
+            for (int64_t t = 0; t < weight_taps; ++t) {
+              const uint16_t* r0 = weight + (2 * i * weight_taps + t) * n + n0;
+              interleave.store(_mm512_loadu_si512(r0), _mm512_loadu_si512(r0 + weight_taps * n),
+                               block.get() + (t * pairs + i) * 64);
+            }
+        }
         for (int64_t r = 0; r < outputs; ++r)
           for (int64_t bb = 0; bb < nb; ++bb)
             unit_tiles(bb, r, n0, [&](int64_t t) { return block.get() + t * pairs * 64; }, 128, tile);
@@ -935,9 +946,15 @@ at::Tensor small_map_pass(PairsOf of, const at::Tensor& map, const at::Tensor& w
       pack_pixels_transposed(bits(map), bsz, hin * win, c, bp, read, xt.get());
       forward_transposed_tiles(bits(weight), o, taps, c, xt.get(), bsz, bp, lists, bits_out(out));
     } else {
-      auto packed = aligned_buffer<uint16_t>(taps * c * o);
-      pack_tap_columns(bits(weight), o, taps, c, packed.get());
-      map_rows_tiles(bits(map), bsz, hin * win, c, packed.get(), o, lists, bits_out(out));
+      // packed a column block at a time inside map_rows_tiles, as for the input gradient below: layer3's
+      // 256 -> 256 1.37-1.42 -> 0.92-0.94 ms (session 23, ab_small.py), its strided 128 -> 256 0.85 -> 0.85-0.87.
+      if (taps > 1) {
+        map_rows_tiles(bits(map), bsz, hin * win, c, nullptr, o, lists, bits_out(out), bits(weight), taps, true);
+      } else {
+        auto packed = aligned_buffer<uint16_t>(taps * c * o);
+        pack_tap_columns(bits(weight), o, taps, c, packed.get());
+        map_rows_tiles(bits(map), bsz, hin * win, c, packed.get(), o, lists, bits_out(out));
+      }
     }
   } else {
     // A k x k weight is interleaved a block of 32 columns at a time inside map_rows_tiles, where pack_tap_rows
