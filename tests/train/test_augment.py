@@ -125,6 +125,75 @@ def test_fused_uint8_moves_equal_the_ops_one_after_another_on_float():
         A.PixelMoves(padding=16)(images, fused_g)
 
 
+def _nhwc_ops():
+    from cnnbench.train.native import NHWC_OPS
+
+    if NHWC_OPS.load() is None:
+        pytest.skip(f"no C++ toolchain: {NHWC_OPS.error}")
+    return NHWC_OPS.module
+
+
+@pytest.mark.parametrize("augment, channels, normalize", [
+    (dict(crop_padding=4, hflip=0.5), 3, "standardize"),    # the bench's and the quick recipe's
+    (dict(crop_padding=6, hflip=0.5, vflip=0.5), 3, "pixel_mean"),  # rows reflected past the window (2 * 6 >= 12)
+    (dict(hflip=1.0), 1, "channel_mean"),                   # grayscale, every image flipped
+    (dict(crop_padding=2, vflip=0.3), 4, "none"),
+    (None, 3, "standardize"),                               # no augmentation: the evaluation pipeline
+])
+def test_the_fused_kernel_pipeline_is_the_step_by_step_one_bit_for_bit(augment, channels, normalize):
+    """The engine hands BatchPipeline nhwc_ops.cpp's move_normalize: crop, flips, uint8 -> float and the
+    normalisation of a CPU batch in one pass. It must give the step-by-step path's bits (moves on
+    uint8, then torch's conversion and addcmul) and leave the generator in the same state."""
+    from cnnbench.data import BatchPipeline
+
+    kernels = _nhwc_ops()
+    g = torch.Generator().manual_seed(channels)
+    images = torch.randint(0, 256, (37, 12, 10, channels), generator=g, dtype=torch.uint8).permute(0, 3, 1, 2)
+    stats = {"channel_mean": [0.3, 0.5, 0.4, 0.6][:channels], "channel_std": [0.2, 0.3, 0.25, 0.1][:channels],
+             "pixel_mean": torch.rand(12, 10, channels, generator=g).numpy()}
+    outs, states = [], []
+    for fused in (False, True):
+        pipe = BatchPipeline(normalize=normalize, stats=stats, augment=create_augment(augment) if augment else None,
+                             move_normalize=kernels.move_normalize if fused else None)
+        assert pipe._fuses(images) == fused
+        gen = torch.Generator().manual_seed(11)
+        outs.append(pipe(images, gen))
+        states.append(gen.get_state())
+    assert outs[1].dtype == torch.float32 and outs[1].is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(outs[0].contiguous().view(torch.int32), outs[1].contiguous().view(torch.int32))
+    assert torch.equal(states[0], states[1])
+
+
+def test_the_fused_kernel_is_left_out_where_it_does_not_do_the_whole_pipeline():
+    from cnnbench.data import BatchPipeline
+
+    kernels = _nhwc_ops()
+    images = torch.randint(0, 256, (4, 16, 16, 3), dtype=torch.uint8).permute(0, 3, 1, 2)
+    fused = dict(normalize="none", move_normalize=kernels.move_normalize)
+    assert BatchPipeline(augment=create_augment(dict(crop_padding=2)), **fused)._fuses(images)
+    assert not BatchPipeline(augment=create_augment(dict(crop_padding=2, brightness=0.2)), **fused)._fuses(images)
+    assert not BatchPipeline(input_size=32, **fused)._fuses(images)  # resized
+    assert not BatchPipeline(channels_last=False, **fused)._fuses(images)
+    assert not BatchPipeline(**fused)._fuses(images.contiguous())  # an NCHW batch
+
+
+def test_move_normalize_rejects_what_it_cannot_take():
+    kernels = _nhwc_ops()
+    x = torch.zeros(2, 8, 8, 3, dtype=torch.uint8)
+    dy, flip, pattern = torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.bool), torch.zeros(8 * 8 * 3)
+    cases = [
+        ((x.float(), 2, dy, dy, flip, flip, pattern, pattern), r"x: expected a contiguous uint8 \(B, H, W, C\) tensor"),
+        ((x, 8, dy, dy, flip, flip, pattern, pattern), r"padding 8: expected 0 <= padding < 8"),
+        ((x, 2, dy[:1], dy, flip, flip, pattern, pattern), "dy, dx: expected contiguous int64 tensors of 2 offsets"),
+        ((x, 2, dy, dy, flip.long(), flip, pattern, pattern), "hflip, vflip: expected contiguous bool tensors of 2 flags"),
+        ((x, 2, dy, dy, flip, flip, pattern[:-1], pattern), "scale, shift: expected contiguous float32 patterns of 192 values"),
+        ((x, 2, dy + 5, dy, flip, flip, pattern, pattern), r"dy, dx: expected offsets in \[0, 4\], got 5, 0"),
+    ]
+    for args, message in cases:
+        with pytest.raises(RuntimeError, match=message):
+            kernels.move_normalize(*args)
+
+
 def test_moves_after_an_interpolating_crop_stay_separate_float_ops():
     aug = create_augment(dict(crop_padding=2, random_resized_crop=[0.5, 1.0], hflip=0.5))
     assert [name for name, _ in aug.ops] == ["crop_padding", "random_resized_crop", "hflip"]

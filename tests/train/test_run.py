@@ -71,10 +71,11 @@ def test_cli_writes_the_run_folder(tiny_data, tmp_path, capsys, monkeypatch):
     # fp32 simple_cnn at 12 px: no map small enough for a matmul conv, no fused BN, its one max pool in C++,
     # and plain momentum SGD on the CPU, where torch's fused kernel is slower than its default path;
     # subnormal floats flushed to zero on the recipe's one thread
-    # and glibc's malloc keeping freed memory (native.keep_freed_memory)
+    # and glibc's malloc keeping freed memory (native.keep_freed_memory); the batches cropped, flipped and
+    # normalised in one C++ pass (nhwc_ops.cpp's move_normalize)
     malloc = "on" if platform.libc_ver()[0] == "glibc" else env["fast_paths"].get("malloc_keep_freed")
-    assert env["fast_paths"] == {"gemm_convs": 0, "nhwc_max_pools": 1, "fused_optimizer": False,
-                                 "flush_denormal": "1 thread", "malloc_keep_freed": malloc}
+    assert env["fast_paths"] == {"gemm_convs": 0, "nhwc_max_pools": 1, "fused_batch_pipeline": True,
+                                 "fused_optimizer": False, "flush_denormal": "1 thread", "malloc_keep_freed": malloc}
 
     ckpt = load_checkpoint(run / "checkpoints" / "last.pt")  # weights_only=True inside
     for key in ("model", "optimizer", "scheduler", "scaler", "ema", "rng", "epoch", "loader", "recipe", "classes",

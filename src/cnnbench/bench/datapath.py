@@ -73,15 +73,18 @@ def data_path_section(ctx: BenchContext) -> SectionResult:
     import torch
 
     from cnnbench.data import BatchLoader, BatchPipeline
+    from cnnbench.train.native import batch_pipeline_kernel
 
     s = ctx.settings
     ds = ctx.dataset(s.data_per_class)
     split = ds.split("train")
     mean, std = ds.stats["channel_mean"], ds.stats["channel_std"]
     generator = torch.Generator().manual_seed(s.seed)
+    kernel = batch_pipeline_kernel()  # as `cnnbench train` does; (c)'s NCHW batches take the step-by-step path
     pipeline = BatchPipeline(normalize="standardize", stats=ds.stats, input_size=64,
-                             augment=standard_augment(), channels_last=True)
-    plain_pipeline = BatchPipeline(normalize="standardize", stats=ds.stats, input_size=64, channels_last=True)
+                             augment=standard_augment(), channels_last=True, move_normalize=kernel)
+    plain_pipeline = BatchPipeline(normalize="standardize", stats=ds.stats, input_size=64, channels_last=True,
+                                   move_normalize=kernel)
     loader = BatchLoader(split, batch_size=s.batch_size, shuffle=True, seed=s.seed, drop_last=True)
     epoch = itertools.count()
 

@@ -189,7 +189,9 @@ class PixelMoves:
             return None
         return PixelMoves(self.padding, self.hflip or other.hflip, self.vflip or other.vflip)
 
-    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def draw(self, x: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, ...]:
+        """Each sample's window offsets and flips (dy, dx, hflip, vflip) for the batch ``x``, drawn from
+        ``g`` in the order described above (also what a fused kernel is given: ``BatchPipeline``)."""
         b, dev, p = x.shape[0], x.device, self.padding
         if p >= min(x.shape[-2:]):
             raise ValueError(f"crop_padding={p}: reflect padding must be smaller than the image ({x.shape[-2]} x {x.shape[-1]})")
@@ -197,8 +199,11 @@ class PixelMoves:
         dx = torch.randint(0, 2 * p + 1, (b,), generator=g, device=dev) if p else torch.zeros(b, dtype=torch.long, device=dev)
         hflip = _chosen(g, b, self.hflip, dev) if self.hflip > 0 else torch.zeros(b, dtype=torch.bool, device=dev)
         vflip = _chosen(g, b, self.vflip, dev) if self.vflip > 0 else torch.zeros(b, dtype=torch.bool, device=dev)
-        move = move_pixels_cpu if dev.type == "cpu" else move_pixels_gather
-        return move(x, p, dy, dx, hflip, vflip)
+        return dy, dx, hflip, vflip
+
+    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        move = move_pixels_cpu if x.device.type == "cpu" else move_pixels_gather
+        return move(x, self.padding, *self.draw(x, g))
 
 
 def move_pixels_cpu(x: torch.Tensor, padding: int, dy: torch.Tensor, dx: torch.Tensor,

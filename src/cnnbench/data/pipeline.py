@@ -43,7 +43,7 @@ class BatchPipeline:
     """
 
     def __init__(self, normalize: str = "standardize", stats: dict | None = None, input_size: int | None = None,
-                 augment: Callable | None = None, channels_last: bool = True):
+                 augment: Callable | None = None, channels_last: bool = True, move_normalize: Callable | None = None):
         if normalize not in NORMALIZATIONS:
             raise CnnbenchError(f"normalize: expected one of {', '.join(NORMALIZATIONS)}, got {normalize!r}")
         if normalize not in ("none", "imagenet") and stats is None:
@@ -55,6 +55,18 @@ class BatchPipeline:
         self._moves = getattr(augment, "pixel_moves", None)
         self._float_augment = augment.float_ops if self._moves is not None else augment
         self._patterns: dict = {}
+        # A kernel that does the crop, the flips, the conversion and the normalisation of a CPU batch in one
+        # pass, with the bits of the steps below (cnnbench.train's nhwc_ops.cpp ``move_normalize``, which
+        # the training engine passes in; None: the steps below).
+        self.move_normalize = move_normalize
+
+    def _fuses(self, images: "torch.Tensor") -> bool:  # noqa: F821
+        """Whether ``move_normalize`` does this batch's whole pipeline: a CPU channels_last batch whose
+        augmentation is pixel moves alone (or none) and which is not resized."""
+        size = self.input_size
+        return (self.move_normalize is not None and self.channels_last and images.device.type == "cpu"
+                and self._float_augment is None and (size is None or tuple(images.shape[-2:]) == (size, size))
+                and images.permute(0, 2, 3, 1).is_contiguous())
 
     def resize(self, x: "torch.Tensor") -> "torch.Tensor":  # noqa: F821
         import torch.nn.functional as F
@@ -85,7 +97,7 @@ class BatchPipeline:
                 shift_t = torch.from_numpy(np.ascontiguousarray(shift)).view(1, c, 1, 1)
             scale_t, shift_t = (t.expand(1, c, h, w) for t in (scale_t, shift_t))
             order = (0, 2, 3, 1) if nhwc else (0, 1, 2, 3)
-            self._patterns[key] = tuple(t.permute(*order).reshape(-1).to(x.device) for t in (scale_t, shift_t))
+            self._patterns[key] = tuple(t.permute(*order).reshape(-1).contiguous().to(x.device) for t in (scale_t, shift_t))
         return self._patterns[key]
 
     def _normalize(self, x: "torch.Tensor", unit: float) -> "torch.Tensor":  # noqa: F821
@@ -104,6 +116,15 @@ class BatchPipeline:
 
         if images.dtype != torch.uint8:
             raise TypeError(f"BatchPipeline expects uint8 batches from BatchLoader, got {images.dtype}")
+        if self._fuses(images):
+            nhwc = images.permute(0, 2, 3, 1)  # the loader's channels_last batch: a contiguous (B, H, W, C) view
+            if self._moves is not None:
+                padding, offsets = self._moves.padding, self._moves.draw(images, generator)
+            else:
+                zeros = torch.zeros(images.shape[0], dtype=torch.long)
+                padding, offsets = 0, (zeros, zeros, zeros.bool(), zeros.bool())
+            scale, shift = self._pattern(images, 1.0 / 255.0, True)
+            return self.move_normalize(nhwc, padding, *offsets, scale, shift).permute(0, 3, 1, 2)
         if self._moves is not None:
             images = self._moves(images, generator)
         x = images.to(torch.float32)  # (B, C, H, W) in 0..255, the loader's channels_last layout kept

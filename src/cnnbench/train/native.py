@@ -95,8 +95,16 @@ CPU_FLAGS = Kernels(Path(__file__).with_name("cpu_flags.cpp"), "flush-to-zero sw
 """FTZ/DAZ on every intra-op thread (``flush_denormals``)."""
 
 NHWC_OPS = Kernels(Path(__file__).with_name("nhwc_ops.cpp"), "channels_last im2col and max-pool kernels")
-"""im2col, col2im and max pooling on channels_last activations (``gemm_conv``, ``max_pool``), and
-the 2-d transpose of ``gemm_conv.PatchMatmul``'s weight gradient."""
+"""im2col, col2im and max pooling on channels_last activations (``gemm_conv``, ``max_pool``), the
+2-d transpose of ``gemm_conv.PatchMatmul``'s weight gradient, and the batch pipeline's one-pass crop,
+flips and normalisation (``batch_pipeline_kernel``)."""
+
+
+def batch_pipeline_kernel():
+    """``nhwc_ops.cpp``'s ``move_normalize`` for ``BatchPipeline(move_normalize=...)`` (a CPU batch's crop,
+    flips, conversion and normalisation in one pass, with the step-by-step path's bits), or None where
+    the kernels cannot be built."""
+    return NHWC_OPS.module.move_normalize if NHWC_OPS.load() is not None else None
 
 
 _flushing = False

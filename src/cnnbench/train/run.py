@@ -40,7 +40,7 @@ from cnnbench.train.fused_bn import load_error as fused_bn_load_error
 from cnnbench.train.fused_bn import fused_pools, use_fused_batchnorm
 from cnnbench.train.gemm_conv import AUTO_MAX_AREA, use_gemm_convs, use_pixel_pair_convs
 from cnnbench.train.max_pool import use_nhwc_max_pool
-from cnnbench.train.native import NHWC_OPS, flush_denormals, keep_freed_memory
+from cnnbench.train.native import NHWC_OPS, batch_pipeline_kernel, flush_denormals, keep_freed_memory
 from cnnbench.train.loop import (Engine, NonFiniteLoss, Progress, check_finite_weights, evaluate, improved,
                                  sums_to_metrics, train_one_epoch)
 from cnnbench.train.optim import create_l2_penalty, create_optimizer, writes_weight_copies
@@ -129,6 +129,8 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
     if len(loaders[0]) == 0:
         raise CnnbenchError(f"train.batch_size: {t.batch_size} is larger than the {len(train_split)} training images")
     pipe_args = dict(normalize=recipe.data.normalize, stats=ds.stats, input_size=input_size, channels_last=t.channels_last)
+    if device.type == "cpu" and t.channels_last and batch_pipeline_kernel() is not None:
+        pipe_args["move_normalize"] = batch_pipeline_kernel()  # crop, flips and normalisation in one pass
     model = model.to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -147,6 +149,7 @@ def build_engine(recipe: Recipe, ds, model: torch.nn.Module, device: torch.devic
             fast_paths["amx_weight_grads_unavailable"] = amx_load_error()
     if t.pool_impl == "auto" and device.type == "cpu" and t.channels_last:
         fast_paths["nhwc_max_pools"] = use_nhwc_max_pool(model)
+    fast_paths["fused_batch_pipeline"] = "move_normalize" in pipe_args
     if NHWC_OPS.error:  # the gemm convolutions' im2col and the max pools fall back to Python and torch
         fast_paths["nhwc_ops_unavailable"] = NHWC_OPS.error
         if ranks.is_main:
