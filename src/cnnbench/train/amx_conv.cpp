@@ -579,6 +579,14 @@ void pack_batch_pairs(const uint16_t* x, int64_t bsz, int64_t hw, int64_t c, int
     }
 }
 
+// Row i (0-31) of a 2 x 2 block's fp32 tiles (tiles 0-1: rows 0-15, 2-3: rows 16-31, each pair 32 columns)
+// -> 32 bf16 values at dst.
+inline void store_block_row(uint16_t* dst, const float (*tile)[256], int64_t i) {
+  const float* lo = tile[(i / 16) * 2] + (i % 16) * 16;
+  store_bf16x16(dst, lo);
+  store_bf16x16(dst + 16, lo + 256);
+}
+
 // The 2 x 2 block's steps over one product's reduction: k values (a multiple of 32) from A's rows a0
 // and a1 (a_stride bytes apart) and B's pair rows b0 and b1 (b_stride bytes apart), 32 per step.
 inline void tile_steps(const uint16_t* a0, const uint16_t* a1, int64_t a_stride, int64_t a_step, const uint16_t* b0,
@@ -734,15 +742,19 @@ void forward_transposed_tiles(const uint16_t* w, int64_t o, int64_t taps, int64_
   });
 }
 
-// out[b, r, :] = sum over (t, s) in lists[r] of map[b, s, :] @ tap t: map (B, S, K) read in place, taps
-// (T, K / 2, N, 2) (a B operand per tap) -> out (B, R, N). Each (32 b, 32 n) block of an output pixel r
-// is one work unit; the last rows, fewer than 32, are read from a zero-padded copy. The input gradient
-// (map = grad, taps = pack_tap_rows(weight)) and the forward pass where the weight is the smaller operand to
-// pack (map = x, taps = pack_tap_columns(weight)); for a k x k weight, `weight` itself (its rows (K, T, N) in
-// pairs, or with weight_columns its (N, T, K) transposed), packed a block of 32 columns at a time.
-void map_rows_tiles(const uint16_t* map, int64_t bsz, int64_t pixels, int64_t k, const uint16_t* taps, int64_t n,
-                    const PairLists& lists, uint16_t* out, const uint16_t* weight = nullptr, int64_t weight_taps = 0,
-                    bool weight_columns = false) {
+// out[b, r, :] = sum over (t, s) in lists[r] of map[b, s, :] @ tap t: map (B, S, K) read in place, each tap
+// t's (K, N) B operand taken from the channels_last weight (T taps): the input gradient's weight (K, T, N)
+// with its rows interleaved in pairs (pack_tap_rows), or with `columns` the forward pass's weight (N, T, K)
+// transposed (pack_tap_columns) -> out (B, R, N). Each (32 b, 32 n) block of an output pixel r is one work
+// unit; the last rows, fewer than 32, are read from a zero-padded copy. A k x k weight is packed a block of 32
+// columns at a time by the thread that runs that block's units, into a buffer that stays in its cache; a
+// 1 x 1's all at once first. Input gradient ms, batch 128, caches flushed, medians of 21 alternating calls
+// (session 23, ab_small.py), the whole weight packed first -> by blocks: layer4's 512 -> 512 at 2 x 2
+// 1.29-1.55 -> 0.82-0.92, its strided 256 -> 512 0.79-0.89 -> 0.58-0.72, layer3's 256 -> 256 0.94-1.06 ->
+// 0.94-0.98, a 1 x 1's 0.37 -> 0.41 (so not by blocks); layer3's 256 -> 256 forward 1.37-1.42 -> 0.92-0.94,
+// its strided 128 -> 256 0.85 -> 0.85-0.87.
+void map_rows_tiles(const uint16_t* map, int64_t bsz, int64_t pixels, int64_t k, const uint16_t* weight, int64_t taps,
+                    int64_t n, const PairLists& lists, uint16_t* out, bool columns) {
   const int64_t outputs = static_cast<int64_t>(lists.size()), nb = (bsz + 31) / 32, full = bsz / 32, nn = n / 32;
   const int64_t row = pixels * k;  // map's elements per batch row
   std::unique_ptr<uint16_t[], FreeDeleter> tail;
@@ -768,39 +780,29 @@ void map_rows_tiles(const uint16_t* map, int64_t bsz, int64_t pixels, int64_t k,
       tile_steps(a0, a0 + 16 * row, row * 2, 32, b0, b0 + 32, b_stride, 8 * b_stride, k);
     }
     _tile_stored(0, tile[0], 64); _tile_stored(1, tile[1], 64); _tile_stored(2, tile[2], 64); _tile_stored(3, tile[3], 64);
-    for (int64_t i = 0; i < rows; ++i) {  // tiles 0-1: batch rows bb * 32.., 2-3: + 16
-      uint16_t* dst = out + ((bb * 32 + i) * outputs + r) * n + n0;
-      const float* lo = tile[(i / 16) * 2] + (i % 16) * 16;
-      const float* hi = lo + 256;
-      store_bf16x16(dst, lo);
-      store_bf16x16(dst + 16, hi);
-    }
+    for (int64_t i = 0; i < rows; ++i) store_block_row(out + ((bb * 32 + i) * outputs + r) * n + n0, tile, i);
   };
-  if (weight != nullptr) {
-    // The input gradient: each thread interleaves the weight's rows in pairs (pack_tap_rows) one block of 32
-    // columns at a time, into a buffer of weight_taps x k / 2 pair rows of 64 values that stays in its
-    // cache, and runs every unit of that block from it.
+  if (taps > 1) {  // by blocks: taps x k / 2 pair rows of 64 values per 32 columns
     const int64_t pairs = k / 2;
     at::parallel_for(0, nn, 1, [&](int64_t first, int64_t last) {
       configure_tiles();
       alignas(64) float tile[4][256];
-      auto block = aligned_buffer<uint16_t>(weight_taps * pairs * 64);
+      auto block = aligned_buffer<uint16_t>(taps * pairs * 64);
       const Interleave interleave;
       for (int64_t nbk = first; nbk < last; ++nbk) {
         const int64_t n0 = nbk * 32;
-        if (weight_columns) {  // the forward pass: weight (N, T, K), pack_tap_columns' 16 x 16 transposes
+        if (columns) {  // pack_tap_columns' 16 x 16 transposes, for these 32 columns
           const auto* w32 = reinterpret_cast<const uint32_t*>(weight);
           auto* b32 = reinterpret_cast<uint32_t*>(block.get());
-          for (int64_t t = 0; t < weight_taps; ++t)
+          for (int64_t t = 0; t < taps; ++t)
             for (int64_t half = 0; half < 2; ++half)
-              transpose_16_rows([&](int i) { return w32 + ((n0 + 16 * half + i) * weight_taps + t) * pairs; }, pairs,
+              transpose_16_rows([&](int i) { return w32 + ((n0 + 16 * half + i) * taps + t) * pairs; }, pairs,
                                 b32 + t * pairs * 32 + 16 * half, 32);
-        } else {  // the input gradient: weight (K, T, N), rows interleaved in pairs (pack_tap_rows)
+        } else {  // pack_tap_rows' pairs of rows, for these 32 columns
           for (int64_t i = 0; i < pairs; ++i)
-            for (int64_t t = 0; t < weight_taps; ++t) {
-              const uint16_t* r0 = weight + (2 * i * weight_taps + t) * n + n0;
-              interleave.store(_mm512_loadu_si512(r0), _mm512_loadu_si512(r0 + weight_taps * n),
-                               block.get() + (t * pairs + i) * 64);
+            for (int64_t t = 0; t < taps; ++t) {
+              const uint16_t* r0 = weight + (2 * i * taps + t) * n + n0;
+              interleave.store(_mm512_loadu_si512(r0), _mm512_loadu_si512(r0 + taps * n), block.get() + (t * pairs + i) * 64);
             }
         }
         for (int64_t r = 0; r < outputs; ++r)
@@ -811,12 +813,15 @@ void map_rows_tiles(const uint16_t* map, int64_t bsz, int64_t pixels, int64_t k,
     });
     return;
   }
+  auto packed = aligned_buffer<uint16_t>(taps * k * n);
+  if (columns) pack_tap_columns(weight, n, taps, k, packed.get());
+  else pack_tap_rows(weight, k, taps, n, packed.get());
   at::parallel_for(0, outputs * nn * nb, 1, [&](int64_t first, int64_t last) {
     configure_tiles();
     alignas(64) float tile[4][256];
     for (int64_t unit = first; unit < last; ++unit) {
       const int64_t bb = unit % nb, n0 = ((unit / nb) % nn) * 32, r = unit / (nb * nn);
-      unit_tiles(bb, r, n0, [&](int64_t t) { return taps + t * k * n + n0 * 2; }, n * 4, tile);
+      unit_tiles(bb, r, n0, [&](int64_t t) { return packed.get() + t * k * n + n0 * 2; }, n * 4, tile);
     }
     _tile_release();
   });
@@ -946,29 +951,10 @@ at::Tensor small_map_pass(PairsOf of, const at::Tensor& map, const at::Tensor& w
       pack_pixels_transposed(bits(map), bsz, hin * win, c, bp, read, xt.get());
       forward_transposed_tiles(bits(weight), o, taps, c, xt.get(), bsz, bp, lists, bits_out(out));
     } else {
-      // packed a column block at a time inside map_rows_tiles, as for the input gradient below: layer3's
-      // 256 -> 256 1.37-1.42 -> 0.92-0.94 ms (session 23, ab_small.py), its strided 128 -> 256 0.85 -> 0.85-0.87.
-      if (taps > 1) {
-        map_rows_tiles(bits(map), bsz, hin * win, c, nullptr, o, lists, bits_out(out), bits(weight), taps, true);
-      } else {
-        auto packed = aligned_buffer<uint16_t>(taps * c * o);
-        pack_tap_columns(bits(weight), o, taps, c, packed.get());
-        map_rows_tiles(bits(map), bsz, hin * win, c, packed.get(), o, lists, bits_out(out));
-      }
+      map_rows_tiles(bits(map), bsz, hin * win, c, bits(weight), taps, o, lists, bits_out(out), true);
     }
   } else {
-    // A k x k weight is interleaved a block of 32 columns at a time inside map_rows_tiles, where pack_tap_rows
-    // wrote all of it (layer4's 4.7 MB) to memory first and the units read their blocks back: input gradient
-    // ms, batch 128, caches flushed, medians of 21 alternating calls (session 23, ab_small.py): layer4's
-    // 512 -> 512 at 2 x 2 1.29-1.55 -> 0.82-0.92, its strided 256 -> 512 0.79-0.89 -> 0.58-0.72, layer3's
-    // 256 -> 256 0.94-1.06 -> 0.94-0.98; a 1 x 1's (0.37 -> 0.41) not.
-    if (taps > 1) {
-      map_rows_tiles(bits(map), bsz, ho * wo, o, nullptr, c, lists, bits_out(out), bits(weight), taps);
-    } else {
-      auto packed = aligned_buffer<uint16_t>(taps * c * o);
-      pack_tap_rows(bits(weight), o, taps, c, packed.get());
-      map_rows_tiles(bits(map), bsz, ho * wo, o, packed.get(), c, lists, bits_out(out));
-    }
+    map_rows_tiles(bits(map), bsz, ho * wo, o, bits(weight), taps, c, lists, bits_out(out), false);
   }
 #endif
   return out;
@@ -1091,13 +1077,8 @@ at::Tensor window_forward(const at::Tensor& x, const at::Tensor& weight, int64_t
             _tile_dpbf16ps(3, 5, 7);
           }
           _tile_stored(0, tile[0], 64); _tile_stored(1, tile[1], 64); _tile_stored(2, tile[2], 64); _tile_stored(3, tile[3], 64);
-          for (int64_t px = 0; px < 32 && 16 * t + px < wo; ++px) {  // tiles 0-1: pixels 16 t.., 2-3: + 16
-            uint16_t* dst = op + ((b * ho + oy) * wo + 16 * t + px) * o + o0;
-            const float* lo = tile[(px / 16) * 2] + (px % 16) * 16;
-            const float* hi = lo + 256;
-            store_bf16x16(dst, lo);
-            store_bf16x16(dst + 16, hi);
-          }
+          for (int64_t px = 0; px < 32 && 16 * t + px < wo; ++px)  // output pixels 16 t + px
+            store_block_row(op + ((b * ho + oy) * wo + 16 * t + px) * o + o0, tile, px);
         }
       }
     }
