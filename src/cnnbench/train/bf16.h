@@ -32,13 +32,19 @@ template <> inline uint16_t store_value<uint16_t>(float f) { return float_to_bf1
 #include <immintrin.h>
 
 // 16 floats -> 16 bf16 with float_to_bf16's rounding (to nearest even, a NaN as 0x7FC0), for the AVX-512
-// paths: gcc leaves float_to_bf16 over a 16-value row scalar (fp32 tiles to bf16 outputs in amx_conv.cpp).
+// paths (gcc leaves float_to_bf16 over a 16-value row scalar: fp32 tiles to bf16 outputs in amx_conv.cpp).
 inline __m256i round_to_bf16(__m512 f) {
   const __m512i u = _mm512_castps_si512(f);
   const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
   __m512i r = _mm512_srli_epi32(_mm512_add_epi32(_mm512_add_epi32(u, _mm512_set1_epi32(0x7FFF)), lsb), 16);
   r = _mm512_mask_mov_epi32(r, _mm512_cmp_ps_mask(f, f, _CMP_UNORD_Q), _mm512_set1_epi32(0x7FC0));
   return _mm512_cvtepi32_epi16(r);
+}
+
+// 16 bf16 at p -> 16 floats (exact).
+inline __m512 load_bf16x16(const uint16_t* p) {
+  return _mm512_castsi512_ps(_mm512_slli_epi32(
+      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
 }
 
 // round_to_bf16 of 16 floats at src, stored at dst.

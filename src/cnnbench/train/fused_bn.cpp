@@ -304,17 +304,8 @@ inline void add_won_gradient(__m512 acc[2], const uint16_t* g, const uint16_t* y
   const __m512i yv = _mm512_loadu_si512(y);
   const __mmask32 passed = won & _mm512_cmpgt_epi16_mask(yv, _mm512_setzero_si512()) &
                            _mm512_cmple_epi16_mask(yv, _mm512_set1_epi16(0x7F80));
-  const __m512i gv = _mm512_loadu_si512(g);
-  const __m512 lo = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_castsi512_si256(gv)), 16));
-  const __m512 hi = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm512_extracti64x4_epi64(gv, 1)), 16));
-  acc[0] = _mm512_mask_add_ps(acc[0], static_cast<__mmask16>(passed), acc[0], lo);
-  acc[1] = _mm512_mask_add_ps(acc[1], static_cast<__mmask16>(passed >> 16), acc[1], hi);
-}
-
-// 16 bf16 -> 16 floats.
-inline __m512 widen(const uint16_t* p) {
-  return _mm512_castsi512_ps(_mm512_slli_epi32(
-      _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))), 16));
+  acc[0] = _mm512_mask_add_ps(acc[0], static_cast<__mmask16>(passed), acc[0], load_bf16x16(g));
+  acc[1] = _mm512_mask_add_ps(acc[1], static_cast<__mmask16>(passed >> 16), acc[1], load_bf16x16(g + 16));
 }
 
 }  // namespace
@@ -493,7 +484,7 @@ std::vector<at::Tensor> bn_relu_pool_backward(const at::Tensor& grad_y, const at
             __m256i out[2];
             for (int half = 0; half < 2; ++half) {  // finish's a * (dz - md - (x - mean) * q), op for op
               const int64_t ch = cb + 16 * half;
-              const __m512 centred = _mm512_sub_ps(widen(xp + pixel + ch), _mm512_loadu_ps(mu + ch));
+              const __m512 centred = _mm512_sub_ps(load_bf16x16(xp + pixel + ch), _mm512_loadu_ps(mu + ch));
               const __m512 inner = _mm512_sub_ps(_mm512_sub_ps(dz[half], _mm512_loadu_ps(md + ch)),
                                                  _mm512_mul_ps(centred, _mm512_loadu_ps(q + ch)));
               out[half] = round_to_bf16(_mm512_mul_ps(_mm512_loadu_ps(a + ch), inner));
