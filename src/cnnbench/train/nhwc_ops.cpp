@@ -237,27 +237,20 @@ at::Tensor move_normalize(const at::Tensor& x, int64_t p, const at::Tensor& dy, 
       const int64_t y = reflect((fv[i] ? h - 1 - r : r) + oy[i] - p, h);
       const uint8_t* src = xp + (i * h + y) * row;
       uint8_t* __restrict mv = moved.data();
-      if (!fh[i]) {  // output columns [a, b) read the image's columns [a + s, b + s): one copy; the rest reflect
-        const int64_t s = ox[i] - p, a = std::max<int64_t>(0, -s), e = std::min(w, w - s);
-        std::memcpy(mv + a * c, src + (a + s) * c, (e - a) * c);
-        auto reflected = [&](int64_t from, int64_t to) {
-          for (int64_t col = from; col < to; ++col) {
-            const uint8_t* px = src + reflect(col + s, w) * c;
-            for (int64_t ch = 0; ch < c; ++ch) mv[col * c + ch] = px[ch];
-          }
-        };
-        reflected(0, a);
-        reflected(e, w);
-      } else if (c == 3) {  // RGB: a fixed-size copy per pixel (memcpy with a variable size is a call per pixel)
-        for (int64_t col = 0; col < w; ++col) {
-          const uint8_t* px = src + reflect((fh[i] ? w - 1 - col : col) + ox[i] - p, w) * 3;
-          mv[3 * col] = px[0], mv[3 * col + 1] = px[1], mv[3 * col + 2] = px[2];
-        }
-      } else {
-        for (int64_t col = 0; col < w; ++col) {  // the row's pixels, moved (C bytes each)
-          const uint8_t* px = src + reflect((fh[i] ? w - 1 - col : col) + ox[i] - p, w) * c;
+      const int64_t s = ox[i] - p;
+      auto copy_pixels = [&](int64_t from, int64_t to, auto column) {  // output columns [from, to), C bytes each
+        for (int64_t col = from; col < to; ++col) {
+          const uint8_t* px = src + reflect(column(col) + s, w) * c;
           for (int64_t ch = 0; ch < c; ++ch) mv[col * c + ch] = px[ch];
         }
+      };
+      if (fh[i]) {
+        copy_pixels(0, w, [w](int64_t col) { return w - 1 - col; });
+      } else {  // output columns [a, e) read the image's columns [a + s, e + s): one copy; the rest reflect
+        const int64_t a = std::max<int64_t>(0, -s), e = std::min(w, w - s);
+        std::memcpy(mv + a * c, src + (a + s) * c, (e - a) * c);
+        copy_pixels(0, a, [](int64_t col) { return col; });
+        copy_pixels(e, w, [](int64_t col) { return col; });
       }
       const int64_t n = row;  // locals: the loop vectorises
       const uint8_t* __restrict m = moved.data();
